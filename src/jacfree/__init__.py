@@ -1,0 +1,33 @@
+"""jacfree: train deep density models without paying for their Jacobian terms.
+
+* relative gradients for fully connected flows (Gresele et al., NeurIPS 2020);
+* self-normalizing flows (Keller et al., ICML 2021);
+* finite-difference score matching (Pang et al., NeurIPS 2020).
+"""
+
+from .flows import (
+    GRADIENT_MODES,
+    Dequantize,
+    FCFlow,
+    Flow,
+    FlowLayer,
+    LogitTransform,
+    SmoothLeakyReLU,
+    SquareAffine,
+    StandardNormal,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "GRADIENT_MODES",
+    "Dequantize",
+    "FCFlow",
+    "Flow",
+    "FlowLayer",
+    "LogitTransform",
+    "SmoothLeakyReLU",
+    "SquareAffine",
+    "StandardNormal",
+    "__version__",
+]

@@ -1,0 +1,83 @@
+"""Argument checks shared by layers, flows and the training loop.
+
+Every check raises an exception that names the problem *and* the fix, so a user never trains on
+garbage silently.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch._C._functorch import is_functorch_wrapped_tensor
+
+
+def values_visible(x: Tensor) -> bool:
+    """False inside ``torch.func`` transforms (vmap, jacrev, ...), where values cannot be read.
+
+    Value checks (NaN/Inf, ranges) are skipped there; shape and dtype checks still run.
+    """
+    return not is_functorch_wrapped_tensor(x)
+
+
+def check_samples(
+    x: object, event_shape: tuple[int, ...], *, name: str = "x", finite: bool = True
+) -> Tensor:
+    """Check that ``x`` is a floating tensor of shape ``(batch, *event_shape)`` with finite values.
+
+    Returns ``x`` unchanged so the call can be used inline.
+    """
+    want = "(batch, " + ", ".join(map(str, event_shape)) + ")"
+    if not isinstance(x, Tensor):
+        raise TypeError(
+            f"{name} must be a torch.Tensor of shape {want}, got {type(x).__name__}; "
+            f"convert it with torch.as_tensor({name}, dtype=torch.float32)."
+        )
+    if not x.is_floating_point():
+        raise TypeError(
+            f"{name} has integer/boolean dtype {x.dtype}; flows need floating-point input. "
+            f"Convert it with {name}.float() (or .double()), and dequantise discrete data first "
+            "(jacfree.flows.Dequantize)."
+        )
+    rank = len(event_shape) + 1
+    if x.dim() != rank:
+        if x.dim() == rank - 1:
+            hint = f"add a batch dimension with {name}.unsqueeze(0)"
+        elif rank == 2:
+            hint = f"flatten each sample with {name}.flatten(1)"
+        else:
+            hint = f"reshape it with {name}.reshape(-1, {', '.join(map(str, event_shape))})"
+        raise ValueError(
+            f"{name} must have shape {want}, got rank {x.dim()} shape {tuple(x.shape)}; {hint}."
+        )
+    if tuple(x.shape[1:]) != tuple(event_shape):
+        got = tuple(x.shape[1:])
+        if rank == 2:
+            raise ValueError(
+                f"{name} has {got[0]} features but the model expects {event_shape[0]}; pass data "
+                f"with {event_shape[0]} columns or build the model with features={got[0]}."
+            )
+        raise ValueError(
+            f"{name} has per-sample shape {got} but the model expects {tuple(event_shape)}; "
+            "reshape the data or build the model for this shape."
+        )
+    if finite and values_visible(x) and not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).sum())
+        raise ValueError(
+            f"{name} contains {bad} NaN/Inf value(s); clean or impute the data before training "
+            "(for example drop rows with ~torch.isfinite(x).all(1))."
+        )
+    return x
+
+
+def check_positive_int(value: object, name: str, minimum: int = 1) -> int:
+    """Check that ``value`` is an integer ≥ ``minimum`` and return it."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
+    return value
+
+
+def check_choice(value: str, name: str, choices: tuple[str, ...]) -> str:
+    """Check that ``value`` is one of ``choices`` and return it."""
+    if value not in choices:
+        raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(map(repr, choices))}.")
+    return value

@@ -1,0 +1,213 @@
+"""The flow core: the layer protocol, the standard Gaussian base and the :class:`Flow` container.
+
+Direction convention (for every flow in jacfree): a flow maps **data → latent**,
+``z, logdet = flow(x)`` and ``x = flow.inverse(z)``, with the change of variables
+
+.. math::  \\log p(x) = \\log \\mathcal N(z; 0, I) + \\log |\\det \\partial z / \\partial x| .
+
+Layers can give two versions of their log-determinant:
+
+* ``forward(x) -> (z, logdet)`` — the **exact** per-sample log|det J| (shape ``(B,)``);
+* ``training_forward(x) -> (z, logdet_term)`` — the same ``z``, and a term whose *gradient* is the
+  gradient of the layer's training mode. Its value equals the exact log-det except for the parts a
+  mode exists to avoid (the relative gradient never evaluates log|det W|: that value is zero).
+
+:meth:`Flow.log_prob` uses the first, :meth:`Flow.loss` the second.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .._checks import check_choice, check_positive_int, check_samples
+
+GRADIENT_MODES = ("exact", "relative", "selfnorm")
+
+
+class FlowLayer(nn.Module):
+    """Base class of an invertible layer (data → latent).
+
+    Subclasses implement :meth:`forward` (exact log-det) and :meth:`inverse`; layers whose
+    log-det gradient can be computed more cheaply than through the exact value override
+    :meth:`training_forward`.
+    """
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:  # pragma: no cover - abstract
+        """Return ``(z, logdet)`` with the exact per-sample log|det ∂z/∂x| of shape ``(B,)``."""
+        raise NotImplementedError
+
+    def inverse(self, z: Tensor) -> Tensor:  # pragma: no cover - abstract
+        """Return ``x`` such that ``forward(x)[0] == z``."""
+        raise NotImplementedError
+
+    def training_forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Return ``(z, logdet_term)`` for the training loss; by default the exact forward."""
+        return self(x)
+
+
+class ParameterStateCache:
+    """Cache of values derived from parameters, valid for exactly one parameter state.
+
+    A stored value is reused only while every tensor it was computed from is *equal* (bit for bit,
+    same dtype and device) to a snapshot taken at computation time. The snapshot comparison costs
+    O(numel) — negligible next to the O(D³) factorisations cached here — and, unlike version
+    counters, also catches updates made through ``.data`` or by ``load_state_dict``.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[tuple[Tensor, ...], object]] = {}
+
+    def get(self, name: str, tensors: Sequence[Tensor], compute: Callable[[], object]) -> object:
+        entry = self._entries.get(name)
+        if entry is not None and _same_state(entry[0], tensors):
+            return entry[1]
+        value = compute()
+        self._entries[name] = (tuple(t.detach().clone() for t in tensors), value)
+        return value
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+def _same_state(snapshot: Sequence[Tensor], tensors: Sequence[Tensor]) -> bool:
+    return all(
+        s.dtype == t.dtype and s.device == t.device and s.shape == t.shape and torch.equal(s, t)
+        for s, t in zip(snapshot, tensors, strict=True)
+    )
+
+
+class StandardNormal(nn.Module):
+    """Standard Gaussian base distribution N(0, I) over an event shape.
+
+    Its constant is a buffer, so it follows ``.to(device)`` / ``.double()`` with the flow.
+    """
+
+    def __init__(self, event_shape: Sequence[int]) -> None:
+        super().__init__()
+        self.event_shape = tuple(int(s) for s in event_shape)
+        self.register_buffer("log_two_pi", torch.tensor(math.log(2 * math.pi)), persistent=False)
+
+    @property
+    def dim(self) -> int:
+        return math.prod(self.event_shape)
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        """Per-sample log N(z; 0, I), shape ``(B,)``."""
+        return -0.5 * (z.flatten(1).square().sum(1) + self.dim * self.log_two_pi)
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        c = self.log_two_pi
+        return torch.randn(
+            (n, *self.event_shape), generator=generator, device=c.device, dtype=c.dtype
+        )
+
+
+class Flow(nn.Module):
+    """A normalizing flow: a sequence of :class:`FlowLayer` (data → latent) and a Gaussian base.
+
+    Args:
+        layers: the layers, applied in order to the data.
+        event_shape: shape of one sample, e.g. ``(64,)`` or ``(1, 28, 28)``.
+        validate: check every input for shape, dtype and finite values (one device sync per call).
+    """
+
+    def __init__(
+        self, layers: Iterable[FlowLayer], event_shape: Sequence[int], *, validate: bool = True
+    ) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+        self.base = StandardNormal(event_shape)
+        self.validate = validate
+
+    @property
+    def event_shape(self) -> tuple[int, ...]:
+        return self.base.event_shape
+
+    @property
+    def dim(self) -> int:
+        """Number of scalar dimensions D of one sample (used for bits per dimension)."""
+        return self.base.dim
+
+    def _check(self, x: Tensor, name: str = "x") -> Tensor:
+        return check_samples(x, self.event_shape, name=name) if self.validate else x
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Map data to latent: ``(z, logdet)`` with the exact log|det ∂z/∂x| per sample."""
+        z = self._check(x)
+        logdet = z.new_zeros(z.shape[0])
+        for layer in self.layers:
+            z, ld = layer(z)
+            logdet = logdet + ld
+        return z, logdet
+
+    def inverse(self, z: Tensor) -> Tensor:
+        """Map latent to data."""
+        x = self._check(z, "z")
+        for layer in reversed(self.layers):
+            x = layer.inverse(x)
+        return x
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        """Exact log-density log p(x) in nats, shape ``(B,)``, whatever the gradient mode.
+
+        The data-independent O(D³) parts (log|det W|) are computed in float64 once per parameter
+        state and cached when no parameter gradient is needed.
+        """
+        z, logdet = self(x)
+        return self.base.log_prob(z) + logdet
+
+    def loss(self, x: Tensor) -> Tensor:
+        """Training loss: the batch-mean negative log-likelihood, as seen by the gradient mode.
+
+        ``loss.backward()`` leaves in ``.grad`` the gradient of the layers' modes. In the
+        ``relative`` mode the *value* leaves out Σ_k log|det W_k| (never evaluated in training);
+        use :meth:`log_prob` for the exact value.
+        """
+        z = self._check(x)
+        logdet = z.new_zeros(z.shape[0])
+        for layer in self.layers:
+            z, ld = layer.training_forward(z)
+            logdet = logdet + ld
+        return -(self.base.log_prob(z) + logdet).mean()
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """Draw ``n`` samples, shape ``(n, *event_shape)``."""
+        check_positive_int(n, "n")
+        return self.inverse(self.base.sample(n, generator=generator))
+
+    @property
+    def gradient(self) -> str | None:
+        """The gradient mode shared by the layers that have one (``None`` if they have none)."""
+        modes = {m.gradient for m in self.modules() if isinstance(m, GradientModeMixin)}
+        if len(modes) > 1:
+            return "mixed"
+        return modes.pop() if modes else None
+
+    def set_gradient(self, mode: str) -> Flow:
+        """Switch every layer that has a gradient mode to ``mode`` (works on a live model)."""
+        check_choice(mode, "gradient mode", GRADIENT_MODES)
+        for m in self.modules():
+            if isinstance(m, GradientModeMixin):
+                m.set_gradient(mode)
+        return self
+
+
+class GradientModeMixin:
+    """A layer whose log-det gradient can be computed in several ways (see ``GRADIENT_MODES``)."""
+
+    supported_gradients: tuple[str, ...] = ("exact",)
+    gradient: str = "exact"
+
+    def set_gradient(self, mode: str) -> None:
+        check_choice(mode, "gradient mode", GRADIENT_MODES)
+        if mode not in self.supported_gradients:
+            raise NotImplementedError(
+                f"{type(self).__name__} supports gradient modes "
+                f"{', '.join(map(repr, self.supported_gradients))}, not {mode!r}."
+            )
+        self.gradient = mode
