@@ -79,5 +79,6 @@ def check_positive_int(value: object, name: str, minimum: int = 1) -> int:
 def check_choice(value: str, name: str, choices: tuple[str, ...]) -> str:
     """Check that ``value`` is one of ``choices`` and return it."""
     if value not in choices:
-        raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(map(repr, choices))}.")
+        options = ", ".join(map(repr, choices))
+        raise ValueError(f"unknown {name} {value!r}; choose one of {options}.")
     return value
