@@ -1,0 +1,27 @@
+"""Shared test configuration.
+
+Tests compare gradients in float64. ``--device cuda`` runs the device-following tests on a GPU
+when one is present; the default is the CPU.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--device", default="cpu", help="torch device for device-following tests")
+
+
+@pytest.fixture
+def device(request: pytest.FixtureRequest) -> torch.device:
+    dev = torch.device(request.config.getoption("--device"))
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        pytest.skip("CUDA requested with --device but not available")
+    return dev
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
