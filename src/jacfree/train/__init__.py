@@ -1,5 +1,19 @@
-"""Training: the ``fit`` loop, checkpoints, metrics and optimisers."""
+"""Training: the ``fit`` loop, checkpoints, exact evaluation and optimisers."""
 
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .evaluate import NLL, bits_per_dim, evaluate_nll, per_example_nll
+from .fit import FitResult, fit
 from .optim import make_adam
 
-__all__ = ["make_adam"]
+__all__ = [
+    "NLL",
+    "CheckpointError",
+    "FitResult",
+    "bits_per_dim",
+    "evaluate_nll",
+    "fit",
+    "load_checkpoint",
+    "make_adam",
+    "per_example_nll",
+    "save_checkpoint",
+]

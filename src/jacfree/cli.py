@@ -1,0 +1,277 @@
+"""The ``jacfree`` command line: ``train``, ``eval``, ``sample``, ``bench`` and ``data``.
+
+Every run folder holds ``checkpoint.pt`` (last epoch, for ``--resume``), ``best.pt`` (best
+validation epoch), ``metrics.jsonl``, ``results.json`` and the plots; ``eval`` and ``sample``
+rebuild the model from the spec stored in the checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import __version__
+from .data import DatasetUnavailableError, load
+from .models import build_model, data_output, model_input
+from .train import CheckpointError, evaluate_nll, fit, load_checkpoint
+from .train.fit import BEST, LAST
+
+RUNS = Path("runs")
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was requested but no CUDA device is available; use cpu.")
+    return dev
+
+
+def _fresh_folder(base: Path) -> Path:
+    """``base`` if it holds no run yet, else ``base-2``, ``base-3``, … (never overwrite)."""
+    candidate, k = base, 1
+    while (candidate / LAST).exists() or (candidate / BEST).exists():
+        k += 1
+        candidate = base.with_name(f"{base.name}-{k}")
+    return candidate
+
+
+# -- train --------------------------------------------------------------------------------------
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default="digits", help="dataset name (see `jacfree data list`)")
+    p.add_argument("--root", default=None, help="folder holding user-supplied dataset files")
+    p.add_argument("--model", default="fc", choices=["fc"], help="model family")
+    p.add_argument("--layers", type=int, default=2, help="number of square affine layers")
+    p.add_argument("--alpha", type=float, default=0.3, help="smooth leaky ReLU slope")
+    p.add_argument(
+        "--gradient",
+        default="relative",
+        choices=["exact", "relative"],
+        help="how the log-det gradient is computed",
+    )
+    p.add_argument("--logit-alpha", type=float, default=1e-6, help="logit transform margin")
+    p.add_argument("--epochs", type=int, default=300)
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    p.add_argument("--patience", type=int, default=30, help="early-stopping patience (epochs)")
+    p.add_argument("--clip", type=float, default=None, help="clip the gradient norm to this")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-seed", type=int, default=0, help="seed of the dataset split")
+    p.add_argument("--out", type=Path, default=None, help="run folder (default runs/<data>-...)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--overwrite", action="store_true", help="replace the run in --out")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: auto)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--no-plots", action="store_true", help="do not write PNG plots")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    device = _device(args.device)
+    ds = load(args.data, root=args.root, seed=args.data_seed)
+    if args.out is None:
+        out = _fresh_folder(RUNS / f"{args.data}-{args.model}-{args.gradient}")
+    else:
+        out = args.out
+    spec = {
+        "kind": args.model,
+        "data_shape": list(ds.shape),
+        "layers": args.layers,
+        "alpha": args.alpha,
+        "gradient": args.gradient,
+        "levels": ds.levels,
+        "logit_alpha": args.logit_alpha,
+    }
+    data_info = {"name": args.data, "seed": args.data_seed, "root": args.root}
+    torch.manual_seed(args.seed)
+    model = build_model(spec).to(device)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"jacfree {__version__}: {ds!r}")
+    print(f"model {args.model} ({n_params:,} parameters, gradient={args.gradient}) -> {out}")
+    t0 = time.perf_counter()
+    result = fit(
+        model,
+        model_input(ds.train, model),
+        model_input(ds.val, model),
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        patience=args.patience,
+        clip_grad_norm=args.clip,
+        seed=args.seed,
+        out_dir=out,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+        checkpoint_extra={"spec": spec, "data": data_info},
+    )
+    wall = time.perf_counter() - t0
+    test = _report(model, ds, "test")
+    epoch_times = [row["epoch_time_s"] for row in result.history]
+    summary = {
+        "data": data_info,
+        "spec": spec,
+        "epochs_run": len(result.history),
+        "best_epoch": result.best_epoch,
+        "stopped_early": result.stopped_early,
+        "best_val_nll": result.best_val,
+        "train_time_per_epoch_s": sum(epoch_times) / max(len(epoch_times), 1),
+        "wall_time_s": wall,
+        "test": test,
+    }
+    (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(
+        f"epochs {len(result.history)} (best {result.best_epoch}"
+        f"{', early stop' if result.stopped_early else ''}), "
+        f"{summary['train_time_per_epoch_s']:.3f} s/epoch training, {wall:.1f} s in all"
+    )
+    if not args.no_plots:
+        _plots(model, ds, spec, result.history, out)
+    return 0
+
+
+def _report(model: torch.nn.Module, ds: Any, split: str, seed: int = 0) -> dict[str, float]:
+    """Evaluate, print and return the NLL (nats) and bits/dim on the data's original scale."""
+    nll = evaluate_nll(model, model_input(ds.split(split), model), seed=seed)
+    mean = nll.mean - ds.logdet  # back to the original scale of the data
+    line = f"{split} NLL {mean:.3f} ± {nll.stderr:.3f} nats (n={nll.n})"
+    report = {"nll_nats": mean, "nll_stderr_nats": nll.stderr, "n": nll.n}
+    if ds.bits_per_dim_applies:
+        bpd, bpd_se = nll.bits_per_dim(ds.dim)
+        line += f" = {bpd:.4f} ± {bpd_se:.4f} bits/dim"
+        report.update(bits_per_dim=bpd, bits_per_dim_stderr=bpd_se)
+    print(line)
+    return report
+
+
+def _plots(model: torch.nn.Module, ds: Any, spec: dict, history: list, out: Path) -> None:
+    try:
+        from . import plots
+
+        plots.loss_curve(history, out / "loss.png", title=f"{ds.name}: {spec['gradient']}")
+        torch.manual_seed(0)
+        if ds.is_image:
+            samples = data_output(model.sample(64), spec)
+            plots.image_grid(samples, out / "samples.png", ds.levels, title=f"{ds.name} samples")
+        elif ds.dim == 2:
+            plots.density_2d(
+                model, ds.test, out / "density.png", samples=model.sample(5000), title=ds.name
+            )
+    except ImportError as err:
+        print(f"plots skipped: {err}", file=sys.stderr)
+
+
+# -- eval / sample ------------------------------------------------------------------------------
+
+
+def _load_run(path: Path, which: str, device: torch.device) -> tuple[Any, dict, dict]:
+    file = path / (BEST if which == "best" else LAST) if path.is_dir() else path
+    state = load_checkpoint(file, map_location=device)
+    if "spec" not in state:
+        raise CheckpointError(
+            f"{file} has no model spec; it was not written by `jacfree train`. Rebuild the model "
+            "in Python and use model.load_state_dict(payload['model_state'])."
+        )
+    model = build_model(state["spec"]).to(device)
+    model.load_state_dict(state["model_state"])
+    model.eval()
+    return model, state["spec"], state.get("data", {})
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    device = _device(args.device)
+    model, _, data = _load_run(args.run, args.which, device)
+    name = args.data or data.get("name")
+    if not name:
+        raise ValueError("the checkpoint does not name its dataset; pass --data NAME.")
+    ds = load(name, root=args.root or data.get("root"), seed=data.get("seed", 0))
+    for split in args.split:
+        _report(model, ds, split, seed=args.seed)
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    device = _device(args.device)
+    model, spec, _ = _load_run(args.run, args.which, device)
+    torch.manual_seed(args.seed)
+    samples = data_output(model.sample(args.n), spec).cpu()
+    out = args.out or ((args.run if args.run.is_dir() else args.run.parent) / "samples.png")
+    if len(spec["data_shape"]) == 3:
+        from . import plots
+
+        plots.image_grid(samples, out, spec.get("levels"), title=f"{args.n} samples")
+    else:
+        out = out.with_suffix(".csv")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        lines = [",".join(f"{v:.6g}" for v in row) for row in samples.flatten(1).tolist()]
+        out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {args.n} samples to {out}")
+    return 0
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", type=Path, help="run folder (or checkpoint file) from `jacfree train`")
+    p.add_argument("--which", choices=["best", "last"], default="best", help="checkpoint to use")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampling / dequantisation")
+
+
+# -- entry point --------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="jacfree",
+        description="Train deep density models without paying for their Jacobian terms.",
+    )
+    parser.add_argument("--version", action="version", version=f"jacfree {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model; writes checkpoints, metrics and plots")
+    add_train_arguments(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="exact test NLL (nats, bits/dim) with its standard error")
+    add_run_arguments(p)
+    p.add_argument("--split", nargs="+", default=["test"], choices=["train", "val", "test"])
+    p.add_argument("--data", default=None, help="dataset (default: the one it was trained on)")
+    p.add_argument("--root", default=None, help="folder holding user-supplied dataset files")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("sample", help="draw samples; writes an image grid (or a CSV)")
+    add_run_arguments(p)
+    p.add_argument("-n", "--n", type=int, default=64, help="number of samples")
+    p.add_argument("--out", type=Path, default=None, help="output file (default: in the run)")
+    p.set_defaults(func=cmd_sample)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (
+        CheckpointError,
+        DatasetUnavailableError,
+        FileExistsError,
+        FloatingPointError,
+        ValueError,
+        KeyError,
+        ImportError,
+    ) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"jacfree: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

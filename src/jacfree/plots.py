@@ -1,0 +1,152 @@
+"""Plots written by the CLI: loss curves, image grids, 2-D densities (matplotlib, Agg backend).
+
+matplotlib is an optional dependency (``pip install "jacfree[plot]"``); every function imports it
+lazily and raises a clear error when it is missing.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+
+def _pyplot() -> Any:
+    try:
+        import matplotlib
+    except ImportError as err:
+        raise ImportError(
+            'plotting needs matplotlib: install it with pip install "jacfree[plot]"'
+        ) from err
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def loss_curve(history: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
+    """Training loss (left) and validation metric (right) per epoch."""
+    plt = _pyplot()
+    epochs = [row["epoch"] for row in history]
+    val_keys = [
+        k
+        for k in (history[0] if history else {})
+        if k.startswith("val_") and not k.endswith("_time_s")
+    ]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    axes[0].plot(epochs, [row["train_loss"] for row in history], color="C0")
+    axes[0].set(xlabel="epoch", ylabel="training loss", title="training objective")
+    for key in val_keys:
+        axes[1].plot(epochs, [row[key] for row in history], label=key, color="C1")
+        axes[1].legend()
+    axes[1].set(xlabel="epoch", ylabel="validation", title="validation (exact)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def image_grid(
+    images: Tensor, path: str | Path, levels: int | None = None, title: str = ""
+) -> Path:
+    """Save a square grid of images shaped ``(n, C, H, W)`` (C = 1 or 3)."""
+    plt = _pyplot()
+    images = images.detach().float().cpu()
+    if levels:
+        images = images / (levels - 1)
+    images = images.clamp(0, 1)
+    n = len(images)
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    c, h, w = images.shape[1:]
+    grid = torch.ones(c, rows * (h + 1) + 1, cols * (w + 1) + 1)
+    for i, img in enumerate(images):
+        r, k = divmod(i, cols)
+        grid[:, 1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + k * (w + 1) : 1 + k * (w + 1) + w] = img
+    fig, ax = plt.subplots(figsize=(6, 6 * rows / cols))
+    ax.imshow(
+        grid.permute(1, 2, 0).squeeze(-1), cmap="gray", vmin=0, vmax=1, interpolation="nearest"
+    )
+    ax.axis("off")
+    if title:
+        ax.set_title(title)
+    return _save(fig, path)
+
+
+@torch.no_grad()
+def density_2d(
+    model: nn.Module,
+    data: Tensor,
+    path: str | Path,
+    *,
+    samples: Tensor | None = None,
+    resolution: int = 200,
+    title: str = "",
+) -> Path:
+    """Data histogram, model density on a grid, and (optionally) model samples, for 2-D data.
+
+    The grid spans the data's range plus a margin; the title reports the integral of the
+    density over the grid, a quick check that the model is normalised (≈ 1 when the grid covers
+    the mass).
+    """
+    plt = _pyplot()
+    data = data.detach().float().cpu()
+    lo = data.min(0).values - 0.5
+    hi = data.max(0).values + 0.5
+    xs = torch.linspace(float(lo[0]), float(hi[0]), resolution)
+    ys = torch.linspace(float(lo[1]), float(hi[1]), resolution)
+    gx, gy = torch.meshgrid(xs, ys, indexing="xy")
+    pts = torch.stack([gx.flatten(), gy.flatten()], 1)
+    param = next(model.parameters())
+    was_training = model.training
+    model.eval()
+    logp = torch.cat([model.log_prob(p.to(param)).cpu() for p in pts.split(10_000)])
+    model.train(was_training)
+    dens = logp.exp().reshape(resolution, resolution)
+    cell = float((xs[1] - xs[0]) * (ys[1] - ys[0]))
+    mass = float(dens.sum()) * cell
+    panels = 3 if samples is not None else 2
+    fig, axes = plt.subplots(1, panels, figsize=(4 * panels, 4))
+    extent = (float(lo[0]), float(hi[0]), float(lo[1]), float(hi[1]))
+    axes[0].hist2d(
+        data[:, 0].numpy(),
+        data[:, 1].numpy(),
+        bins=resolution // 2,
+        range=[[extent[0], extent[1]], [extent[2], extent[3]]],
+        cmap="viridis",
+    )
+    axes[0].set_title("data")
+    axes[1].imshow(dens.numpy(), origin="lower", extent=extent, cmap="viridis", aspect="auto")
+    axes[1].set_title(f"model density (mass on grid {mass:.3f})")
+    if samples is not None:
+        s = samples.detach().float().cpu()
+        axes[2].hist2d(
+            s[:, 0].numpy(),
+            s[:, 1].numpy(),
+            bins=resolution // 2,
+            range=[[extent[0], extent[1]], [extent[2], extent[3]]],
+            cmap="viridis",
+        )
+        axes[2].set_title("model samples")
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _save(fig: Any, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path

@@ -1,0 +1,317 @@
+"""``fit``: the training loop shared by every model in jacfree.
+
+Adam on mini-batches, an exact validation metric after every epoch (by default the exact NLL from
+``model.log_prob``), early stopping that keeps the **best** parameters (the relative-gradient
+reference code overwrote them), a tqdm progress bar with the live loss and throughput, a JSONL
+metrics file, and checkpoints from which a resumed run continues exactly as an uninterrupted one
+(same shuffling, same dequantisation noise, same optimiser state).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .._checks import check_positive_int
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .evaluate import evaluate_nll
+from .optim import make_adam
+
+Objective = Callable[[nn.Module, Tensor], Tensor]
+ValMetric = Callable[[nn.Module, Tensor], float]
+
+LAST = "checkpoint.pt"
+BEST = "best.pt"
+METRICS = "metrics.jsonl"
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` returns.
+
+    Attributes:
+        history: one dict of metrics per epoch (also written to ``metrics.jsonl``).
+        best_epoch: epoch (1-based) with the lowest validation metric, ``None`` without ``val``.
+        best_val: that metric's value.
+        stopped_early: whether early stopping ended the run.
+        out_dir: the folder holding checkpoints and metrics, if any.
+    """
+
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_epoch: int | None = None
+    best_val: float | None = None
+    stopped_early: bool = False
+    out_dir: Path | None = None
+
+
+def _default_objective(model: nn.Module, x: Tensor) -> Tensor:
+    return model.loss(x)
+
+
+def _default_val_metric(model: nn.Module, x: Tensor) -> float:
+    return evaluate_nll(model, x).mean
+
+
+def fit(
+    model: nn.Module,
+    train: Tensor,
+    val: Tensor | None = None,
+    *,
+    epochs: int = 100,
+    batch_size: int = 100,
+    lr: float = 1e-3,
+    patience: int | None = 30,
+    objective: Objective | None = None,
+    val_metric: ValMetric | None = None,
+    val_name: str = "nll",
+    optimizer: torch.optim.Optimizer | None = None,
+    clip_grad_norm: float | None = None,
+    seed: int = 0,
+    out_dir: str | Path | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    restore_best: bool = True,
+    progress: bool = True,
+    checkpoint_extra: dict[str, Any] | None = None,
+) -> FitResult:
+    """Train ``model`` on the rows of ``train``.
+
+    Args:
+        model: any module; by default trained on ``model.loss(x)`` and validated with the exact
+            NLL from ``model.log_prob`` (in eval mode, under ``no_grad``).
+        train, val: tensors with samples first (kept where they are; batches move to the
+            model's device).
+        epochs: total number of epochs (a resumed run continues up to this number).
+        batch_size: mini-batch size; the last, smaller batch of an epoch is kept.
+        lr: Adam learning rate (ignored if ``optimizer`` is given).
+        patience: stop after this many epochs without a better validation metric
+            (``None`` disables early stopping).
+        objective: ``objective(model, x) -> scalar loss``; default ``model.loss(x)``.
+        val_metric: ``val_metric(model, val) -> float`` (lower is better); default exact NLL.
+        val_name: name of the validation metric in the history (``val_<name>``).
+        optimizer: an optimizer over ``model``'s parameters; default fused Adam.
+        clip_grad_norm: clip the global gradient norm to this value.
+        seed: seeds the shuffling and the global torch RNG (dequantisation noise).
+        out_dir: folder for ``checkpoint.pt`` (last epoch, for resuming), ``best.pt`` (best
+            validation epoch) and ``metrics.jsonl``. ``None`` keeps everything in memory.
+        resume: continue the run saved in ``out_dir/checkpoint.pt``.
+        overwrite: allow starting a new run in an ``out_dir`` that already holds one.
+        restore_best: load the best parameters into ``model`` at the end.
+        progress: show a tqdm progress bar.
+        checkpoint_extra: extra entries stored in every checkpoint (e.g. a model spec).
+
+    Raises:
+        FloatingPointError: the training loss became NaN/Inf; the last good checkpoint is kept.
+        FileExistsError: ``out_dir`` holds a run and neither ``resume`` nor ``overwrite`` is set.
+    """
+    epochs = check_positive_int(epochs, "epochs")
+    batch_size = check_positive_int(batch_size, "batch_size")
+    if patience is not None:
+        check_positive_int(patience, "patience")
+    if not isinstance(train, Tensor) or train.dim() < 2 or len(train) == 0:
+        raise ValueError(
+            "train must be a non-empty tensor with samples first, shape (n, ...); "
+            f"got {type(train).__name__} {tuple(getattr(train, 'shape', ()))}."
+        )
+    objective = objective or _default_objective
+    val_metric = val_metric or _default_val_metric
+    val_key = f"val_{val_name}"
+    out = Path(out_dir) if out_dir is not None else None
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    opt = optimizer or make_adam(model.parameters(), lr)
+    shuffle = torch.Generator().manual_seed(seed)
+    config = {"batch_size": batch_size, "seed": seed, "n_train": len(train)}
+
+    result = FitResult(out_dir=out)
+    best_state: dict[str, Tensor] | None = None
+    bad_epochs = 0
+    start = 0
+    if out is not None and resume:
+        state = load_checkpoint(out / LAST, map_location=device)
+        _check_resumable(state, config, out / LAST)
+        model.load_state_dict(state["model_state"])
+        opt.load_state_dict(state["optimizer_state"])
+        if optimizer is None:
+            for group in opt.param_groups:
+                group["lr"] = lr
+        torch.set_rng_state(state["rng"]["torch"])
+        if device.type == "cuda" and state["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        shuffle.set_state(state["rng"]["shuffle"])
+        start = int(state["epoch"])
+        result.history = list(state["history"])
+        result.best_epoch = state["best_epoch"]
+        result.best_val = state["best_val"]
+        best_state = state.get("best_state")
+        bad_epochs = int(state["bad_epochs"])
+    else:
+        if out is not None and (out / LAST).exists() and not overwrite:
+            raise FileExistsError(
+                f"{out} already holds a training run ({LAST}); pass resume=True "
+                "(CLI: --resume) to continue it, overwrite=True (CLI: --overwrite) to replace "
+                "it, or choose another folder."
+            )
+        torch.manual_seed(seed)
+
+    steps_per_epoch = math.ceil(len(train) / batch_size)
+    bar = tqdm(
+        total=epochs * steps_per_epoch,
+        initial=start * steps_per_epoch,
+        unit="step",
+        desc="train",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
+    try:
+        for epoch in range(start + 1, epochs + 1):
+            if patience is not None and bad_epochs >= patience:
+                result.stopped_early = True
+                break
+            model.train()
+            t0 = time.perf_counter()
+            total, count = 0.0, 0
+            for idx in torch.randperm(len(train), generator=shuffle).split(batch_size):
+                x = train[idx].to(device, non_blocking=True)
+                opt.zero_grad(set_to_none=True)
+                loss = objective(model, x)
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    where = f"; the last good checkpoint is kept in {out}" if out else ""
+                    raise FloatingPointError(
+                        f"training loss became {value} at epoch {epoch}{where}. Lower the "
+                        "learning rate, clip gradients (clip_grad_norm / --clip), or check the "
+                        "data for extreme values."
+                    )
+                loss.backward()
+                if clip_grad_norm is not None:
+                    nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
+                opt.step()
+                total += value * len(idx)
+                count += len(idx)
+                bar.update(1)
+                bar.set_postfix(epoch=epoch, loss=f"{value:.4g}", refresh=False)
+            train_time = time.perf_counter() - t0
+            row: dict[str, Any] = {
+                "epoch": epoch,
+                "train_loss": total / count,
+                "epoch_time_s": train_time,
+                "samples_per_s": count / train_time,
+                "lr": opt.param_groups[0]["lr"],
+            }
+            if val is not None:
+                t1 = time.perf_counter()
+                score = float(val_metric(model, val))
+                row[val_key] = score
+                row["val_time_s"] = time.perf_counter() - t1
+                if math.isfinite(score) and (result.best_val is None or score < result.best_val):
+                    result.best_val, result.best_epoch, bad_epochs = score, epoch, 0
+                    best_state = _cpu_state(model)
+                    if out is not None:
+                        save_checkpoint(
+                            _model_payload(best_state, epoch, checkpoint_extra), out / BEST
+                        )
+                else:
+                    bad_epochs += 1
+                row["best_" + val_key] = result.best_val
+            result.history.append(row)
+            bar.set_postfix(
+                epoch=epoch,
+                loss=f"{row['train_loss']:.4g}",
+                **({"val": f"{row[val_key]:.4g}"} if val is not None else {}),
+                samples_s=f"{row['samples_per_s']:.0f}",
+            )
+            if out is not None:
+                _save_run(
+                    out,
+                    model,
+                    opt,
+                    epoch,
+                    shuffle,
+                    result,
+                    best_state,
+                    bad_epochs,
+                    config,
+                    checkpoint_extra,
+                )
+    finally:
+        bar.close()
+
+    if restore_best and best_state is not None:
+        model.load_state_dict(best_state)
+    if out is not None and val is None:
+        save_checkpoint(
+            _model_payload(_cpu_state(model), len(result.history), checkpoint_extra), out / BEST
+        )
+    return result
+
+
+def _cpu_state(model: nn.Module) -> dict[str, Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def _model_payload(state: dict[str, Tensor], epoch: int, extra: dict[str, Any] | None) -> dict:
+    return {"model_state": state, "epoch": epoch, **(extra or {})}
+
+
+def _save_run(
+    out: Path,
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    epoch: int,
+    shuffle: torch.Generator,
+    result: FitResult,
+    best_state: dict[str, Tensor] | None,
+    bad_epochs: int,
+    config: dict[str, Any],
+    extra: dict[str, Any] | None,
+) -> None:
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    save_checkpoint(
+        {
+            "model_state": _cpu_state(model),
+            "optimizer_state": copy.deepcopy(opt.state_dict()),
+            "epoch": epoch,
+            "rng": {"torch": torch.get_rng_state(), "cuda": cuda, "shuffle": shuffle.get_state()},
+            "history": result.history,
+            "best_epoch": result.best_epoch,
+            "best_val": result.best_val,
+            "best_state": best_state,
+            "bad_epochs": bad_epochs,
+            "config": config,
+            **(extra or {}),
+        },
+        out / LAST,
+    )
+    _write_metrics(out / METRICS, result.history)
+
+
+def _write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
+    """Rewrite the JSONL metrics file atomically (it always matches the checkpoint)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        for row in history:
+            f.write(json.dumps(row) + "\n")
+    os.replace(tmp, path)
+
+
+def _check_resumable(state: dict[str, Any], config: dict[str, Any], path: Path) -> None:
+    saved = state.get("config", {})
+    diff = {k: (saved.get(k), v) for k, v in config.items() if saved.get(k) != v}
+    if diff:
+        details = ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in diff.items())
+        raise CheckpointError(
+            f"cannot resume {path} exactly: settings differ ({details}). Resume with the saved "
+            "settings and the same training data, or start a new run in another folder."
+        )
