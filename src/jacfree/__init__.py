@@ -5,6 +5,9 @@
 * finite-difference score matching (Pang et al., NeurIPS 2020).
 """
 
+__version__ = "0.1.0"
+
+from . import data, train
 from .flows import (
     GRADIENT_MODES,
     Dequantize,
@@ -16,8 +19,7 @@ from .flows import (
     SquareAffine,
     StandardNormal,
 )
-
-__version__ = "0.1.0"
+from .train import evaluate_nll, fit
 
 __all__ = [
     "GRADIENT_MODES",
@@ -30,4 +32,8 @@ __all__ = [
     "SquareAffine",
     "StandardNormal",
     "__version__",
+    "data",
+    "evaluate_nll",
+    "fit",
+    "train",
 ]
