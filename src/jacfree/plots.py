@@ -70,7 +70,11 @@ def image_grid(
         grid[:, 1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + k * (w + 1) : 1 + k * (w + 1) + w] = img
     fig, ax = plt.subplots(figsize=(6, 6 * rows / cols))
     ax.imshow(
-        grid.permute(1, 2, 0).squeeze(-1), cmap="gray", vmin=0, vmax=1, interpolation="nearest"
+        grid.permute(1, 2, 0).squeeze(-1).numpy(),
+        cmap="gray",
+        vmin=0,
+        vmax=1,
+        interpolation="nearest",
     )
     ax.axis("off")
     if title:

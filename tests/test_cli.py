@@ -1,0 +1,109 @@
+"""The ``jacfree`` command line: a tiny end-to-end run, eval, sample, resume and error paths."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from jacfree.cli import main
+
+pytest.importorskip("matplotlib", reason='plots need matplotlib: pip install "jacfree[plot]"')
+
+TINY = ["--epochs", "2", "--no-progress", "--batch-size", "200"]
+
+
+def _nll(text: str) -> float:
+    return float(re.search(r"test NLL (-?[\d.]+) ± ([\d.]+) nats", text).group(1))
+
+
+def test_train_eval_sample_on_digits(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", *TINY]) == 0
+    out = capsys.readouterr().out
+    run = tmp_path / "runs" / "digits-fc-relative"
+    for name in (
+        "checkpoint.pt",
+        "best.pt",
+        "metrics.jsonl",
+        "results.json",
+        "loss.png",
+        "samples.png",
+    ):
+        assert (run / name).is_file(), name
+    assert re.search(r"test NLL [\d.]+ ± [\d.]+ nats \(n=359\) = [\d.]+ ± [\d.]+ bits/dim", out)
+    results = json.loads((run / "results.json").read_text())
+    assert results["test"]["nll_nats"] == pytest.approx(_nll(out), abs=1e-3)
+    assert results["test"]["bits_per_dim"] == pytest.approx(
+        results["test"]["nll_nats"] / (64 * 0.6931471805599453)
+    )
+
+    assert main(["eval", str(run)]) == 0  # same seed, same noise: the same number
+    assert _nll(capsys.readouterr().out) == pytest.approx(_nll(out), abs=1e-3)
+
+    assert main(["sample", str(run), "-n", "9", "--out", str(tmp_path / "s.png")]) == 0
+    assert (tmp_path / "s.png").stat().st_size > 0
+
+    # a second default run never overwrites the first one
+    assert main(["train", *TINY, "--no-plots"]) == 0
+    assert (tmp_path / "runs" / "digits-fc-relative-2" / "best.pt").is_file()
+
+
+def test_train_on_a_toy_writes_a_density_plot(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--data", "moons", "--layers", "3", "--gradient", "exact", *TINY]) == 0
+    run = tmp_path / "runs" / "moons-fc-exact"
+    assert (run / "density.png").is_file()
+    assert "bits/dim" not in capsys.readouterr().out  # continuous data: nats only
+    assert main(["sample", str(run), "-n", "5"]) == 0
+    rows = (run / "samples.csv").read_text().splitlines()
+    assert len(rows) == 5
+    assert all(len(r.split(",")) == 2 for r in rows)
+
+
+def test_resume_and_refusal_to_overwrite(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--no-plots", "--out", str(out)]) == 0
+    before = (out / "checkpoint.pt").read_bytes()
+    assert main(["train", *TINY, "--no-plots", "--out", str(out)]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert (out / "checkpoint.pt").read_bytes() == before
+    args = ["train", "--epochs", "3", "--no-progress", "--batch-size", "200", "--no-plots"]
+    assert main([*args, "--out", str(out), "--resume"]) == 0
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(s)["epoch"] for s in lines] == [1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["eval", "nowhere"], "no checkpoint at nowhere;"),
+        (["train", "--data", "no-such-set", *TINY], "unknown dataset 'no-such-set'"),
+        (["train", "--epochs", "0", "--no-progress"], "epochs must be an integer >= 1"),
+    ],
+)
+def test_errors_are_reported_without_a_traceback(tmp_path, monkeypatch, capsys, argv, message):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("jacfree: error:")
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_corrupt_checkpoint_is_reported(tmp_path, capsys):
+    bad = tmp_path / "best.pt"
+    bad.write_bytes(b"garbage")
+    assert main(["eval", str(tmp_path)]) == 2
+    assert "damaged or truncated" in capsys.readouterr().err
+
+
+def test_console_script_is_installed():
+    exe = shutil.which("jacfree") or shutil.which("jacfree", path=str(sys.prefix) + "/bin")
+    assert exe, "the jacfree console script is not on PATH; reinstall with pip install -e ."
+    done = subprocess.run([exe, "--version"], capture_output=True, text=True, check=True)
+    assert done.stdout.startswith("jacfree ")
