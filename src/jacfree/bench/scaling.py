@@ -1,0 +1,655 @@
+"""``jacfree bench scaling``: cost of one training step vs the dimension D, per gradient mode.
+
+What is measured
+----------------
+The wall-clock time of one **full training step** — ``zero_grad``, forward, backward and the
+optimiser step — of the fully connected flow ``jf.FCFlow(D, layers=L)`` (L square D×D affine
+layers, smooth leaky ReLUs between them) on a batch of B examples, for several D, in three
+variants trained side by side:
+
+``exact``
+    ``flow.set_gradient("exact")``; ``flow.loss(x)``: autograd through ``torch.linalg.slogdet``.
+    Its backward needs W⁻ᵀ for every layer: O(L·D³) per step — the baseline.
+``relative``
+    ``flow.loss(x)`` in relative mode (Gresele et al. 2020): no inverse, no determinant,
+    O(L·B·D²) per step (:mod:`jacfree.flows.relative`).
+``floor``
+    The same network trained with **no log-det term of the affine layers at all**: the loss keeps
+    only the data term −mean(log N(z) + Σ log σ'(y)) (see :func:`floor_loss`). Every method must
+    at least run this forward, this backward and this optimiser step, so its time is the floor no
+    way of handling log|det W| can beat. ``relative / floor`` is the price of the log-det term
+    under the relative gradient (two extra B×D×D products per layer, one for the first layer);
+    ``exact / relative`` is the saving over the O(D³) baseline.
+
+Why it is measured this way
+---------------------------
+* The three variants are interleaved (one step of each per round, order rotated per round), so
+  drift of a shared machine's speed hits them equally (:mod:`jacfree.bench.timing`).
+* All variants start from the same orthogonally initialised weights and use the same optimiser,
+  ``jacfree.train.make_adam`` (fused Adam, lr 1e-4), on a few fixed pre-generated batches.
+* Before every step (outside the timed region) the parameters are restored to their initial
+  values: Adam moves every coordinate by ≈ lr per step, which at D = 3072 makes W badly
+  conditioned within a few dozen steps; restoring keeps every timed step on the same
+  well-conditioned weights (the optimiser's moments keep accumulating, which does not change the
+  work done). The cost of a step does not depend on the values, only on the shapes.
+* The figure reported is the median over the timed steps after warm-up; min, max and the
+  inter-quartile range are kept in the CSV. The number of steps is chosen from a time budget per
+  D unless ``repeats`` is given.
+
+Outputs (in ``--out``, default ``bench-results/scaling/``): ``scaling.csv`` (one row per
+(D, variant)), ``environment.json`` (library versions, threads, CPU, the run's settings) and the
+log-log plot ``scaling.png`` (time vs D with each variant's fitted slope over the largest D).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import datetime
+import gc
+import json
+import math
+import os
+import platform
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .. import __version__
+from ..flows import FCFlow, Flow, SquareAffine
+from ..train import make_adam
+from .timing import time_interleaved
+
+DEFAULT_DIMS: tuple[int, ...] = (256, 512, 784, 1024, 2048, 3072)
+VARIANTS: tuple[str, ...] = ("exact", "relative", "floor")
+DEFAULT_OUT = Path("bench-results") / "scaling"
+CSV_NAME = "scaling.csv"
+PLOT_NAME = "scaling.png"
+ENV_NAME = "environment.json"
+
+#: columns of ``scaling.csv``, in order
+CSV_COLUMNS: tuple[str, ...] = (
+    "dim",
+    "variant",
+    "median_ms",
+    "min_ms",
+    "max_ms",
+    "q1_ms",
+    "q3_ms",
+    "iqr_ms",
+    "mean_ms",
+    "repeats",
+    "ratio_to_floor",
+    "batch",
+    "layers",
+    "warmup",
+    "optimizer",
+    "device",
+    "dtype",
+    "threads",
+)
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+# -- the three variants -----------------------------------------------------------------------
+
+
+def floor_loss(flow: Flow, x: Tensor) -> Tensor:
+    """The batch-mean NLL of ``flow`` **without** the log|det W| of its square affine layers.
+
+    Square affine layers are applied as plain ``F.linear(h, W, b)``; every other layer (the smooth
+    leaky ReLUs, any pre-processing) runs its own forward, and its data-dependent log-det counts.
+    For an ``FCFlow`` this is −mean(log N(z) + Σ_k Σ_i log σ'(y_k,i)): the exact loss plus
+    Σ_k log|det W_k|, so its gradient w.r.t. W_k is the exact one plus W_k⁻ᵀ.
+    """
+    h = x
+    logdet = x.new_zeros(x.shape[0])
+    for layer in flow.layers:
+        if isinstance(layer, SquareAffine):
+            h = F.linear(h, layer.weight, layer.bias)
+        else:
+            h, ld = layer(h)
+            logdet = logdet + ld
+    return -(flow.base.log_prob(h) + logdet).mean()
+
+
+def variant_loss(flow: Flow, variant: str) -> Callable[[Tensor], Tensor]:
+    """The loss function of one benchmark variant; sets the flow's gradient mode accordingly."""
+    if variant == "floor":
+        return lambda x: floor_loss(flow, x)
+    if variant in ("exact", "relative"):
+        flow.set_gradient(variant)
+        return flow.loss
+    raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}.")
+
+
+class TrainingStep:
+    """One full training step of a flow for one variant, and the reset that precedes it.
+
+    ``step()`` runs ``zero_grad``, the variant's loss on the next pre-generated batch,
+    ``backward`` and ``optimizer.step()``. ``reset()`` (untimed) restores the parameters to their
+    values at construction.
+    """
+
+    def __init__(self, flow: Flow, variant: str, batches: Sequence[Tensor], lr: float) -> None:
+        if not batches:
+            raise ValueError("TrainingStep needs at least one batch.")
+        self.flow = flow
+        self.variant = variant
+        self.loss_fn = variant_loss(flow, variant)
+        self.params = [p for p in flow.parameters() if p.requires_grad]
+        self.optimizer = make_adam(self.params, lr=lr)
+        self.initial = [p.detach().clone() for p in self.params]
+        self.batches = list(batches)
+        self.count = 0
+        self.last_loss: Tensor | None = None
+
+    @property
+    def optimizer_name(self) -> str:
+        d = self.optimizer.defaults
+        kind = "fused" if d.get("fused") else "foreach" if d.get("foreach") else "for-loop"
+        return f"adam-{kind}"
+
+    def step(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        x = self.batches[self.count % len(self.batches)]
+        self.count += 1
+        loss = self.loss_fn(x)
+        loss.backward()
+        self.optimizer.step()
+        self.last_loss = loss.detach()
+
+    @torch.no_grad()
+    def reset(self) -> None:
+        for p, p0 in zip(self.params, self.initial, strict=True):
+            p.copy_(p0)
+
+
+# -- the benchmark ----------------------------------------------------------------------------
+
+
+def scaling_benchmark(
+    dims: Sequence[int] = DEFAULT_DIMS,
+    batch: int = 100,
+    layers: int = 2,
+    repeats: int | None = None,
+    warmup: int = 2,
+    variants: Sequence[str] = VARIANTS,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+    *,
+    lr: float = 1e-4,
+    budget: float = 10.0,
+    min_repeats: int = 5,
+    max_repeats: int = 200,
+    n_batches: int = 4,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Time one full training step of ``FCFlow(D, layers)`` per variant, for every D in ``dims``.
+
+    Args:
+        dims: the dimensions D.
+        batch: batch size B.
+        layers: number L of square affine layers.
+        repeats: timed steps per variant and D; ``None`` fits them in ``budget`` seconds per D
+            (at least ``min_repeats``, at most ``max_repeats``).
+        warmup: untimed steps per variant and D, run first.
+        variants: any of ``"exact"``, ``"relative"``, ``"floor"`` (see the module docs).
+        device, dtype: where and in which precision the models and data live.
+        seed: seeds the initial weights and the data (standard normal batches).
+        lr: Adam learning rate (the parameters are restored before every step anyway).
+        budget: seconds of timed steps (all variants together) per D when ``repeats`` is None.
+        n_batches: number of pre-generated batches cycled through.
+        progress: print one line per D to stderr.
+
+    Returns:
+        One dict per (D, variant) with the columns of :data:`CSV_COLUMNS`; times in milliseconds.
+        ``ratio_to_floor`` is the median over the floor's median at the same D (``None`` without
+        a floor variant).
+    """
+    variants = tuple(variants)
+    bad = [v for v in variants if v not in VARIANTS]
+    if bad or not variants:
+        raise ValueError(
+            f"unknown or no variants {bad or list(variants)}; choose from {', '.join(VARIANTS)}."
+        )
+    if len(set(variants)) != len(variants):
+        raise ValueError(f"variants must be distinct, got {list(variants)}.")
+    dims = tuple(int(d) for d in dims)
+    if not dims or any(d < 1 for d in dims):
+        raise ValueError(f"dims must be positive integers, got {list(dims)}.")
+    for name, value in (("batch", batch), ("layers", layers), ("n_batches", n_batches)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    device = _device(device)
+    if dtype not in _DTYPES.values():
+        raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}.")
+
+    rows: list[dict[str, Any]] = []
+    for dim in dims:
+        generator = torch.Generator().manual_seed(seed)
+        torch.manual_seed(seed)
+        base = FCFlow(dim, layers=layers).to(device=device, dtype=dtype)
+        batches = [
+            torch.randn(batch, dim, generator=generator, dtype=torch.float64).to(device, dtype)
+            for _ in range(n_batches)
+        ]
+        steps = {v: TrainingStep(copy.deepcopy(base), v, batches, lr) for v in variants}
+        del base
+        if progress:
+            print(f"[scaling] D={dim}: timing {', '.join(variants)} ...", file=sys.stderr)
+        stats = time_interleaved(
+            {v: s.step for v, s in steps.items()},
+            setup={v: s.reset for v, s in steps.items()},
+            repeats=repeats,
+            warmup=warmup,
+            device=device,
+            budget=budget,
+            min_repeats=min_repeats,
+            max_repeats=max_repeats,
+        )
+        for v, s in steps.items():
+            if s.last_loss is None or not bool(torch.isfinite(s.last_loss)):
+                raise FloatingPointError(
+                    f"the {v} variant at D={dim} produced a non-finite loss ({s.last_loss}); "
+                    "the timings would be meaningless. Try a smaller --lr or float64."
+                )
+        floor_median = stats["floor"].median if "floor" in stats else None
+        for v in variants:
+            summary = stats[v].summary("ms")
+            rows.append(
+                {
+                    "dim": dim,
+                    "variant": v,
+                    **{k: summary[k] for k in CSV_COLUMNS if k in summary},
+                    "repeats": stats[v].n,
+                    "ratio_to_floor": None
+                    if floor_median is None
+                    else stats[v].median / floor_median,
+                    "batch": batch,
+                    "layers": layers,
+                    "warmup": warmup,
+                    "optimizer": steps[v].optimizer_name,
+                    "device": str(device),
+                    "dtype": str(dtype).removeprefix("torch."),
+                    "threads": torch.get_num_threads(),
+                }
+            )
+        if progress:
+            medians = ", ".join(f"{v} {stats[v].median * 1e3:.2f} ms" for v in variants)
+            print(
+                f"[scaling] D={dim}: {stats[variants[0]].n} steps each; {medians}", file=sys.stderr
+            )
+        del steps, stats
+        gc.collect()
+    return rows
+
+
+def _device(device: torch.device | str) -> torch.device:
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device cuda was requested but no CUDA device is available; use cpu.")
+    return dev
+
+
+# -- analysis and outputs ---------------------------------------------------------------------
+
+
+def _medians(rows: Sequence[dict[str, Any]]) -> dict[str, dict[int, float]]:
+    out: dict[str, dict[int, float]] = {}
+    for row in rows:
+        out.setdefault(row["variant"], {})[int(row["dim"])] = float(row["median_ms"])
+    return out
+
+
+def fit_loglog_slopes(rows: Sequence[dict[str, Any]], points: int = 3) -> dict[str, float]:
+    """Least-squares slope of log(median time) vs log(D) over each variant's ``points`` largest D.
+
+    A slope near 2 is O(D²) behaviour, near 3 is O(D³). Variants with fewer than two distinct D
+    are left out.
+    """
+    slopes: dict[str, float] = {}
+    for variant, by_dim in _medians(rows).items():
+        dims = sorted(by_dim)[-max(points, 2) :]
+        if len(dims) < 2:
+            continue
+        xs = [math.log(d) for d in dims]
+        ys = [math.log(by_dim[d]) for d in dims]
+        mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+        sxx = sum((a - mx) ** 2 for a in xs)
+        slopes[variant] = sum((a - mx) * (b - my) for a, b in zip(xs, ys, strict=True)) / sxx
+    return slopes
+
+
+def format_table(rows: Sequence[dict[str, Any]], fit_points: int = 3) -> str:
+    """Text table: D, median ms per step for each variant, relative/floor and exact/relative."""
+    med = _medians(rows)
+    variants = [v for v in VARIANTS if v in med]
+    dims = sorted({int(r["dim"]) for r in rows})
+    ratios = [
+        (f"{a}/{b}", a, b)
+        for a, b in (("relative", "floor"), ("exact", "relative"), ("exact", "floor"))
+        if a in med and b in med
+    ]
+    header = ["D", *(f"{v} ms" for v in variants), *(name for name, _, _ in ratios)]
+    lines = []
+    for d in dims:
+        cells = [str(d)]
+        cells += [f"{med[v][d]:.2f}" if d in med[v] else "-" for v in variants]
+        cells += [
+            f"{med[a][d] / med[b][d]:.2f}" if d in med[a] and d in med[b] else "-"
+            for _, a, b in ratios
+        ]
+        lines.append(cells)
+    widths = [max(len(h), *(len(c[i]) for c in lines)) for i, h in enumerate(header)]
+    out = ["  ".join(h.rjust(w) for h, w in zip(header, widths, strict=True))]
+    out += ["  ".join(c.rjust(w) for c, w in zip(cells, widths, strict=True)) for cells in lines]
+    slopes = fit_loglog_slopes(rows, fit_points)
+    if slopes:
+        top = sorted(dims)[-max(fit_points, 2) :]
+        out.append(
+            f"log-log slope over D in {top}: "
+            + ", ".join(f"{v} {slopes[v]:.2f}" for v in variants if v in slopes)
+        )
+    return "\n".join(out)
+
+
+def write_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
+    """Write the rows to ``path`` with the columns of :data:`CSV_COLUMNS`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _csv_cell(row.get(k)) for k in CSV_COLUMNS})
+    return path
+
+
+def _csv_cell(value: object) -> object:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4f}"  # ms to 0.1 µs, ratios to 1e-4
+    return value
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment_info(device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Versions, threads and hardware that the timings depend on."""
+    device = torch.device(device)
+    info: dict[str, Any] = {
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "jacfree": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "mkl": torch.backends.mkl.is_available(),
+        "openmp": torch.backends.openmp.is_available(),
+        "thread_env": {
+            k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if k in os.environ
+        },
+        "device": str(device),
+    }
+    if device.type == "cuda" and torch.cuda.is_available():
+        info["cuda_device"] = torch.cuda.get_device_name(device)
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def _pyplot() -> Any:
+    try:
+        import matplotlib
+    except ImportError as err:
+        raise ImportError(
+            'the scaling plot needs matplotlib: install it with pip install "jacfree[plot]" '
+            "(or pass --no-plot)"
+        ) from err
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_scaling(
+    rows: Sequence[dict[str, Any]], path: str | Path, fit_points: int = 3, title: str = ""
+) -> Path:
+    """Log-log plot of the median step time vs D, one line per variant, slopes in the legend."""
+    plt = _pyplot()
+    med = _medians(rows)
+    slopes = fit_loglog_slopes(rows, fit_points)
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    styles = {"exact": ("C3", "o"), "relative": ("C0", "s"), "floor": ("C2", "^")}
+    for v in (v for v in VARIANTS if v in med):
+        dims = sorted(med[v])
+        color, marker = styles[v]
+        label = v if v not in slopes else f"{v} (slope {slopes[v]:.2f})"
+        ax.plot(dims, [med[v][d] for d in dims], marker=marker, color=color, label=label)
+    all_dims = sorted({int(r["dim"]) for r in rows})
+    if len(all_dims) >= 2:
+        # faint guides through the largest-D point of the floor / exact lines: ∝ D² and ∝ D³
+        for v, power, ls in (("floor", 2, ":"), ("exact", 3, "--")):
+            if v in med:
+                d0 = max(med[v])
+                ys = [med[v][d0] * (d / d0) ** power for d in all_dims]
+                ax.plot(all_dims, ys, ls, color="0.6", lw=0.8, label="∝ D" + "²³"[power - 2])
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xticks(all_dims)
+    ax.set_xticklabels([str(d) for d in all_dims])
+    ax.minorticks_off()
+    ax.set_xlabel("D (features)")
+    ax.set_ylabel("ms per training step (median)")
+    top = all_dims[-max(fit_points, 2) :]
+    ax.set_title(title or "training step time vs D", fontsize=10)
+    ax.legend(title=f"slopes fitted over D ∈ {top}", fontsize=8, title_fontsize=8)
+    ax.grid(True, which="major", alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_outputs(
+    rows: Sequence[dict[str, Any]],
+    out: str | Path,
+    *,
+    config: dict[str, Any] | None = None,
+    plot: bool = True,
+    fit_points: int = 3,
+    device: torch.device | str = "cpu",
+) -> dict[str, Path]:
+    """Write ``scaling.csv``, ``environment.json`` and (unless ``plot=False``) ``scaling.png``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"csv": write_csv(rows, out / CSV_NAME)}
+    env = {
+        "environment": environment_info(device),
+        "config": config or {},
+        "loglog_slopes": fit_loglog_slopes(rows, fit_points),
+    }
+    paths["environment"] = out / ENV_NAME
+    paths["environment"].write_text(json.dumps(env, indent=2) + "\n")
+    if plot:
+        first = rows[0] if rows else {}
+        title = (
+            f"FCFlow, L={first.get('layers')}, B={first.get('batch')}, {first.get('device')} "
+            f"{first.get('dtype')}, {first.get('threads')} threads: full training step"
+        )
+        paths["plot"] = plot_scaling(rows, out / PLOT_NAME, fit_points, title)
+    return paths
+
+
+# -- command line -----------------------------------------------------------------------------
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(t) for t in text.replace(",", " ").split()]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected integers, got {text!r}") from err
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _variant_list(text: str) -> list[str]:
+    values = [t for t in text.replace(",", " ").split() if t]
+    bad = [v for v in values if v not in VARIANTS]
+    if bad or not values:
+        raise argparse.ArgumentTypeError(f"variants must be among {', '.join(VARIANTS)}")
+    return values
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``jacfree bench scaling``."""
+    parser.description = (
+        "Time one full training step (zero_grad, forward, backward, Adam step) of FCFlow(D) "
+        "for the exact (slogdet), relative and floor (no log-det term) variants, interleaved."
+    )
+    parser.add_argument(
+        "--dims",
+        type=_int_list,
+        nargs="+",
+        default=None,
+        help="dimensions D, space- or comma-separated (default: "
+        + " ".join(map(str, DEFAULT_DIMS))
+        + ")",
+    )
+    parser.add_argument("--batch", type=int, default=100, help="batch size B (default 100)")
+    parser.add_argument("--layers", type=int, default=2, help="square affine layers L (default 2)")
+    parser.add_argument(
+        "--variants",
+        type=_variant_list,
+        nargs="+",
+        default=None,
+        help="subset of exact relative floor (default: all three)",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="timed steps per variant and D (default: adaptive, see --budget)",
+    )
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=10.0,
+        help="adaptive repeats: seconds of timed steps per D, all variants (default 10)",
+    )
+    parser.add_argument(
+        "--min-repeats", type=int, default=5, help="adaptive repeats: at least (default 5)"
+    )
+    parser.add_argument(
+        "--max-repeats", type=int, default=200, help="adaptive repeats: at most (default 200)"
+    )
+    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument("--dtype", default="float32", choices=sorted(_DTYPES))
+    parser.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (1e-4)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--fit-points",
+        type=int,
+        default=3,
+        help="fit the log-log slopes over this many largest D (default 3)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULT_OUT,
+        help=f"output folder for {CSV_NAME}, {PLOT_NAME}, {ENV_NAME} (default {DEFAULT_OUT})",
+    )
+    parser.add_argument("--no-plot", action="store_true", help=f"do not write {PLOT_NAME}")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``jacfree bench scaling``: benchmark, print the table, write CSV, JSON and plot."""
+    dims = [d for group in args.dims for d in group] if args.dims else list(DEFAULT_DIMS)
+    variants = [v for group in args.variants for v in group] if args.variants else list(VARIANTS)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}.")
+        torch.set_num_threads(args.threads)
+    if args.repeats is not None and args.repeats < 1:
+        raise ValueError(f"--repeats must be >= 1, got {args.repeats}.")
+    if args.warmup < 0:
+        raise ValueError(f"--warmup must be >= 0, got {args.warmup}.")
+    if not args.no_plot:
+        _pyplot()  # fail now, not after minutes of timing
+    config = {
+        "dims": dims,
+        "batch": args.batch,
+        "layers": args.layers,
+        "variants": variants,
+        "repeats": args.repeats,
+        "warmup": args.warmup,
+        "budget_s": args.budget,
+        "min_repeats": args.min_repeats,
+        "max_repeats": args.max_repeats,
+        "device": args.device,
+        "dtype": args.dtype,
+        "lr": args.lr,
+        "seed": args.seed,
+        "optimizer": "jacfree.train.make_adam",
+    }
+    rows = scaling_benchmark(
+        dims,
+        batch=args.batch,
+        layers=args.layers,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        variants=variants,
+        device=args.device,
+        dtype=_DTYPES[args.dtype],
+        seed=args.seed,
+        lr=args.lr,
+        budget=args.budget,
+        min_repeats=args.min_repeats,
+        max_repeats=args.max_repeats,
+        progress=not args.quiet,
+    )
+    print(
+        f"FCFlow(D, layers={args.layers}), B={args.batch}, {args.device} {args.dtype}, "
+        f"{torch.get_num_threads()} threads: median ms per full training step"
+    )
+    print(format_table(rows, args.fit_points))
+    paths = write_outputs(
+        rows,
+        args.out,
+        config=config,
+        plot=not args.no_plot,
+        fit_points=args.fit_points,
+        device=args.device,
+    )
+    for path in paths.values():
+        print(f"wrote {path}")
+    return 0

@@ -1,0 +1,244 @@
+"""A small wall-clock timing helper shared by the ``jacfree bench`` benchmarks.
+
+What it measures: the wall-clock time of single calls of a function, each bracketed by a device
+synchronisation (``torch.cuda.synchronize`` on CUDA; nothing is needed on the CPU, whose kernels
+return when done), after a few untimed warm-up calls (allocator growth, kernel selection, caches).
+The summary statistics are robust ones — median, min, max and inter-quartile range — because a
+shared machine adds one-sided noise: a slow outlier must not move the figure that is reported.
+
+Several functions (the variants of a benchmark) are timed **interleaved**: one call of each per
+round, the order rotated from round to round, so slow drift of the machine's speed (other jobs,
+thermal state) hits every variant equally and the ratios between variants stay meaningful.
+
+The number of timed rounds can be chosen adaptively from a time budget: after the warm-up, the
+duration of one round is estimated and as many rounds are run as fit in the budget, clamped to
+``[min_repeats, max_repeats]``.
+
+Example:
+    >>> import torch
+    >>> from jacfree.bench.timing import time_interleaved
+    >>> a, b = torch.randn(64, 64), torch.randn(64, 64)
+    >>> stats = time_interleaved({"mm": lambda: a @ b, "add": lambda: a + b}, repeats=5, warmup=1)
+    >>> stats["mm"].n
+    5
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+
+__all__ = [
+    "TimingStats",
+    "choose_repeats",
+    "synchronize",
+    "time_call",
+    "time_function",
+    "time_interleaved",
+]
+
+
+def synchronize(device: torch.device | str | None) -> None:
+    """Wait for every queued kernel on ``device`` (a no-op on the CPU)."""
+    if device is None:
+        return
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":  # pragma: no cover - hardware dependent
+        torch.mps.synchronize()
+
+
+def time_call(fn: Callable[[], object], device: torch.device | str | None = None) -> float:
+    """Seconds taken by one call of ``fn``, with the device synchronised before and after.
+
+    Python's garbage collector is paused during the call (as :mod:`timeit` does), so a collection
+    triggered by earlier allocations is not charged to this call.
+    """
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        synchronize(device)
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        return time.perf_counter() - start
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
+def _quantile(sorted_values: list[float], q: float) -> float:
+    """Linearly interpolated quantile of already sorted values (numpy's default rule)."""
+    pos = q * (len(sorted_values) - 1)
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (pos - lo) * (sorted_values[hi] - sorted_values[lo])
+
+
+@dataclass(frozen=True)
+class TimingStats:
+    """Times of repeated calls, in seconds, with robust summaries."""
+
+    samples: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if not self.samples:
+            raise ValueError("TimingStats needs at least one sample.")
+
+    @property
+    def n(self) -> int:
+        return len(self.samples)
+
+    @property
+    def _sorted(self) -> list[float]:
+        return sorted(self.samples)
+
+    @property
+    def median(self) -> float:
+        return _quantile(self._sorted, 0.5)
+
+    @property
+    def min(self) -> float:
+        return min(self.samples)
+
+    @property
+    def max(self) -> float:
+        return max(self.samples)
+
+    @property
+    def mean(self) -> float:
+        return sum(self.samples) / len(self.samples)
+
+    @property
+    def q1(self) -> float:
+        return _quantile(self._sorted, 0.25)
+
+    @property
+    def q3(self) -> float:
+        return _quantile(self._sorted, 0.75)
+
+    @property
+    def iqr(self) -> float:
+        """Inter-quartile range q3 − q1: the spread of the middle half of the samples."""
+        return self.q3 - self.q1
+
+    def summary(self, unit: str = "ms", prefix: str = "") -> dict[str, float | int]:
+        """Flat dict ``{prefix}median_{unit}``, min, max, mean, q1, q3, iqr and ``{prefix}n``."""
+        scale = {"s": 1.0, "ms": 1e3, "us": 1e6}[unit]
+        out: dict[str, float | int] = {
+            f"{prefix}{name}_{unit}": getattr(self, name) * scale
+            for name in ("median", "min", "max", "mean", "q1", "q3", "iqr")
+        }
+        out[f"{prefix}n"] = self.n
+        return out
+
+
+def choose_repeats(
+    seconds_per_round: float, budget: float, min_repeats: int = 3, max_repeats: int = 100
+) -> int:
+    """How many timed rounds fit in ``budget`` seconds, within ``[min_repeats, max_repeats]``."""
+    if min_repeats < 1 or max_repeats < min_repeats:
+        raise ValueError(
+            f"need 1 <= min_repeats <= max_repeats, got {min_repeats} and {max_repeats}."
+        )
+    if seconds_per_round <= 0:
+        return max_repeats
+    return max(min_repeats, min(max_repeats, int(budget / seconds_per_round)))
+
+
+def time_interleaved(
+    fns: Mapping[str, Callable[[], object]],
+    *,
+    repeats: int | None = None,
+    warmup: int = 1,
+    device: torch.device | str | None = None,
+    setup: Mapping[str, Callable[[], object]] | None = None,
+    budget: float = 10.0,
+    min_repeats: int = 3,
+    max_repeats: int = 100,
+) -> dict[str, TimingStats]:
+    """Time several functions side by side: one call of each per round, order rotated per round.
+
+    Args:
+        fns: the functions to time, by name; each is called with no argument.
+        repeats: number of timed rounds; ``None`` chooses it from ``budget`` (see
+            :func:`choose_repeats`), using the duration of the last warm-up round (or of the first
+            timed round when ``warmup == 0``).
+        warmup: untimed rounds run first.
+        device: the device whose queue is synchronised around every timed call.
+        setup: optional untimed callables, by name, run right before each (warm-up or timed) call
+            of the function of the same name — e.g. to restore parameters to a fixed state.
+        budget: seconds of timed rounds to aim for when ``repeats`` is ``None``.
+        min_repeats, max_repeats: bounds of the adaptive choice.
+
+    Returns:
+        ``{name: TimingStats}`` with one sample per timed round.
+    """
+    if not fns:
+        raise ValueError("time_interleaved needs at least one function.")
+    if repeats is not None and repeats < 1:
+        raise ValueError(f"repeats must be >= 1 (or None for adaptive), got {repeats}.")
+    if warmup < 0:
+        raise ValueError(f"warmup must be >= 0, got {warmup}.")
+    names = list(fns)
+    setup = dict(setup or {})
+    unknown = set(setup) - set(names)
+    if unknown:
+        raise ValueError(f"setup names {sorted(unknown)} are not among the functions {names}.")
+    samples: dict[str, list[float]] = {name: [] for name in names}
+
+    def one_round(index: int) -> dict[str, float]:
+        shift = index % len(names)
+        times = {}
+        for name in names[shift:] + names[:shift]:
+            if name in setup:
+                setup[name]()
+            times[name] = time_call(fns[name], device)
+        return times
+
+    last_round = 0.0
+    for i in range(warmup):
+        last_round = sum(one_round(i).values())
+    done = 0
+    if repeats is None:
+        if warmup == 0:
+            first = one_round(0)
+            for name, t in first.items():
+                samples[name].append(t)
+            last_round = sum(first.values())
+            done = 1
+        repeats = choose_repeats(last_round, budget, min_repeats, max_repeats)
+    for i in range(done, repeats):
+        for name, t in one_round(warmup + i).items():
+            samples[name].append(t)
+    return {name: TimingStats(tuple(samples[name])) for name in names}
+
+
+def time_function(
+    fn: Callable[[], object],
+    *,
+    repeats: int | None = None,
+    warmup: int = 1,
+    device: torch.device | str | None = None,
+    setup: Callable[[], object] | None = None,
+    budget: float = 10.0,
+    min_repeats: int = 3,
+    max_repeats: int = 100,
+) -> TimingStats:
+    """Time one function: :func:`time_interleaved` with a single entry."""
+    return time_interleaved(
+        {"fn": fn},
+        repeats=repeats,
+        warmup=warmup,
+        device=device,
+        setup=None if setup is None else {"fn": setup},
+        budget=budget,
+        min_repeats=min_repeats,
+        max_repeats=max_repeats,
+    )["fn"]
