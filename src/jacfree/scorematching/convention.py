@@ -1,0 +1,68 @@
+r"""The one place where the sign convention of score matching lives.
+
+An *energy* ``E(x) -> (B,)`` defines the unnormalised log-density ``log p̃(x) = −E(x)``; its *score*
+is ``s(x) = ∇ₓ log p̃(x) = −∇ₓ E(x)``. :func:`log_density` is the only function in jacfree that
+applies this minus sign; every estimator (autograd and finite-difference alike) works with
+``log p̃`` from here on, so a sign error cannot hide in one estimator while the others agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from .._checks import values_visible
+
+__all__ = ["Energy", "ScoreNet", "log_density", "score"]
+
+Energy = Callable[..., Tensor]
+"""``energy(x) -> (B,)`` (or ``energy(x, cond)``); ``log p̃ = −energy``."""
+
+ScoreNet = Callable[..., Tensor]
+"""``score_net(x) -> x.shape`` (or ``score_net(x, cond)``), a direct model of ``∇ₓ log p``."""
+
+
+def log_density(energy: Energy, x: Tensor, cond: Tensor | None = None) -> Tensor:
+    r"""``log p̃(x) = −E(x)``, shape ``(B,)`` — THE sign convention of jacfree's score matching.
+
+    Accepts energies returning ``(B,)`` or ``(B, 1)``; anything else raises. ``cond`` (optional
+    per-sample conditioning such as a noise level) is passed on as ``energy(x, cond)``.
+    """
+    e = energy(x) if cond is None else energy(x, cond)
+    if not isinstance(e, Tensor):
+        raise TypeError(f"energy must return a tensor of shape (B,), got {type(e).__name__}")
+    B = x.shape[0]
+    if e.dim() == 2 and e.shape == (B, 1):
+        e = e.squeeze(1)
+    if e.shape != (B,):
+        raise ValueError(
+            f"energy must return one value per sample, shape ({B},) (or ({B}, 1)); got "
+            f"{tuple(e.shape)}. Sum over non-batch dimensions inside the energy."
+        )
+    if values_visible(e) and not bool(torch.isfinite(e).all()):
+        raise ValueError("energy returned NaN/Inf values; check the model and the input scale")
+    return -e
+
+
+def score(
+    energy: Energy,
+    x: Tensor,
+    *,
+    cond: Tensor | None = None,
+    create_graph: bool | None = None,
+) -> Tensor:
+    r"""The score ``s(x) = ∇ₓ log p̃(x) = −∇ₓ E(x)`` by autograd, shape ``x.shape``.
+
+    ``create_graph`` defaults to ``torch.is_grad_enabled()`` (keep the graph for a parameter
+    gradient when training, not under ``torch.no_grad()``). Works under ``no_grad`` too. Samples
+    must be independent rows (the gradient of the batch sum is taken).
+    """
+    if create_graph is None:
+        create_graph = torch.is_grad_enabled()
+    with torch.enable_grad():
+        xr = x if x.requires_grad else x.detach().requires_grad_(True)
+        f = log_density(energy, xr, cond)
+        (s,) = torch.autograd.grad(f.sum(), xr, create_graph=create_graph)
+    return s
