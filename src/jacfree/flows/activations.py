@@ -21,7 +21,10 @@ from .core import FlowLayer
 
 def smooth_leaky_relu(y: Tensor, alpha: float) -> Tensor:
     """σ(y) = α y + (1−α) softplus(y) (softplus evaluated stably)."""
-    return alpha * y + (1 - alpha) * F.softplus(y)
+    # threshold=40, not softplus' default 20: above the threshold softplus returns y itself, which
+    # drops e^{-20} ≈ 2e-9 — a jump (σ not monotone in float64) and a mismatch with
+    # log σ' at y = 20. e^{-40} ≈ 4e-18 is below float64 resolution there; exp(40) cannot overflow.
+    return alpha * y + (1 - alpha) * F.softplus(y, threshold=40.0)
 
 
 def smooth_leaky_relu_log_derivative(y: Tensor, alpha: float) -> Tensor:
