@@ -9,6 +9,7 @@ bits/dim = −log p(x) / (D ln 2) matches the literature's definition (Keller et
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from torch import Tensor
@@ -17,10 +18,14 @@ from .._checks import values_visible
 from .core import FlowLayer
 
 
+def _is_finite_real(value: object) -> bool:
+    return isinstance(value, numbers.Real) and math.isfinite(value)
+
+
 def _check_range(x: Tensor, upper: float, layer: str) -> None:
     if not values_visible(x):
         return
-    lo, hi = float(x.min()), float(x.max())
+    lo, hi = float(x.detach().min()), float(x.detach().max())
     if lo < 0 or hi > upper:
         raise ValueError(
             f"{layer} expects values in [0, {upper:g}], got values in [{lo:g}, {hi:g}]; the data "
@@ -40,6 +45,11 @@ class Dequantize(FlowLayer):
 
     def __init__(self, levels: int) -> None:
         super().__init__()
+        if not (_is_finite_real(levels) and levels >= 1 and levels == int(levels)):
+            raise ValueError(
+                f"levels must be a whole number >= 1 (the number of discrete values per "
+                f"dimension, e.g. 256 for 8-bit images), got {levels!r}."
+            )
         self.levels = int(levels)
 
     def extra_repr(self) -> str:
@@ -64,6 +74,11 @@ class LogitTransform(FlowLayer):
         super().__init__()
         if not 0 <= alpha < 0.5:
             raise ValueError(f"alpha must lie in [0, 0.5), got {alpha}.")
+        if not (_is_finite_real(levels) and levels > 0):
+            raise ValueError(
+                f"levels must be a finite number > 0 (the upper end of the data range [0, levels]"
+                f", e.g. 256 for raw 8-bit pixels or 1.0 for pixels in [0, 1]), got {levels!r}."
+            )
         self.levels = float(levels)
         self.alpha = float(alpha)
 
