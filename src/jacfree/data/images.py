@@ -171,14 +171,16 @@ def _locate_mnist(root: Path | None) -> dict[str, Path]:
 def load_mnist(root: Path | None = None, seed: int = 0) -> Dataset:
     """MNIST: 60,000 training + 10,000 test 28×28 handwritten digits, from your IDX files.
 
-    No package ships full MNIST; put ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
-    ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte`` (each plain or ``.gz``) in ``root``
-    (default ``data_dir()/mnist``; ``root/MNIST/raw`` also works). Served as 0..255 in float32,
-    shape (1, 28, 28), ``levels = 256``, ``logdet = 0``. Split (fixed, ``seed`` is ignored):
-    train = first 50,000, validation = last 10,000 training images (as the deeplearning.net
-    ``mnist.pkl.gz`` used by MAF and the relative-gradient paper; generally the last sixth),
-    test = the official 10,000. The pre-processing of the papers (dequantise, /256, logit with
-    α = 1e-6) lives in the model (:class:`jacfree.Dequantize`, :class:`jacfree.LogitTransform`).
+    Source: your copy of the MNIST IDX files (LeCun, Cortes & Burges; usually given as
+    CC BY-SA 3.0); no package ships full MNIST. Put ``train-images-idx3-ubyte``,
+    ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte`` and ``t10k-labels-idx1-ubyte``
+    (each plain or ``.gz``) in ``root`` (default ``data_dir()/mnist``; ``root/MNIST/raw``
+    also works). Served as 0..255 in float32, shape (1, 28, 28), ``levels = 256``,
+    ``logdet = 0``. Split (fixed, ``seed`` is ignored): train = first 50,000, validation =
+    last 10,000 training images (as the deeplearning.net ``mnist.pkl.gz`` used by MAF and the
+    relative-gradient paper; in general the last sixth), test = the official 10,000. The
+    papers' pre-processing (dequantise, /256, logit with α = 1e-6) lives in the model
+    (:class:`jacfree.Dequantize`, :class:`jacfree.LogitTransform`).
     """
     files = _locate_mnist(root)
     expected = "the MNIST IDX files (28x28 uint8 images, uint8 labels)"
@@ -272,7 +274,8 @@ def _locate_cifar(root: Path | None) -> dict[str, Path]:
 def load_cifar10(root: Path | None = None, seed: int = 0) -> Dataset:
     """CIFAR-10: 50,000 training + 10,000 test 32×32 colour images, from your python batches.
 
-    No package ships CIFAR-10; put ``data_batch_1`` … ``data_batch_5`` and ``test_batch`` (the
+    Source: your copy of the CIFAR-10 python version (Krizhevsky 2009; no explicit licence);
+    no package ships it. Put ``data_batch_1`` … ``data_batch_5`` and ``test_batch`` (the
     ``cifar-10-batches-py`` folder) in ``root`` (default ``data_dir()/cifar10``). The pickles
     are read with an unpickler that only builds NumPy arrays. Served as 0..255 in float32,
     shape (3, 32, 32), ``levels = 256``, ``logdet = 0``. Split (fixed, ``seed`` is ignored):

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .formats import bad_file, find_folder, require_module
-from .recipes import drop_correlated
+from .recipes import affine_meta, drop_correlated
 from .registry import Dataset, DatasetUnavailableError, as_float_tensor, register
 
 MAF_ARCHIVE = (
@@ -119,7 +119,8 @@ def load_power(root: Path | None = None, seed: int = 0) -> Dataset:
     both = np.vstack((train, val))
     mu, s = both.mean(axis=0), both.std(axis=0)
     splits = tuple((a - mu) / s for a in (train, val, test))
-    return _maf_dataset("power", "POWER (MAF)", splits, float(-np.log(s).sum()), {})
+    meta = {"affine": affine_meta(mu, np.diag(1 / s))}
+    return _maf_dataset("power", "POWER (MAF)", splits, float(-np.log(s).sum()), meta)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,7 +187,7 @@ def load_gas(root: Path | None = None, seed: int = 0) -> Dataset:
     data = data[:, keep]
     mu, s = data.mean(axis=0), data.std(axis=0, ddof=1)
     data = (data - mu) / s
-    meta = {"columns": [names[j] for j in keep]}
+    meta = {"columns": [names[j] for j in keep], "affine": affine_meta(mu, np.diag(1 / s))}
     return _maf_dataset("gas", "GAS (MAF)", _tail_split(data), float(-np.log(s).sum()), meta)
 
 
@@ -243,9 +244,11 @@ def load_hepmass(root: Path | None = None, seed: int = 0) -> Dataset:
     feature whose *smallest* value occurs more than 5 times in the training data (MAF's
     "too many re-occurring values" rule counts the smallest value — reproduced as is; it
     removes the mass and 6 discrete features). Test columns are matched to training columns by
-    header name. Split: validation = last 10 % of the training rows (35,013), train = 315,123,
-    test = the test file's 174,987 signal rows. ``logdet`` = −Σ log σ_j over the kept
-    features. ``seed`` is ignored (nothing is random).
+    header name (running the MAF code under a recent pandas would instead sort the test columns
+    f0, f1, f10, ... when aligning them with the training means, silently permuting them).
+    Split: validation = last 10 % of the training rows (35,013), train = 315,123, test = the
+    test file's 174,987 signal rows. ``logdet`` = −Σ log σ_j over the kept features. ``seed``
+    is ignored (nothing is random).
     """
     files = _locate_hepmass(root)
     expected = "the UCI HEPMASS 1000_*.csv file (header '# label,f0,...,f26,mass')"
@@ -283,7 +286,11 @@ def load_hepmass(root: Path | None = None, seed: int = 0) -> Dataset:
     n_val = int(0.1 * len(train))
     splits = (train[: len(train) - n_val], train[len(train) - n_val :], test)
     logdet = float(-np.log(s[kept]).sum())
-    meta = {"columns": [tr_names[j] for j in kept], "dropped": [tr_names[j] for j in removed]}
+    meta = {
+        "columns": [tr_names[j] for j in kept],
+        "dropped": [tr_names[j] for j in removed],
+        "affine": affine_meta(mu[kept], np.diag(1 / s[kept])),
+    }
     return _maf_dataset("hepmass", "HEPMASS (MAF)", splits, logdet, meta)
 
 
@@ -323,7 +330,8 @@ def load_miniboone(root: Path | None = None, seed: int = 0) -> Dataset:
     both = np.vstack((train, val))
     mu, s = both.mean(axis=0), both.std(axis=0)
     splits = tuple((a - mu) / s for a in (train, val, test))
-    return _maf_dataset("miniboone", "MINIBOONE (MAF)", splits, float(-np.log(s).sum()), {})
+    meta = {"affine": affine_meta(mu, np.diag(1 / s))}
+    return _maf_dataset("miniboone", "MINIBOONE (MAF)", splits, float(-np.log(s).sum()), meta)
 
 
 # ---------------------------------------------------------------------------------------------

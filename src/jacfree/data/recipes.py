@@ -106,12 +106,18 @@ class Prepared:
     meta: dict
 
 
+def affine_meta(shift: np.ndarray, matrix: np.ndarray) -> dict:
+    """``Dataset.meta["affine"]``: x_loaded = (x_original − shift) @ matrix."""
+    return {"shift": np.asarray(shift).tolist(), "matrix": np.asarray(matrix).tolist()}
+
+
 def standardise(
     train: np.ndarray, *others: np.ndarray, ddof: int = 0, stats_from: np.ndarray | None = None
-) -> tuple[list[np.ndarray], float]:
+) -> tuple[list[np.ndarray], float, dict]:
     """(x − mean)/std with mean and std of ``stats_from`` (default ``train``).
 
-    Returns the standardised arrays (train first) and log|det| = −Σ_j log std_j.
+    Returns the standardised arrays (train first), log|det| = −Σ_j log std_j, and the map as
+    :func:`affine_meta`.
     """
     ref = train if stats_from is None else stats_from
     mu = ref.mean(axis=0)
@@ -119,7 +125,7 @@ def standardise(
     if np.any(sd <= 0):
         raise ValueError("a column is constant on the statistics split; it cannot be standardised")
     out = [(a - mu) / sd for a in (train, *others)]
-    return out, float(-np.log(sd).sum())
+    return out, float(-np.log(sd).sum()), affine_meta(mu, np.diag(1 / sd))
 
 
 def maf_style(
@@ -142,7 +148,7 @@ def maf_style(
     rng = np.random.default_rng([seed, 7])
     xk, jittered = jitter_repeats(x[:, kept], rng)
     tr, va, te = split_indices(len(xk), fractions, seed)
-    (train, val, test), logdet = standardise(xk[tr], xk[va], xk[te])
+    (train, val, test), logdet, affine = standardise(xk[tr], xk[va], xk[te])
     return Prepared(
         train,
         val,
@@ -154,6 +160,7 @@ def maf_style(
             "dropped_discrete": [names[j] for j in discrete],
             "dropped_correlated": [names[j] for j in cont if j not in kept],
             "jittered": [names[kept[j]] for j in jittered],
+            "affine": affine,
             "split_index": {"train": tr, "val": va, "test": te},
         },
     )
@@ -205,6 +212,7 @@ def dkef(x: np.ndarray, names: list[str], seed: int, *, dequantise: bool, clean:
             "dropped_correlated": [names[j] for j in range(len(names)) if j not in set(kept)],
             "dequantised": bool(dequantise),
             "noise_std": 0.05,
+            "affine": affine_meta(mean, W),
             "split_index": idx,
         },
     )

@@ -76,7 +76,9 @@ class Dataset:
             ``nll_loaded − logdet``.
         description: one line for ``jacfree data list``.
         labels: optional class labels per split (for plots only; never used in training).
-        meta: JSON-serialisable facts about how the data was prepared (kept columns, recipe, ...).
+        meta: JSON-serialisable facts about how the data was prepared (recipe, kept columns, and
+            for standardised / whitened tables ``meta["affine"]`` = ``{"shift", "matrix"}`` with
+            x_loaded = (x_original − shift) @ matrix, which :meth:`to_original` inverts).
     """
 
     name: str
@@ -103,6 +105,17 @@ class Dataset:
     def bits_per_dim_applies(self) -> bool:
         """Bits/dim are reported for quantised data (images), on the [0, levels)^D scale."""
         return self.levels is not None
+
+    def to_original(self, x: Tensor) -> Tensor:
+        """Map loaded-scale rows (e.g. model samples) back to the original scale of the source
+        (after the recipe's column selection and jitter); identity for data served unchanged."""
+        affine = self.meta.get("affine")
+        if affine is None:
+            return x
+        matrix = torch.tensor(affine["matrix"], dtype=torch.float64)
+        shift = torch.tensor(affine["shift"], dtype=torch.float64)
+        out = torch.linalg.solve(matrix.T, x.double().reshape(len(x), -1).T).T + shift
+        return out.to(x.dtype).reshape(x.shape)
 
     def split(self, name: str) -> Tensor:
         if name not in ("train", "val", "test"):
