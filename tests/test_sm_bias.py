@@ -84,7 +84,9 @@ class TanhEnergy(nn.Module):
         self.c = nn.Parameter(torch.tensor(1.0, dtype=DT))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return -(torch.tanh(x @ self.W.T + self.b) * self.a).sum(-1) + 0.5 * self.c * (x * x).sum(-1)
+        return -(torch.tanh(x @ self.W.T + self.b) * self.a).sum(-1) + 0.5 * self.c * (x * x).sum(
+            -1
+        )
 
 
 class TanhScore(nn.Module):
@@ -217,7 +219,7 @@ def test_fd_dsm_bias_matches_the_leading_constant():
 
 
 def grads(module: nn.Module, loss: torch.Tensor) -> torch.Tensor:
-    g = torch.autograd.grad(loss, [p for p in module.parameters()], allow_unused=True)
+    g = torch.autograd.grad(loss, list(module.parameters()), allow_unused=True)
     return torch.cat([torch.zeros(1, dtype=DT) if t is None else t.flatten() for t in g])
 
 
@@ -250,8 +252,7 @@ def test_fd_ssm_vr_parameter_gradient_agrees_with_ssm_vr_at_order_eps_squared():
     u = torch.nn.functional.normalize(torch.randn(32, D, dtype=DT), dim=1)
     ref = grads(net, losses.ssm_scorenet(net, x, vr=True, v=u * math.sqrt(D)))
     diffs = [
-        float((grads(net, losses.fd_ssm_vr(net, x, eps, directions=u)) - ref).norm())
-        for eps in EPS
+        float((grads(net, losses.fd_ssm_vr(net, x, eps, directions=u)) - ref).norm()) for eps in EPS
     ]
     check_gradient_order(diffs, float(ref.norm()))
 

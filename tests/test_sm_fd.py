@@ -7,6 +7,7 @@ T = 1..4); ``accuracy=4`` stencils gain two more powers (2^{T+4}).
 
 from __future__ import annotations
 
+import itertools
 import math
 from fractions import Fraction
 
@@ -118,7 +119,7 @@ def test_directional_derivatives_converge_at_the_stencil_order(T: int):
         # the error IS the leading term coefficient · D^{T+2}_v f, up to O(h^{T+4})
         lead = float(s.error_coefficient) * exact_directional(f, x, v, p)
         assert (err - lead).norm() <= 0.05 * lead.norm() * (h / 0.025) ** 2 + 1e-12
-    ratios = [a / b for a, b in zip(errs, errs[1:], strict=False)]
+    ratios = [a / b for a, b in itertools.pairwise(errs)]
     assert ratios[-1] == pytest.approx(2.0**p, rel=0.05), ratios
     # the normalised derivative D^T_u f ≈ FD/h^T converges at O(h²): error ratio 4
     norm_ratio = ratios[-1] / 2.0**T
@@ -219,7 +220,9 @@ def test_sphere_directions_radius_covariance_independence():
     assert img.shape == (5, 3, 2, 4, 4) and img.dtype == torch.float32
     torch.testing.assert_close(img.flatten(2).norm(dim=-1), torch.full((5, 3), 2.0))
     g1, g2 = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
-    assert torch.equal(fd.sphere_directions(x, 1.0, generator=g1), fd.sphere_directions(x, 1.0, generator=g2))
+    assert torch.equal(
+        fd.sphere_directions(x, 1.0, generator=g1), fd.sphere_directions(x, 1.0, generator=g2)
+    )
     with pytest.raises(ValueError, match="eps"):
         fd.sphere_directions(x, 0.0)
 
@@ -234,7 +237,7 @@ def test_precision_guard_refuses_half_precision_and_autocast():
         with pytest.raises(TypeError, match="float32 or float64"):
             fd.directional_derivative(f, x, torch.ones_like(x), 1)
     x = torch.randn(4, 3)
-    with pytest.raises(TypeError, match="returned torch.bfloat16"):
+    with pytest.raises(TypeError, match=r"returned torch\.bfloat16"):
         fd.directional_derivative(lambda y: y.sum(-1).bfloat16(), x, 0.1 * x, 1)
     with torch.autocast("cpu", dtype=torch.bfloat16), pytest.raises(RuntimeError, match="autocast"):
         fd.directional_derivative(lambda y: y.sum(-1), x, 0.1 * x, 2)

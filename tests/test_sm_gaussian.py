@@ -224,8 +224,8 @@ def test_fd_ssm_training_recovers_mean_and_precision():
     torch.testing.assert_close(P, torch.linalg.inv(S_hat), atol=0.03, rtol=0)
     torch.testing.assert_close(P, torch.linalg.inv(S), atol=0.15, rtol=0)
     # value at the optimum: −½ tr(S⁻¹)
-    J = losses.exact_sm(q, x).item()
-    assert J == pytest.approx(-0.5 * torch.trace(torch.linalg.inv(S_hat)).item(), abs=0.01)
+    optimum = -0.5 * torch.trace(torch.linalg.inv(S_hat)).item()
+    assert losses.exact_sm(q, x).item() == pytest.approx(optimum, abs=0.01)
 
 
 def test_image_shaped_inputs_equal_flattened_ones():
