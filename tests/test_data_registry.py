@@ -134,11 +134,11 @@ def test_cache_hit_skips_the_loader(scratch_dataset: object, tmp_path: Path) -> 
     a = jd.load("scratch")  # default cache folder from the environment
     b = jd.load("scratch")
     assert calls["n"] == 1 and torch.equal(a.train, b.train) and b.logdet == 1.5
-    assert Path(b.meta["cache_file"]).parent == tmp_path / "cache"
+    assert Path(b.meta["cache_path"]).parent == tmp_path / "cache"
     jd.load("scratch", cache=False)
     assert calls["n"] == 2
     jd.load("scratch", seed=3)  # another seed is another entry
-    assert calls["n"] == 3 and len(list((tmp_path / "cache").glob("scratch-*.npz"))) == 2
+    assert calls["n"] == 3 and len(list((tmp_path / "cache").glob("scratch-*"))) == 2
 
 
 def test_corrupt_cache_entry_is_rebuilt(scratch_dataset: object, tmp_path: Path) -> None:
@@ -146,12 +146,26 @@ def test_corrupt_cache_entry_is_rebuilt(scratch_dataset: object, tmp_path: Path)
     source["path"] = tmp_path / "src.npy"
     np.save(source["path"], np.ones((4, 3)))
     jd.load("scratch")
-    (entry,) = (tmp_path / "cache").glob("scratch-*.npz")
-    entry.write_bytes(b"garbage")
+    (entry,) = (tmp_path / "cache").glob("scratch-*")
+    (entry / "train.npy").write_bytes(b"garbage")
     with pytest.warns(RuntimeWarning, match="ignoring unreadable cache entry"):
         ds = jd.load("scratch")
     assert calls["n"] == 2 and ds.train.shape == (4, 3)
-    assert "cache_file" in jd.load("scratch").meta  # rewritten
+    assert "cache_path" in jd.load("scratch").meta  # rewritten
+
+
+def test_incomplete_entry_and_stale_temp_folders_are_ignored(
+    scratch_dataset: object, tmp_path: Path
+) -> None:
+    calls, source = scratch_dataset
+    source["path"] = tmp_path / "src.npy"
+    np.save(source["path"], np.ones((4, 3)))
+    jd.load("scratch")
+    (entry,) = (tmp_path / "cache").glob("scratch-*")
+    (entry / "meta.json").unlink()  # as if a writer had died before finishing
+    (tmp_path / "cache" / ".scratch-abc.tmp").mkdir()
+    assert "cache_path" not in jd.load("scratch").meta and calls["n"] == 2
+    assert "cache_path" in jd.load("scratch").meta and calls["n"] == 2
 
 
 def test_unwritable_cache_only_warns(scratch_dataset: object, tmp_path: Path) -> None:

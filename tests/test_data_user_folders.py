@@ -505,15 +505,15 @@ def test_user_folder_cache_round_trip_and_invalidation(tmp_path: Path) -> None:
     write_mnist(tmp_path / "m")
     cache = tmp_path / "c"
     first = jd.load("mnist", root=tmp_path / "m", cache_dir=cache)
-    files = list(cache.glob("mnist-s0-*.npz"))
-    assert len(files) == 1 and "cache_file" not in first.meta
+    files = list(cache.glob("mnist-s0-*"))
+    assert len(files) == 1 and "cache_path" not in first.meta
     second = jd.load("mnist", root=tmp_path / "m", cache_dir=cache)
-    assert second.meta["cache_file"] == str(files[0])
+    assert second.meta["cache_path"] == str(files[0])
     for split in ("train", "val", "test"):
         assert torch.equal(getattr(first, split), getattr(second, split))
         assert torch.equal(first.labels[split], second.labels[split])
     # a changed source file makes a new entry and is re-read
     write_mnist(tmp_path / "m", n_train=66)
     third = jd.load("mnist", root=tmp_path / "m", cache_dir=cache)
-    assert len(third.train) == 55 and "cache_file" not in third.meta
-    assert len(list(cache.glob("mnist-s0-*.npz"))) == 2
+    assert len(third.train) == 55 and "cache_path" not in third.meta
+    assert len(list(cache.glob("mnist-s0-*"))) == 2

@@ -118,7 +118,7 @@ def _info(
             status = 1
         else:
             seconds = time.perf_counter() - start
-            origin = ds.meta.get("cache_file")
+            origin = ds.meta.get("cache_path")
             print(
                 f"  sizes:     train {len(ds.train)}, val {len(ds.val)}, test {len(ds.test)}",
                 file=out,
