@@ -106,6 +106,25 @@ def test_missing_package_error(monkeypatch: pytest.MonkeyPatch) -> None:
         jd.load("mnist-5k")
 
 
+def test_fashion_mnist_missing_names_the_debian_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(jd.images, "DEBIAN_FASHION", tmp_path / "no-debian")
+    st = jd.status("fashion-mnist")
+    assert not st and str(tmp_path / "no-debian") in st.cause
+    assert "apt-get install dataset-fashion-mnist" in st.fix
+    with pytest.raises(DatasetUnavailableError, match="dataset 'fashion-mnist' is unavailable"):
+        jd.load("fashion-mnist")
+    # a copy in the user data folder is found instead
+    src = tmp_path / "userdata" / "fashion-mnist"
+    src.mkdir(parents=True)
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"):
+        (src / name).write_bytes(b"")
+    st = jd.status("fashion-mnist")
+    assert str(src) in st.cause and "t10k-images-idx3-ubyte" in st.cause
+    assert "train-images" not in st.cause
+
+
 def test_info_fields() -> None:
     facts = jd.info("digits")
     assert facts["available"] and facts["group"] == "real" and "1,797" in facts["doc"]

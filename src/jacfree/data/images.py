@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import registry
 from .formats import bad_file, find_folder, package_file, read_cifar_batch, read_idx
 from .registry import Dataset, DatasetUnavailableError, as_float_tensor, register, split_indices
 
@@ -99,16 +100,17 @@ FASHION_FIX = (
 
 
 def _locate_fashion(root: Path | None) -> dict[str, Path]:
-    if root is None:
-        try:
-            return _locate_idx("fashion-mnist", DEBIAN_FASHION, [], FASHION_FIX)
-        except DatasetUnavailableError:
-            pass  # try the user data folder, and report the Debian location if both fail
+    if root is not None:
+        return _locate_idx("fashion-mnist", root, ["fashion-mnist"], FASHION_FIX)
+    try:
+        return _locate_idx("fashion-mnist", DEBIAN_FASHION, [], FASHION_FIX)
+    except DatasetUnavailableError as debian_error:
         try:
             return _locate_idx("fashion-mnist", None, ["fashion-mnist"], FASHION_FIX)
-        except DatasetUnavailableError:
-            return _locate_idx("fashion-mnist", DEBIAN_FASHION, [], FASHION_FIX)
-    return _locate_idx("fashion-mnist", root, ["fashion-mnist"], FASHION_FIX)
+        except DatasetUnavailableError as user_error:
+            # report the user folder if the user started filling it, else the Debian location
+            started = (registry.data_dir() / "fashion-mnist").is_dir()
+            raise (user_error if started else debian_error) from None
 
 
 @register(
