@@ -8,7 +8,7 @@ import gzip
 import importlib.util
 import pickle
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -115,10 +115,6 @@ def bad_file(dataset: str, path: Path, problem: str, expected: str) -> DatasetUn
         f"{path} is not a valid file for this dataset: {problem}",
         f"replace it with an intact copy ({expected})",
     )
-
-
-def first_existing(paths: Iterable[Path]) -> Path | None:
-    return next((p for p in paths if p.is_file()), None)
 
 
 # ---------------------------------------------------------------------------------------------
