@@ -19,6 +19,8 @@ from .flows import (
     SquareAffine,
     StandardNormal,
 )
+from .scorematching import fd
+from .scorematching import losses as sm
 from .train import evaluate_nll, fit
 
 __all__ = [
@@ -34,6 +36,8 @@ __all__ = [
     "__version__",
     "data",
     "evaluate_nll",
+    "fd",
     "fit",
+    "sm",
     "train",
 ]

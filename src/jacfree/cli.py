@@ -18,12 +18,16 @@ from typing import Any
 import torch
 
 from . import __version__
+from .bench import cli as bench_cli
 from .data import DatasetUnavailableError, load
+from .data import cli as data_cli
 from .models import build_model, data_output, model_input
 from .train import CheckpointError, evaluate_nll, fit, load_checkpoint
 from .train.fit import BEST, LAST
 
 RUNS = Path("runs")
+# Epochs for `jacfree train` when --epochs is not given: small data sets need many passes.
+DEFAULT_EPOCHS = {"digits": 1500}
 
 
 def _device(name: str) -> torch.device:
@@ -60,10 +64,12 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         help="how the log-det gradient is computed",
     )
     p.add_argument("--logit-alpha", type=float, default=1e-6, help="logit transform margin")
-    p.add_argument("--epochs", type=int, default=300)
+    p.add_argument(
+        "--epochs", type=int, default=None, help="epochs (default: 1500 for digits, else 100)"
+    )
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
-    p.add_argument("--patience", type=int, default=30, help="early-stopping patience (epochs)")
+    p.add_argument("--patience", type=int, default=100, help="early-stopping patience (epochs)")
     p.add_argument("--clip", type=float, default=None, help="clip the gradient norm to this")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-seed", type=int, default=0, help="seed of the dataset split")
@@ -102,7 +108,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         model,
         model_input(ds.train, model),
         model_input(ds.val, model),
-        epochs=args.epochs,
+        epochs=DEFAULT_EPOCHS.get(args.data, 100) if args.epochs is None else args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
         patience=args.patience,
@@ -252,6 +258,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", "--n", type=int, default=64, help="number of samples")
     p.add_argument("--out", type=Path, default=None, help="output file (default: in the run)")
     p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("bench", help="benchmarks that reproduce the papers' speed claims")
+    bench_cli.add_arguments(p)
+    p.set_defaults(func=bench_cli.run)
+
+    p = sub.add_parser("data", help="list the datasets and show what one holds")
+    data_cli.add_arguments(p)
+    p.set_defaults(func=data_cli.run)
     return parser
 
 
