@@ -21,7 +21,8 @@ from . import __version__
 from .bench import cli as bench_cli
 from .data import DatasetUnavailableError, load
 from .data import cli as data_cli
-from .models import build_model, data_output, model_input
+from .flows import GRADIENT_MODES
+from .models import build_model, data_output, kinds, model_input, model_kind
 from .train import CheckpointError, evaluate_nll, fit, load_checkpoint
 from .train.fit import BEST, LAST
 
@@ -51,17 +52,53 @@ def _fresh_folder(base: Path) -> Path:
 # -- train --------------------------------------------------------------------------------------
 
 
+def _spec_value(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+# Model options of `jacfree train`: each goes into the model spec when given; a model kind reads
+# the ones it knows and falls back to its own defaults for the rest.
+SPEC_OPTIONS: dict[str, tuple[type, str]] = {
+    "layers": (int, "number of layers / blocks of the model"),
+    "alpha": (float, "smooth leaky ReLU slope (default 0.3)"),
+    "hidden": (int, "hidden width of the model's networks"),
+    "objective": (str, "training objective of a score-matching model (e.g. fd_ssm, ssm, dsm)"),
+    "eps": (float, "finite-difference step ε (norm of the direction)"),
+    "sigma": (float, "noise level σ of denoising score matching"),
+    "recon_weight": (float, "λ, the reconstruction weight of self-normalizing layers"),
+}
+
+
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="digits", help="dataset name (see `jacfree data list`)")
     p.add_argument("--root", default=None, help="folder holding user-supplied dataset files")
-    p.add_argument("--model", default="fc", choices=["fc"], help="model family")
-    p.add_argument("--layers", type=int, default=2, help="number of square affine layers")
-    p.add_argument("--alpha", type=float, default=0.3, help="smooth leaky ReLU slope")
+    p.add_argument(
+        "--model",
+        default="fc",
+        help="model kind: "
+        + "; ".join(f"{name}: {kind.description}" for name, kind in kinds().items()),
+    )
     p.add_argument(
         "--gradient",
         default="relative",
-        choices=["exact", "relative"],
-        help="how the log-det gradient is computed",
+        choices=list(GRADIENT_MODES),
+        help="how a flow's log-det gradient is computed (default relative)",
+    )
+    for name, (kind, help_text) in SPEC_OPTIONS.items():
+        p.add_argument("--" + name.replace("_", "-"), type=kind, default=None, help=help_text)
+    p.add_argument(
+        "--set",
+        type=_spec_value,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other model option (VALUE parsed as JSON), e.g. --set paper_bias_rule=true",
     )
     p.add_argument("--logit-alpha", type=float, default=1e-6, help="logit transform margin")
     p.add_argument(
@@ -81,28 +118,36 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-plots", action="store_true", help="do not write PNG plots")
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    device = _device(args.device)
-    ds = load(args.data, root=args.root, seed=args.data_seed)
-    if args.out is None:
-        out = _fresh_folder(RUNS / f"{args.data}-{args.model}-{args.gradient}")
-    else:
-        out = args.out
-    spec = {
+def train_spec(args: argparse.Namespace, ds: Any) -> dict[str, Any]:
+    """The model spec of a `jacfree train` run: data facts, the given options, then --set."""
+    spec: dict[str, Any] = {
         "kind": args.model,
         "data_shape": list(ds.shape),
-        "layers": args.layers,
-        "alpha": args.alpha,
         "gradient": args.gradient,
         "levels": ds.levels,
         "logit_alpha": args.logit_alpha,
     }
+    spec.update({k: getattr(args, k) for k in SPEC_OPTIONS if getattr(args, k) is not None})
+    spec.update(dict(args.set))
+    return spec
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    device = _device(args.device)
+    kind = model_kind(args.model)
+    ds = load(args.data, root=args.root, seed=args.data_seed)
+    spec = train_spec(args, ds)
+    if args.out is None:
+        tag = args.gradient if kind.has_density else spec.get("objective")
+        out = _fresh_folder(RUNS / f"{args.data}-{args.model}-{tag}")
+    else:
+        out = args.out
     data_info = {"name": args.data, "seed": args.data_seed, "root": args.root}
     torch.manual_seed(args.seed)
     model = build_model(spec).to(device)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"jacfree {__version__}: {ds!r}")
-    print(f"model {args.model} ({n_params:,} parameters, gradient={args.gradient}) -> {out}")
+    print(f"model {args.model} ({n_params:,} parameters, {_describe(spec, kind)}) -> {out}")
     t0 = time.perf_counter()
     result = fit(
         model,
@@ -119,9 +164,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=not args.no_progress,
         checkpoint_extra={"spec": spec, "data": data_info},
+        objective=kind.objective(spec) if kind.objective else None,
+        val_metric=kind.val_metric(spec) if kind.val_metric else None,
+        val_name=kind.val_name,
     )
     wall = time.perf_counter() - t0
-    test = _report(model, ds, "test")
+    test = _report(model, ds, spec, "test")
     epoch_times = [row["epoch_time_s"] for row in result.history]
     summary = {
         "data": data_info,
@@ -145,17 +193,34 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _report(model: torch.nn.Module, ds: Any, split: str, seed: int = 0) -> dict[str, float]:
-    """Evaluate, print and return the NLL (nats) and bits/dim on the data's original scale."""
-    nll = evaluate_nll(model, model_input(ds.split(split), model), seed=seed)
-    mean = nll.mean - ds.logdet  # back to the original scale of the data
-    line = f"{split} NLL {mean:.3f} ± {nll.stderr:.3f} nats (n={nll.n})"
-    report = {"nll_nats": mean, "nll_stderr_nats": nll.stderr, "n": nll.n}
-    if ds.bits_per_dim_applies:
-        bpd, bpd_se = nll.bits_per_dim(ds.dim)
-        line += f" = {bpd:.4f} ± {bpd_se:.4f} bits/dim"
-        report.update(bits_per_dim=bpd, bits_per_dim_stderr=bpd_se)
-    print(line)
+def _describe(spec: dict[str, Any], kind: Any) -> str:
+    if kind.has_density:
+        return f"gradient={spec['gradient']}"
+    return f"objective={spec.get('objective')}"
+
+
+def _report(
+    model: torch.nn.Module, ds: Any, spec: dict[str, Any], split: str, seed: int = 0
+) -> dict[str, float]:
+    """Evaluate, print and return the test metrics: the NLL (nats, and bits/dim for images) on
+    the data's original scale when the model has a density, and the model kind's own metrics."""
+    kind = model_kind(spec)
+    x = model_input(ds.split(split), model)
+    report: dict[str, float] = {}
+    if kind.has_density:
+        nll = evaluate_nll(model, x, seed=seed)
+        mean = nll.mean - ds.logdet  # back to the original scale of the data
+        line = f"{split} NLL {mean:.3f} ± {nll.stderr:.3f} nats (n={nll.n})"
+        report.update(nll_nats=mean, nll_stderr_nats=nll.stderr, n=nll.n)
+        if ds.bits_per_dim_applies:
+            bpd, bpd_se = nll.bits_per_dim(ds.dim)
+            line += f" = {bpd:.4f} ± {bpd_se:.4f} bits/dim"
+            report.update(bits_per_dim=bpd, bits_per_dim_stderr=bpd_se)
+        print(line)
+    if kind.test_metrics:
+        extra = kind.test_metrics(spec)(model, x)
+        print(f"{split} " + ", ".join(f"{k} {v:.4f}" for k, v in extra.items()))
+        report.update(extra)
     return report
 
 
@@ -163,7 +228,8 @@ def _plots(model: torch.nn.Module, ds: Any, spec: dict, history: list, out: Path
     try:
         from . import plots
 
-        plots.loss_curve(history, out / "loss.png", title=f"{ds.name}: {spec['gradient']}")
+        tag = spec["gradient"] if model_kind(spec).has_density else spec.get("objective")
+        plots.loss_curve(history, out / "loss.png", title=f"{ds.name}: {tag}")
         torch.manual_seed(0)
         if ds.is_image:
             samples = data_output(model.sample(64), spec)
@@ -195,13 +261,13 @@ def _load_run(path: Path, which: str, device: torch.device) -> tuple[Any, dict, 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     device = _device(args.device)
-    model, _, data = _load_run(args.run, args.which, device)
+    model, spec, data = _load_run(args.run, args.which, device)
     name = args.data or data.get("name")
     if not name:
         raise ValueError("the checkpoint does not name its dataset; pass --data NAME.")
     ds = load(name, root=args.root or data.get("root"), seed=data.get("seed", 0))
     for split in args.split:
-        _report(model, ds, split, seed=args.seed)
+        _report(model, ds, spec, split, seed=args.seed)
     return 0
 
 

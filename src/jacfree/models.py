@@ -1,19 +1,26 @@
-"""Model specs: a plain dict that names a model and its options, stored in every checkpoint so a
-run can be rebuilt (``jacfree eval`` / ``jacfree sample``) without the code that created it.
+"""Model specs and the registry of model kinds that ``jacfree train`` / ``eval`` / ``sample`` build.
 
-A spec for the fully connected flow of Gresele et al.::
+A *spec* is a plain dict that names a model kind and its options; it is stored in every
+checkpoint so that a run can be rebuilt without the code that created it. The fully connected
+flow of Gresele et al.::
 
     {"kind": "fc", "data_shape": [1, 8, 8], "layers": 2, "alpha": 0.3,
      "gradient": "relative", "levels": 17, "logit_alpha": 1e-6}
 
-``levels`` (quantised data) adds uniform dequantisation and the logit transform in front of the
-flow, so its ``log_prob`` is a density on the data's original [0, levels)^D scale.
+``levels`` (quantised data) puts uniform dequantisation and the logit transform in front of a
+flow, so that its ``log_prob`` is a density on the data's original [0, levels)^D scale.
+
+Every kind is a :class:`ModelKind`: how to build the model from a spec, which training objective
+and validation metric :func:`jacfree.fit` uses for it, and which extra test metrics ``jacfree
+train`` / ``eval`` report. Register new kinds with :func:`register_model`; the CLI lists them.
 """
 
 from __future__ import annotations
 
+import importlib
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor, nn
@@ -22,33 +29,79 @@ from ._checks import check_choice
 from .flows import Dequantize, FCFlow, FlowLayer, LogitTransform
 
 ModelSpec = dict[str, Any]
+Objective = Callable[[nn.Module, Tensor], Tensor]
+ValMetric = Callable[[nn.Module, Tensor], float]
+TestMetrics = Callable[[nn.Module, Tensor], dict[str, float]]
 
 
-def _preprocess(spec: ModelSpec) -> list[FlowLayer]:
-    levels = spec.get("levels")
-    if not levels:
-        return []
-    return [Dequantize(levels), LogitTransform(levels, spec.get("logit_alpha", 1e-6))]
+@dataclass(frozen=True)
+class ModelKind:
+    """How ``jacfree train`` builds, trains and evaluates one kind of model.
+
+    Attributes:
+        build: ``build(spec) -> nn.Module`` (untrained).
+        description: one line for ``jacfree train --help``.
+        objective: ``objective(spec) -> (model, x) -> loss``; ``None`` trains on ``model.loss``.
+        val_metric: ``val_metric(spec) -> (model, x) -> float`` (lower is better); ``None`` uses
+            the exact NLL (``model.log_prob``).
+        val_name: the validation metric's name in the metrics file (``val_<name>``).
+        test_metrics: ``test_metrics(spec) -> (model, x) -> {name: value}``, reported besides the
+            NLL (or instead of it, for models without a normalised density).
+        has_density: whether the model has an exact, normalised ``log_prob`` (NLL is reported).
+    """
+
+    build: Callable[[ModelSpec], nn.Module]
+    description: str = ""
+    objective: Callable[[ModelSpec], Objective] | None = None
+    val_metric: Callable[[ModelSpec], ValMetric] | None = None
+    val_name: str = "nll"
+    test_metrics: Callable[[ModelSpec], TestMetrics] | None = None
+    has_density: bool = True
 
 
-def _build_fc(spec: ModelSpec) -> nn.Module:
-    return FCFlow(
-        math.prod(spec["data_shape"]),
-        layers=spec.get("layers", 2),
-        alpha=spec.get("alpha", 0.3),
-        gradient=spec.get("gradient", "relative"),
-        preprocess=_preprocess(spec),
-        paper_bias_rule=spec.get("paper_bias_rule", False),
-    )
+MODELS: dict[str, ModelKind] = {}
+
+# Modules that register further kinds when first needed (imported lazily: they import this one).
+KIND_MODULES: list[str] = []
 
 
-BUILDERS: dict[str, Callable[[ModelSpec], nn.Module]] = {"fc": _build_fc}
+def _load_kind_modules() -> None:
+    while KIND_MODULES:
+        importlib.import_module(KIND_MODULES.pop(0))
+
+
+def kinds() -> dict[str, ModelKind]:
+    """Every registered model kind, by name."""
+    _load_kind_modules()
+    return MODELS
+
+
+def register_model(name: str, kind: ModelKind) -> ModelKind:
+    """Make ``name`` a model kind of ``jacfree train --model``."""
+    if name in MODELS:
+        raise ValueError(f"model kind {name!r} is already registered.")
+    MODELS[name] = kind
+    return kind
+
+
+def model_kind(spec_or_name: ModelSpec | str) -> ModelKind:
+    """The :class:`ModelKind` of a spec (or of a kind name)."""
+    name = spec_or_name if isinstance(spec_or_name, str) else spec_or_name.get("kind", "")
+    check_choice(name, "model kind", tuple(kinds()))
+    return MODELS[name]
 
 
 def build_model(spec: ModelSpec) -> nn.Module:
     """Build the (untrained) model a spec describes."""
-    check_choice(spec.get("kind", ""), "model kind", tuple(BUILDERS))
-    return BUILDERS[spec["kind"]](spec)
+    return model_kind(spec).build(spec)
+
+
+def preprocess_layers(spec: ModelSpec) -> list[FlowLayer]:
+    """Dequantisation and logit transform for quantised data (``spec["levels"]``), else none."""
+    levels = spec.get("levels")
+    if not levels:
+        return []
+    return [Dequantize(levels), LogitTransform(levels, spec.get("logit_alpha", 1e-6))]
 
 
 def model_input(x: Tensor, model: nn.Module) -> Tensor:
@@ -59,3 +112,24 @@ def model_input(x: Tensor, model: nn.Module) -> Tensor:
 def data_output(x: Tensor, spec: ModelSpec) -> Tensor:
     """Reshape model samples back to the data's per-sample shape (for image grids)."""
     return x.reshape(len(x), *spec["data_shape"])
+
+
+def _build_fc(spec: ModelSpec) -> nn.Module:
+    return FCFlow(
+        math.prod(spec["data_shape"]),
+        layers=spec.get("layers", 2),
+        alpha=spec.get("alpha", 0.3),
+        gradient=spec.get("gradient", "relative"),
+        preprocess=preprocess_layers(spec),
+        paper_bias_rule=spec.get("paper_bias_rule", False),
+    )
+
+
+register_model(
+    "fc",
+    ModelKind(
+        _build_fc,
+        "fully connected flow of Gresele et al.: --layers square affine layers, smooth leaky "
+        "ReLU (--alpha) between them",
+    ),
+)
