@@ -15,7 +15,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import tomllib
 import torch
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 
 from . import __version__
 from .bench import cli as bench_cli
@@ -76,6 +82,14 @@ SPEC_OPTIONS: dict[str, tuple[type, str]] = {
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="TOML file of options (keys = long option names, [set] = model options); "
+        "options on the command line override it",
+    )
     p.add_argument("--data", default="digits", help="dataset name (see `jacfree data list`)")
     p.add_argument("--root", default=None, help="folder holding user-supplied dataset files")
     p.add_argument(
@@ -225,13 +239,16 @@ def _report(
 
 
 def _plots(model: torch.nn.Module, ds: Any, spec: dict, history: list, out: Path) -> None:
+    kind = model_kind(spec)
     try:
         from . import plots
 
-        tag = spec["gradient"] if model_kind(spec).has_density else spec.get("objective")
+        tag = spec["gradient"] if kind.has_density else spec.get("objective")
         plots.loss_curve(history, out / "loss.png", title=f"{ds.name}: {tag}")
         torch.manual_seed(0)
-        if ds.is_image:
+        if kind.plot is not None:
+            kind.plot(model, ds, spec, out)
+        elif ds.is_image:
             samples = data_output(model.sample(64), spec)
             plots.image_grid(samples, out / "samples.png", ds.levels, title=f"{ds.name} samples")
         elif ds.dim == 2:
@@ -335,7 +352,71 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def config_arguments(path: Path) -> list[str]:
+    """Command-line options equivalent to a TOML run config (``jacfree train --config FILE``).
+
+    Keys are the long option names of ``jacfree train`` (``batch-size`` or ``batch_size``);
+    ``true`` switches a flag on, ``false`` leaves it off, and a ``[set]`` table gives model
+    options (``--set KEY=VALUE``). Options given on the command line override the file.
+    """
+    try:
+        table = tomllib.loads(path.read_text())
+    except FileNotFoundError as err:
+        raise ValueError(f"no config file at {path}; check the path.") from err
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"{path} is not valid TOML: {err}") from err
+    known = {
+        opt
+        for action in _train_parser()._actions
+        for opt in action.option_strings
+        if opt.startswith("--")
+    }
+    argv: list[str] = []
+    for key, value in table.items():
+        if key == "set":
+            if not isinstance(value, dict):
+                raise ValueError(f"{path}: [set] must be a table of model options.")
+            argv += [a for k, v in value.items() for a in ("--set", f"{k}={json.dumps(v)}")]
+            continue
+        opt = "--" + key.replace("_", "-")
+        if opt not in known or opt in ("--config", "--help"):
+            raise ValueError(f"{path}: unknown option {key!r}; see `jacfree train --help`.")
+        if value is True:
+            argv.append(opt)
+        elif value is not False:
+            argv += [opt, str(value)]
+    return argv
+
+
+def _train_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="jacfree train", add_help=False)
+    add_train_arguments(p)
+    return p
+
+
+def _expand_config(argv: list[str]) -> list[str]:
+    """Replace ``--config FILE`` of ``jacfree train`` by the options the file holds."""
+    if not argv or argv[0] != "train":
+        return argv
+    out, rest = [argv[0]], argv[1:]
+    from_file: list[str] = []
+    while rest:
+        a = rest.pop(0)
+        if a == "--config" and rest:
+            from_file += config_arguments(Path(rest.pop(0)))
+        elif a.startswith("--config="):
+            from_file += config_arguments(Path(a.split("=", 1)[1]))
+        else:
+            out.append(a)
+    return [out[0], *from_file, *out[1:]]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        argv = _expand_config(list(sys.argv[1:] if argv is None else argv))
+    except ValueError as err:
+        print(f"jacfree: error: {err}", file=sys.stderr)
+        return 2
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))

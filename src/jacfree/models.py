@@ -21,6 +21,7 @@ import importlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from torch import Tensor, nn
@@ -32,6 +33,8 @@ ModelSpec = dict[str, Any]
 Objective = Callable[[nn.Module, Tensor], Tensor]
 ValMetric = Callable[[nn.Module, Tensor], float]
 TestMetrics = Callable[[nn.Module, Tensor], dict[str, float]]
+# plot(model, dataset, spec, out_dir) -> written paths
+Plotter = Callable[[nn.Module, Any, "ModelSpec", Path], list[Path]]
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,9 @@ class ModelKind:
         test_metrics: ``test_metrics(spec) -> (model, x) -> {name: value}``, reported besides the
             NLL (or instead of it, for models without a normalised density).
         has_density: whether the model has an exact, normalised ``log_prob`` (NLL is reported).
+        plot: ``plot(model, dataset, spec, out_dir) -> paths`` writes the kind's own figures
+            after training (``None``: sample grid for images, density for 2-D data, which
+            needs ``model.sample`` and ``model.log_prob``).
     """
 
     build: Callable[[ModelSpec], nn.Module]
@@ -57,6 +63,7 @@ class ModelKind:
     val_name: str = "nll"
     test_metrics: Callable[[ModelSpec], TestMetrics] | None = None
     has_density: bool = True
+    plot: Plotter | None = None
 
 
 MODELS: dict[str, ModelKind] = {}
