@@ -129,6 +129,7 @@ def _build_fc(spec: ModelSpec) -> nn.Module:
         gradient=spec.get("gradient", "relative"),
         preprocess=preprocess_layers(spec),
         paper_bias_rule=spec.get("paper_bias_rule", False),
+        recon_weight=spec.get("recon_weight", 1.0),
     )
 
 

@@ -48,6 +48,13 @@ class FlowLayer(nn.Module):
         """Return ``(z, logdet_term)`` for the training loss; by default the exact forward."""
         return self(x)
 
+    def approximate_inverse(self, z: Tensor) -> Tensor:
+        """Cheap approximate inverse (a learned one, for self-normalizing layers).
+
+        By default the exact :meth:`inverse`; layers holding sub-layers forward the call.
+        """
+        return self.inverse(z)
+
 
 class ParameterStateCache:
     """Cache of values derived from parameters, valid for exactly one parameter state.
@@ -150,11 +157,15 @@ class Flow(nn.Module):
             logdet = logdet + ld
         return z, logdet
 
-    def inverse(self, z: Tensor) -> Tensor:
-        """Map latent to data."""
+    def inverse(self, z: Tensor, *, approximate: bool = False) -> Tensor:
+        """Map latent to data.
+
+        ``approximate=True`` goes through the learned inverses of self-normalizing layers
+        (x ≈ R(z − b): no solve, no factorisation) and the exact inverse of every other layer.
+        """
         x = self._check(z, "z")
         for layer in reversed(self.layers):
-            x = layer.inverse(x)
+            x = layer.approximate_inverse(x) if approximate else layer.inverse(x)
         return x
 
     def log_prob(self, x: Tensor) -> Tensor:
@@ -181,10 +192,43 @@ class Flow(nn.Module):
         return -(self.base.log_prob(z) + logdet).mean()
 
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """Draw ``n`` samples, shape ``(n, *event_shape)``."""
+    def sample(
+        self, n: int, generator: torch.Generator | None = None, *, approximate: bool = False
+    ) -> Tensor:
+        """Draw ``n`` samples, shape ``(n, *event_shape)``.
+
+        ``approximate=True`` samples through the learned inverses of self-normalizing layers
+        (Keller et al. 2021), see :meth:`inverse`.
+        """
         check_positive_int(n, "n")
-        return self.inverse(self.base.sample(n, generator=generator))
+        return self.inverse(self.base.sample(n, generator=generator), approximate=approximate)
+
+    def training_diagnostics(self) -> dict[str, Tensor]:
+        """Quantities of the last :meth:`loss` call worth logging (detached tensors).
+
+        ``recon``: Σ over self-normalizing layers of the batch-mean ‖R W h − h‖² (absent when
+        no layer has a learned inverse in use).
+        """
+        recons = [
+            m.last_reconstruction
+            for m in self.modules()
+            if getattr(m, "gradient", None) == "selfnorm"
+            and getattr(m, "last_reconstruction", None) is not None
+        ]
+        return {"recon": torch.stack(recons).sum()} if recons else {}
+
+    def set_recon_weight(self, value: float) -> Flow:
+        """Set λ, the reconstruction weight, of every self-normalizing layer."""
+        for m in self.modules():
+            if hasattr(m, "set_recon_weight") and m is not self:
+                m.set_recon_weight(value)
+        return self
+
+    @property
+    def recon_weight(self) -> float | None:
+        """λ of the self-normalizing layers (``None`` without any; they share one value)."""
+        values = {float(m.recon_weight) for m in self.modules() if hasattr(m, "_init_selfnorm")}
+        return values.pop() if len(values) == 1 else (None if not values else max(values))
 
     @property
     def gradient(self) -> str | None:

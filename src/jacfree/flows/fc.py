@@ -25,10 +25,12 @@ class FCFlow(Flow):
         features: data dimension D.
         layers: number L of square affine layers (≥ 1; the paper uses 2).
         alpha: smooth leaky ReLU slope.
-        gradient: ``"exact"`` or ``"relative"`` (switch on the live model with ``set_gradient``).
+        gradient: ``"exact"``, ``"relative"`` or ``"selfnorm"`` (switch on the live model with
+            ``set_gradient``).
         preprocess: flow layers applied to the data first (e.g. ``Dequantize``, ``LogitTransform``),
             whose log-dets count in ``log_prob``.
         paper_bias_rule: reproduce the reference code's bias rule (no −b), see ``SquareAffine``.
+        recon_weight: λ of the selfnorm mode's reconstruction penalty (Keller et al. use 1).
         validate: check inputs for shape, dtype and finite values.
 
     Example:
@@ -49,6 +51,7 @@ class FCFlow(Flow):
         *,
         preprocess: Sequence[FlowLayer] = (),
         paper_bias_rule: bool = False,
+        recon_weight: float = 1.0,
         validate: bool = True,
     ) -> None:
         check_positive_int(features, "features")
@@ -57,7 +60,11 @@ class FCFlow(Flow):
         for k in range(layers):
             if k > 0:
                 body.append(SmoothLeakyReLU(alpha))
-            body.append(SquareAffine(features, gradient, paper_bias_rule=paper_bias_rule))
+            body.append(
+                SquareAffine(
+                    features, gradient, paper_bias_rule=paper_bias_rule, recon_weight=recon_weight
+                )
+            )
         super().__init__([*preprocess, *body], (features,), validate=validate)
         self.features = features
         self.alpha = alpha

@@ -5,7 +5,10 @@ layer's ``gradient`` mode:
 
 * ``"exact"`` — autograd through ``torch.linalg.slogdet``: the O(D³) baseline;
 * ``"relative"`` — the relative gradient of Gresele et al. (2020), O(B·D²), no inverse or
-  determinant anywhere (:mod:`jacfree.flows.relative`).
+  determinant anywhere (:mod:`jacfree.flows.relative`);
+* ``"selfnorm"`` — the self-normalizing rule of Keller et al. (2021): a learned approximate
+  inverse ``R ≈ W⁻¹`` (``inverse_weight``) replaces W⁻ᵀ by Rᵀ, trained with a reconstruction
+  penalty λ‖R W h − h‖² (:mod:`jacfree.flows.selfnorm`); O(B·D²), and sampling through R.
 
 Exact evaluation (:meth:`SquareAffine.forward`, used by ``Flow.log_prob``) and the inverse share
 one float64 LU factorisation of W, computed once per parameter state and cached.
@@ -20,37 +23,59 @@ from torch import Tensor, nn
 from .._checks import check_positive_int
 from .core import FlowLayer, GradientModeMixin, ParameterStateCache
 from .relative import relative_affine
+from .selfnorm import SelfNormalizing, selfnorm_affine
 
 
-class SquareAffine(GradientModeMixin, FlowLayer):
+class SquareAffine(SelfNormalizing, GradientModeMixin, FlowLayer):
     """Invertible affine layer ``y = x Wᵀ + b`` (the ``nn.Linear`` convention).
 
     Args:
         features: D, the width of input and output.
-        gradient: ``"exact"`` or ``"relative"`` (switch later with :meth:`set_gradient`).
+        gradient: ``"exact"``, ``"relative"`` or ``"selfnorm"`` (switch later with
+            :meth:`set_gradient`).
         paper_bias_rule: in relative mode, drop the ``−b`` of the bias rule as the reference code
             of Gresele et al. does. This moves the optimum away from the MLE; use it only to
             reproduce the paper.
+        recon_weight: λ of the selfnorm mode's reconstruction penalty (Keller et al.: 1 for the
+            fully connected MNIST model).
 
-    W starts orthogonal (log|det W| = 0) and b at zero, as in the paper.
+    W starts orthogonal (log|det W| = 0) and b at zero, as in Gresele et al. In selfnorm mode the
+    layer also has ``inverse_weight`` R, set to W⁻¹ when the mode is entered (R = Wᵀ at
+    initialisation), so the SNF gradient is exactly half the exact one at the first step.
+    Entering selfnorm mode on a live model adds that parameter: build the optimizer afterwards.
     """
 
-    supported_gradients = ("exact", "relative")
+    supported_gradients = ("exact", "relative", "selfnorm")
+    inverse_weight: nn.Parameter | None
 
     def __init__(
-        self, features: int, gradient: str = "relative", *, paper_bias_rule: bool = False
+        self,
+        features: int,
+        gradient: str = "relative",
+        *,
+        paper_bias_rule: bool = False,
+        recon_weight: float = 1.0,
     ) -> None:
         super().__init__()
         self.features = check_positive_int(features, "features")
         self.weight = nn.Parameter(torch.empty(features, features))
         self.bias = nn.Parameter(torch.zeros(features))
         nn.init.orthogonal_(self.weight)
+        self.register_parameter("inverse_weight", None)
         self.paper_bias_rule = paper_bias_rule
-        self.set_gradient(gradient)
         self._cache = ParameterStateCache()
+        self._init_selfnorm(recon_weight)
+        self.set_gradient(gradient)
 
     def extra_repr(self) -> str:
         return f"features={self.features}, gradient={self.gradient!r}"
+
+    def set_gradient(self, mode: str) -> None:
+        super().set_gradient(mode)
+        if mode == "selfnorm" and self.inverse_weight is None:
+            with torch.no_grad():
+                inv = torch.linalg.inv(self.weight.detach().double()).to(self.weight.dtype)
+            self.inverse_weight = nn.Parameter(inv)
 
     # -- exact quantities, float64, cached per parameter state --------------------------------
 
@@ -83,6 +108,11 @@ class SquareAffine(GradientModeMixin, FlowLayer):
     def training_forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         if self.gradient == "relative":
             return relative_affine(x, self.weight, self.bias, self.paper_bias_rule)
+        if self.gradient == "selfnorm":
+            lam = float(self.recon_weight)
+            z, term, recon = selfnorm_affine(x, self.weight, self.inverse_weight, self.bias, lam)
+            self.last_reconstruction = recon.detach().mean()
+            return z, term
         # exact: autograd through slogdet in the parameters' own dtype (the O(D³) baseline)
         y = F.linear(x, self.weight, self.bias)
         return y, torch.linalg.slogdet(self.weight).logabsdet.expand(x.shape[0])
@@ -92,3 +122,12 @@ class SquareAffine(GradientModeMixin, FlowLayer):
         lu, pivots = self._lu64()
         rhs = (z.double() - self.bias.detach().double()).t()
         return torch.linalg.lu_solve(lu, pivots, rhs).t().to(z.dtype)
+
+    def approximate_inverse(self, z: Tensor) -> Tensor:
+        """x ≈ R(z − b) through the learned inverse (selfnorm mode): O(D²), no solve.
+
+        Falls back to the exact :meth:`inverse` for a layer that has no learned inverse.
+        """
+        if self.inverse_weight is None:
+            return self.inverse(z)
+        return F.linear(z - self.bias, self.inverse_weight)
