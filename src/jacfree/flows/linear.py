@@ -123,6 +123,20 @@ class SquareAffine(SelfNormalizing, GradientModeMixin, FlowLayer):
         rhs = (z.double() - self.bias.detach().double()).t()
         return torch.linalg.lu_solve(lu, pivots, rhs).t().to(z.dtype)
 
+    def reconstruction_error(self, h: Tensor) -> Tensor:
+        """‖h_n − R W h_n‖² per sample (B,), by plain autograd in W and R (h is detached).
+
+        The selfnorm training step folds this penalty into its fused backward; this method is
+        for monitoring, or for training R on the penalty alone.
+        """
+        if self.inverse_weight is None:
+            raise RuntimeError(
+                "this layer has no learned inverse; switch it to the selfnorm mode first "
+                "(layer.set_gradient('selfnorm'))."
+            )
+        h = h.detach()
+        return (F.linear(F.linear(h, self.weight), self.inverse_weight) - h).square().sum(1)
+
     def approximate_inverse(self, z: Tensor) -> Tensor:
         """x ≈ R(z − b) through the learned inverse (selfnorm mode): O(D²), no solve.
 
