@@ -29,7 +29,7 @@ from .data import DatasetUnavailableError, load
 from .data import cli as data_cli
 from .flows import GRADIENT_MODES
 from .models import build_model, data_output, kinds, model_input, model_kind
-from .train import CheckpointError, evaluate_nll, fit, load_checkpoint
+from .train import GECO, CheckpointError, ReconstructionWatch, evaluate_nll, fit, load_checkpoint
 from .train.fit import BEST, LAST
 
 RUNS = Path("runs")
@@ -122,6 +122,20 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     p.add_argument("--patience", type=int, default=100, help="early-stopping patience (epochs)")
     p.add_argument("--clip", type=float, default=None, help="clip the gradient norm to this")
+    p.add_argument(
+        "--geco-target",
+        type=float,
+        default=None,
+        help="selfnorm: adapt λ by GECO to hold the reconstruction error near this value",
+    )
+    p.add_argument("--geco-lr", type=float, default=1e-3, help="selfnorm: GECO step of log λ")
+    p.add_argument(
+        "--recon-warn",
+        type=float,
+        default=1e-2,
+        help="selfnorm: warn when an epoch's relative reconstruction error ‖RWh−h‖²/‖h‖² "
+        "exceeds this (default 0.01)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-seed", type=int, default=0, help="seed of the dataset split")
     p.add_argument("--out", type=Path, default=None, help="run folder (default runs/<data>-...)")
@@ -181,6 +195,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         objective=kind.objective(spec) if kind.objective else None,
         val_metric=kind.val_metric(spec) if kind.val_metric else None,
         val_name=kind.val_name,
+        callbacks=_callbacks(args, model),
     )
     wall = time.perf_counter() - t0
     test = _report(model, ds, spec, "test")
@@ -205,6 +220,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not args.no_plots:
         _plots(model, ds, spec, result.history, out)
     return 0
+
+
+def _callbacks(args: argparse.Namespace, model: torch.nn.Module) -> list[Any]:
+    """GECO and the reconstruction watch, for models with self-normalizing layers."""
+    if getattr(model, "recon_weight", None) is None or args.gradient != "selfnorm":
+        if args.geco_target is not None:
+            raise ValueError("--geco-target needs a model trained with --gradient selfnorm.")
+        return []
+    callbacks: list[Any] = [ReconstructionWatch(args.recon_warn)]
+    if args.geco_target is not None:
+        callbacks.append(GECO(args.geco_target, lr=args.geco_lr))
+    return callbacks
 
 
 def _describe(spec: dict[str, Any], kind: Any) -> str:

@@ -206,16 +206,22 @@ class Flow(nn.Module):
     def training_diagnostics(self) -> dict[str, Tensor]:
         """Quantities of the last :meth:`loss` call worth logging (detached tensors).
 
-        ``recon``: Σ over self-normalizing layers of the batch-mean ‖R W h − h‖² (absent when
-        no layer has a learned inverse in use).
+        With self-normalizing layers in use: ``recon``, Σ over those layers of the batch-mean
+        ‖R W h − h‖² (the penalty λ multiplies), and ``recon_rel``, the largest per-layer ratio
+        of that error to the batch-mean ‖h‖² (scale-free; what the drift warning watches).
         """
-        recons = [
-            m.last_reconstruction
+        layers = [
+            m
             for m in self.modules()
             if getattr(m, "gradient", None) == "selfnorm"
             and getattr(m, "last_reconstruction", None) is not None
         ]
-        return {"recon": torch.stack(recons).sum()} if recons else {}
+        if not layers:
+            return {}
+        return {
+            "recon": torch.stack([m.last_reconstruction for m in layers]).sum(),
+            "recon_rel": torch.stack([m.last_relative_reconstruction for m in layers]).max(),
+        }
 
     def set_recon_weight(self, value: float) -> Flow:
         """Set λ, the reconstruction weight, of every self-normalizing layer."""

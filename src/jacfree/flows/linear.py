@@ -111,7 +111,7 @@ class SquareAffine(SelfNormalizing, GradientModeMixin, FlowLayer):
         if self.gradient == "selfnorm":
             lam = float(self.recon_weight)
             z, term, recon = selfnorm_affine(x, self.weight, self.inverse_weight, self.bias, lam)
-            self.last_reconstruction = recon.detach().mean()
+            self._record_reconstruction(recon, x)
             return z, term
         # exact: autograd through slogdet in the parameters' own dtype (the O(D³) baseline)
         y = F.linear(x, self.weight, self.bias)

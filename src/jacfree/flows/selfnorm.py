@@ -48,11 +48,19 @@ class SelfNormalizing:
 
     Provides the reconstruction weight λ (``recon_weight``, a persistent buffer created by
     :meth:`_init_selfnorm`), ``last_reconstruction`` (the batch-mean ‖h − R W h‖² of the last
-    training forward, detached; ``None`` before one) and :meth:`approximate_inverse` (through the
+    training forward, detached; ``None`` before one), ``last_relative_reconstruction`` (the same
+    divided by the batch-mean ‖h‖²: scale-free) and :meth:`approximate_inverse` (through the
     learned inverse: no solve, no Newton).
     """
 
     last_reconstruction: Tensor | None = None
+    last_relative_reconstruction: Tensor | None = None
+
+    def _record_reconstruction(self, recon: Tensor, h: Tensor) -> None:
+        """Store the batch means of the per-sample errors ``recon`` of inputs ``h``."""
+        mean = recon.detach().mean()
+        self.last_reconstruction = mean
+        self.last_relative_reconstruction = mean / h.detach().square().flatten(1).sum(1).mean()
 
     def _init_selfnorm(self, recon_weight: float) -> None:
         """Register λ as a buffer (call once, after the parameters exist)."""

@@ -2,13 +2,17 @@
 
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .evaluate import NLL, bits_per_dim, evaluate_nll, per_example_nll
-from .fit import FitResult, fit
+from .fit import Callback, FitResult, fit
+from .geco import GECO, ReconstructionWatch
 from .optim import make_adam
 
 __all__ = [
+    "GECO",
     "NLL",
+    "Callback",
     "CheckpointError",
     "FitResult",
+    "ReconstructionWatch",
     "bits_per_dim",
     "evaluate_nll",
     "fit",

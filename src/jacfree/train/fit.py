@@ -4,7 +4,12 @@ Adam on mini-batches, an exact validation metric after every epoch (by default t
 ``model.log_prob``), early stopping that keeps the **best** parameters (the relative-gradient
 reference code overwrote them), a tqdm progress bar with the live loss and throughput, a JSONL
 metrics file, and checkpoints from which a resumed run continues exactly as an uninterrupted one
-(same shuffling, same dequantisation noise, same optimiser state).
+(same shuffling, same dequantisation noise, same optimiser state, same callback state).
+
+Models may report per-step quantities through ``model.training_diagnostics() -> {name: tensor}``
+(self-normalizing flows report their reconstruction error ``recon``); their batch-weighted epoch
+means appear in the metrics as ``train_<name>``. Callbacks (:class:`Callback`) see every step and
+every epoch, e.g. :class:`jacfree.train.GECO`, which adapts the reconstruction weight λ.
 """
 
 from __future__ import annotations
@@ -15,10 +20,10 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -35,6 +40,20 @@ ValMetric = Callable[[nn.Module, Tensor], float]
 LAST = "checkpoint.pt"
 BEST = "best.pt"
 METRICS = "metrics.jsonl"
+
+
+class Callback(Protocol):
+    """Hooks called by :func:`fit`; the state is checkpointed so a resumed run is exact."""
+
+    def on_step(self, model: nn.Module, loss: float, diagnostics: dict[str, Tensor]) -> None:
+        """After every optimiser step, with the step's loss value and model diagnostics."""
+
+    def on_epoch_end(self, model: nn.Module, row: dict[str, Any]) -> None:
+        """After every epoch; may add entries to the epoch's metrics ``row``."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
 @dataclass
@@ -85,6 +104,7 @@ def fit(
     restore_best: bool = True,
     progress: bool = True,
     checkpoint_extra: dict[str, Any] | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> FitResult:
     """Train ``model`` on the rows of ``train``.
 
@@ -111,6 +131,8 @@ def fit(
         restore_best: load the best parameters into ``model`` at the end.
         progress: show a tqdm progress bar.
         checkpoint_extra: extra entries stored in every checkpoint (e.g. a model spec).
+        callbacks: objects with ``on_step``, ``on_epoch_end``, ``state_dict`` and
+            ``load_state_dict`` (see :class:`Callback`), called in order.
 
     Raises:
         FloatingPointError: the training loss became NaN/Inf; the last good checkpoint is kept.
@@ -156,6 +178,14 @@ def fit(
         result.best_val = state["best_val"]
         best_state = state.get("best_state")
         bad_epochs = int(state["bad_epochs"])
+        saved_callbacks = state.get("callbacks", [])
+        if len(saved_callbacks) != len(callbacks):
+            raise CheckpointError(
+                f"cannot resume {out / LAST} exactly: it was saved with {len(saved_callbacks)} "
+                f"callback(s), this run has {len(callbacks)}; pass the same callbacks."
+            )
+        for cb, cb_state in zip(callbacks, saved_callbacks, strict=True):
+            cb.load_state_dict(cb_state)
     else:
         if out is not None and (out / LAST).exists() and not overwrite:
             raise FileExistsError(
@@ -165,6 +195,7 @@ def fit(
             )
         torch.manual_seed(seed)
 
+    diagnose = getattr(model, "training_diagnostics", None)
     steps_per_epoch = math.ceil(len(train) / batch_size)
     bar = tqdm(
         total=epochs * steps_per_epoch,
@@ -182,6 +213,7 @@ def fit(
             model.train()
             t0 = time.perf_counter()
             total, count = 0.0, 0
+            diag_sums: dict[str, Tensor] = {}
             for idx in torch.randperm(len(train), generator=shuffle).split(batch_size):
                 x = train[idx].to(device, non_blocking=True)
                 opt.zero_grad(set_to_none=True)
@@ -198,6 +230,11 @@ def fit(
                 if clip_grad_norm is not None:
                     nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
                 opt.step()
+                diagnostics = diagnose() if diagnose is not None else {}
+                for k, v in diagnostics.items():
+                    diag_sums[k] = diag_sums.get(k, 0) + v.detach() * len(idx)
+                for cb in callbacks:
+                    cb.on_step(model, value, diagnostics)
                 total += value * len(idx)
                 count += len(idx)
                 bar.update(1)
@@ -209,7 +246,10 @@ def fit(
                 "epoch_time_s": train_time,
                 "samples_per_s": count / train_time,
                 "lr": opt.param_groups[0]["lr"],
+                **{f"train_{k}": float(v) / count for k, v in diag_sums.items()},
             }
+            for cb in callbacks:
+                cb.on_epoch_end(model, row)
             if val is not None:
                 t1 = time.perf_counter()
                 score = float(val_metric(model, val))
@@ -244,6 +284,7 @@ def fit(
                     bad_epochs,
                     config,
                     checkpoint_extra,
+                    callbacks,
                 )
     finally:
         bar.close()
@@ -276,6 +317,7 @@ def _save_run(
     bad_epochs: int,
     config: dict[str, Any],
     extra: dict[str, Any] | None,
+    callbacks: Sequence[Callback],
 ) -> None:
     cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
     save_checkpoint(
@@ -290,6 +332,7 @@ def _save_run(
             "best_state": best_state,
             "bad_epochs": bad_epochs,
             "config": config,
+            "callbacks": [cb.state_dict() for cb in callbacks],
             **(extra or {}),
         },
         out / LAST,
