@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from jacfree.cli import main
 
@@ -107,3 +108,38 @@ def test_console_script_is_installed():
     assert exe, "the jacfree console script is not on PATH; reinstall with pip install -e ."
     done = subprocess.run([exe, "--version"], capture_output=True, text=True, check=True)
     assert done.stdout.startswith("jacfree ")
+
+
+def test_selfnorm_run_samples_through_both_inverses(tmp_path, capsys):
+    out = tmp_path / "snf"
+    argv = ["train", *TINY, "--gradient", "selfnorm", "--out", str(out), "--geco-target", "0.1"]
+    assert main(argv) == 0
+    rows = [json.loads(s) for s in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["train_recon"] >= 0 and "recon_weight" in r for r in rows)
+    assert (out / "samples.png").is_file()
+    capsys.readouterr()
+    assert main(["sample", str(out), "-n", "4", "--out", str(tmp_path / "s.png")]) == 0
+    text = capsys.readouterr().out
+    assert "through the exact inverse" in text and "through the learned inverse R" in text
+    assert "mean |exact − learned|" in text
+
+
+def test_learned_inverse_and_geco_need_a_selfnorm_model(tmp_path, capsys):
+    out = tmp_path / "rel"
+    assert main(["train", *TINY, "--no-plots", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["sample", str(out), "--inverse", "learned"]) == 2
+    assert "needs a model trained with --gradient selfnorm" in capsys.readouterr().err
+    assert main(["train", *TINY, "--out", str(tmp_path / "g"), "--geco-target", "1"]) == 2
+    assert "--geco-target needs" in capsys.readouterr().err
+
+
+def test_checkpoint_that_does_not_fit_its_spec_is_reported(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--no-plots", "--out", str(out)]) == 0
+    payload = torch.load(out / "best.pt", weights_only=True)
+    payload["spec"]["layers"] = 3
+    torch.save(payload, out / "best.pt")
+    capsys.readouterr()
+    assert main(["eval", str(out)]) == 2
+    assert "does not fit the model its spec describes" in capsys.readouterr().err

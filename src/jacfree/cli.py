@@ -17,6 +17,7 @@ from typing import Any
 
 import tomllib
 import torch
+from torch import Tensor
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -276,8 +277,8 @@ def _plots(model: torch.nn.Module, ds: Any, spec: dict, history: list, out: Path
         if kind.plot is not None:
             kind.plot(model, ds, spec, out)
         elif ds.is_image:
-            samples = data_output(model.sample(64), spec)
-            plots.image_grid(samples, out / "samples.png", ds.levels, title=f"{ds.name} samples")
+            panels = _sample_panels(model, spec, 64, seed=0, inverse="both")
+            plots.image_grids(panels, out / "samples.png", ds.levels, title=f"{ds.name} samples")
         elif ds.dim == 2:
             plots.density_2d(
                 model, ds.test, out / "density.png", samples=model.sample(5000), title=ds.name
@@ -298,7 +299,13 @@ def _load_run(path: Path, which: str, device: torch.device) -> tuple[Any, dict, 
             "in Python and use model.load_state_dict(payload['model_state'])."
         )
     model = build_model(state["spec"]).to(device)
-    model.load_state_dict(state["model_state"])
+    try:
+        model.load_state_dict(state["model_state"])
+    except RuntimeError as err:
+        raise CheckpointError(
+            f"{file} does not fit the model its spec describes ({err}); it was written by another "
+            "version of jacfree or edited. Retrain, or load it with the version that wrote it."
+        ) from err
     model.eval()
     return model, state["spec"], state.get("data", {})
 
@@ -315,22 +322,50 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sample_panels(
+    model: torch.nn.Module, spec: dict[str, Any], n: int, *, seed: int, inverse: str
+) -> dict[str, Tensor]:
+    """Samples from the same latents through the exact inverse and/or, for self-normalizing
+    models, through the learned inverses R, keyed by a panel title (with the time per sample)."""
+    learned = spec.get("gradient") == "selfnorm"
+    if inverse == "learned" and not learned:
+        raise ValueError("--inverse learned needs a model trained with --gradient selfnorm.")
+    ways = {"exact": False, "learned": True}
+    chosen = [inverse] if inverse != "both" else (list(ways) if learned else ["exact"])
+    panels: dict[str, Tensor] = {}
+    for way in chosen:
+        gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+        t0 = time.perf_counter()
+        x = model.sample(n, generator=gen, approximate=ways[way])
+        ms = 1e3 * (time.perf_counter() - t0) / n
+        name = "exact inverse" if way == "exact" else "learned inverse R"
+        panels[f"{name} ({ms:.2f} ms/sample)"] = data_output(x, spec).cpu()
+    return panels
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     device = _device(args.device)
     model, spec, _ = _load_run(args.run, args.which, device)
-    torch.manual_seed(args.seed)
-    samples = data_output(model.sample(args.n), spec).cpu()
+    panels = _sample_panels(model, spec, args.n, seed=args.seed, inverse=args.inverse)
+    for name in panels:
+        print(f"sampled {args.n} through the {name}")
+    if len(panels) == 2:
+        a, b = panels.values()
+        print(f"mean |exact − learned| = {float((a - b).abs().mean()):.4g} (same latents)")
     out = args.out or ((args.run if args.run.is_dir() else args.run.parent) / "samples.png")
     if len(spec["data_shape"]) == 3:
         from . import plots
 
-        plots.image_grid(samples, out, spec.get("levels"), title=f"{args.n} samples")
+        plots.image_grids(panels, out, spec.get("levels"), title=f"{args.n} samples")
+        print(f"wrote {out}")
     else:
         out = out.with_suffix(".csv")
         out.parent.mkdir(parents=True, exist_ok=True)
-        lines = [",".join(f"{v:.6g}" for v in row) for row in samples.flatten(1).tolist()]
-        out.write_text("\n".join(lines) + "\n")
-    print(f"wrote {args.n} samples to {out}")
+        for k, samples in enumerate(panels.values()):
+            path = out if k == 0 else out.with_name(out.stem + "-learned.csv")
+            lines = [",".join(f"{v:.6g}" for v in row) for row in samples.flatten(1).tolist()]
+            path.write_text("\n".join(lines) + "\n")
+            print(f"wrote {path}")
     return 0
 
 
@@ -367,6 +402,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_arguments(p)
     p.add_argument("-n", "--n", type=int, default=64, help="number of samples")
     p.add_argument("--out", type=Path, default=None, help="output file (default: in the run)")
+    p.add_argument(
+        "--inverse",
+        choices=["both", "exact", "learned"],
+        default="both",
+        help="sample through the exact inverse, the learned inverses R of a selfnorm model, or "
+        "both from the same latents, side by side (default: both where R exists)",
+    )
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("bench", help="benchmarks that reproduce the papers' speed claims")

@@ -51,11 +51,8 @@ def loss_curve(history: list[dict[str, Any]], path: str | Path, title: str = "")
     return _save(fig, path)
 
 
-def image_grid(
-    images: Tensor, path: str | Path, levels: int | None = None, title: str = ""
-) -> Path:
-    """Save a square grid of images shaped ``(n, C, H, W)`` (C = 1 or 3)."""
-    plt = _pyplot()
+def _tile(images: Tensor, levels: int | None) -> Tensor:
+    """A square mosaic (C, rows·(H+1)+1, cols·(W+1)+1) of images ``(n, C, H, W)`` in [0, 1]."""
     images = images.detach().float().cpu()
     if levels:
         images = images / (levels - 1)
@@ -68,18 +65,39 @@ def image_grid(
     for i, img in enumerate(images):
         r, k = divmod(i, cols)
         grid[:, 1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + k * (w + 1) : 1 + k * (w + 1) + w] = img
-    fig, ax = plt.subplots(figsize=(6, 6 * rows / cols))
-    ax.imshow(
-        grid.permute(1, 2, 0).squeeze(-1).numpy(),
-        cmap="gray",
-        vmin=0,
-        vmax=1,
-        interpolation="nearest",
-    )
-    ax.axis("off")
+    return grid
+
+
+def image_grids(
+    panels: dict[str, Tensor], path: str | Path, levels: int | None = None, title: str = ""
+) -> Path:
+    """Save grids of images side by side, one per ``{panel title: (n, C, H, W) images}``
+    (C = 1 or 3); e.g. samples through the exact and through the learned inverse."""
+    plt = _pyplot()
+    grids = [_tile(images, levels) for images in panels.values()]
+    aspect = grids[0].shape[1] / grids[0].shape[2]
+    fig, axes = plt.subplots(1, len(grids), figsize=(6 * len(grids), 6 * aspect), squeeze=False)
+    for ax, name, grid in zip(axes[0], panels, grids, strict=True):
+        ax.imshow(
+            grid.permute(1, 2, 0).squeeze(-1).numpy(),
+            cmap="gray",
+            vmin=0,
+            vmax=1,
+            interpolation="nearest",
+        )
+        ax.axis("off")
+        if name:
+            ax.set_title(name)
     if title:
-        ax.set_title(title)
+        fig.suptitle(title)
     return _save(fig, path)
+
+
+def image_grid(
+    images: Tensor, path: str | Path, levels: int | None = None, title: str = ""
+) -> Path:
+    """Save a square grid of images shaped ``(n, C, H, W)`` (C = 1 or 3)."""
+    return image_grids({title: images}, path, levels)
 
 
 @torch.no_grad()

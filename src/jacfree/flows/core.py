@@ -232,9 +232,10 @@ class Flow(nn.Module):
 
     @property
     def recon_weight(self) -> float | None:
-        """λ of the self-normalizing layers (``None`` without any; they share one value)."""
-        values = {float(m.recon_weight) for m in self.modules() if hasattr(m, "_init_selfnorm")}
-        return values.pop() if len(values) == 1 else (None if not values else max(values))
+        """λ of the self-normalizing layers: ``None`` without any, else the largest of their
+        values (:meth:`set_recon_weight` gives them all one value)."""
+        values = [float(b) for name, b in self.named_buffers() if name.endswith("recon_weight")]
+        return max(values) if values else None
 
     @property
     def gradient(self) -> str | None:

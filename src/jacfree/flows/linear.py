@@ -41,8 +41,9 @@ class SquareAffine(SelfNormalizing, GradientModeMixin, FlowLayer):
 
     W starts orthogonal (log|det W| = 0) and b at zero, as in Gresele et al. In selfnorm mode the
     layer also has ``inverse_weight`` R, set to W⁻¹ when the mode is entered (R = Wᵀ at
-    initialisation), so the SNF gradient is exactly half the exact one at the first step.
-    Entering selfnorm mode on a live model adds that parameter: build the optimizer afterwards.
+    initialisation), so the SNF gradient is exactly half the exact one at the first step, and the
+    buffer ``recon_weight`` (λ). Entering selfnorm mode on a live model adds that parameter: build
+    the optimizer afterwards.
     """
 
     supported_gradients = ("exact", "relative", "selfnorm")
@@ -64,7 +65,7 @@ class SquareAffine(SelfNormalizing, GradientModeMixin, FlowLayer):
         self.register_parameter("inverse_weight", None)
         self.paper_bias_rule = paper_bias_rule
         self._cache = ParameterStateCache()
-        self._init_selfnorm(recon_weight)
+        self.set_recon_weight(recon_weight)
         self.set_gradient(gradient)
 
     def extra_repr(self) -> str:
@@ -76,6 +77,7 @@ class SquareAffine(SelfNormalizing, GradientModeMixin, FlowLayer):
             with torch.no_grad():
                 inv = torch.linalg.inv(self.weight.detach().double()).to(self.weight.dtype)
             self.inverse_weight = nn.Parameter(inv)
+            self._init_selfnorm(self._pending_recon_weight)
 
     # -- exact quantities, float64, cached per parameter state --------------------------------
 

@@ -63,19 +63,25 @@ class SelfNormalizing:
         self.last_relative_reconstruction = mean / h.detach().square().flatten(1).sum(1).mean()
 
     def _init_selfnorm(self, recon_weight: float) -> None:
-        """Register λ as a buffer (call once, after the parameters exist)."""
-        if not hasattr(self, "recon_weight"):
+        """Register λ as a buffer (call once the parameters exist, e.g. on entering selfnorm)."""
+        if "recon_weight" not in self._buffers:  # type: ignore[attr-defined]
             ref = next(self.parameters())  # type: ignore[attr-defined]
-            lam = torch.tensor(float(recon_weight), dtype=ref.dtype, device=ref.device)
+            lam = torch.tensor(0.0, dtype=ref.dtype, device=ref.device)
             self.register_buffer("recon_weight", lam)  # type: ignore[attr-defined]
         self.set_recon_weight(recon_weight)
 
     def set_recon_weight(self, value: float) -> None:
-        """Set λ, the weight of the reconstruction penalty (≥ 0)."""
+        """Set λ, the weight of the reconstruction penalty (≥ 0).
+
+        A layer not yet in the selfnorm mode keeps the value for when it enters it.
+        """
         value = float(value)
         if not value >= 0:
             raise ValueError(f"recon_weight (λ) must be >= 0, got {value}.")
-        self.recon_weight.fill_(value)  # type: ignore[attr-defined]
+        if "recon_weight" in self._buffers:  # type: ignore[attr-defined]
+            self.recon_weight.fill_(value)  # type: ignore[attr-defined]
+        else:
+            self._pending_recon_weight = value
 
     def approximate_inverse(self, z: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
