@@ -30,7 +30,15 @@ from .data import DatasetUnavailableError, load
 from .data import cli as data_cli
 from .flows import GRADIENT_MODES
 from .models import build_model, data_output, kinds, model_input, model_kind
-from .train import GECO, CheckpointError, ReconstructionWatch, evaluate_nll, fit, load_checkpoint
+from .train import (
+    GECO,
+    CheckpointError,
+    ReconstructionWatch,
+    distributed,
+    evaluate_nll,
+    fit,
+    load_checkpoint,
+)
 from .train.fit import BEST, LAST
 
 RUNS = Path("runs")
@@ -162,7 +170,9 @@ def train_spec(args: argparse.Namespace, ds: Any) -> dict[str, Any]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    device = _device(args.device)
+    # under torchrun: join the process group (DDP); only rank 0 prints and writes
+    cluster = distributed.init_from_env(_device(args.device))
+    device = distributed.local_device(_device(args.device))
     kind = model_kind(args.model)
     ds = load(args.data, root=args.root, seed=args.data_seed)
     spec = train_spec(args, ds)
@@ -171,33 +181,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         out = _fresh_folder(RUNS / f"{args.data}-{args.model}-{tag}")
     else:
         out = args.out
+    out = distributed.broadcast_object(out, cluster)
     data_info = {"name": args.data, "seed": args.data_seed, "root": args.root}
     torch.manual_seed(args.seed)
     model = build_model(spec).to(device)
     n_params = sum(p.numel() for p in model.parameters())
+    if not cluster.is_main:
+        return _train_worker(args, model, ds, spec, kind, out, data_info)
     print(f"jacfree {__version__}: {ds!r}")
-    print(f"model {args.model} ({n_params:,} parameters, {_describe(spec, kind)}) -> {out}")
+    where = f", {cluster.world} processes (DDP)" if cluster.active else ""
+    print(f"model {args.model} ({n_params:,} parameters, {_describe(spec, kind)}{where}) -> {out}")
     t0 = time.perf_counter()
-    result = fit(
-        model,
-        model_input(ds.train, model),
-        model_input(ds.val, model),
-        epochs=DEFAULT_EPOCHS.get(args.data, 100) if args.epochs is None else args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        patience=args.patience,
-        clip_grad_norm=args.clip,
-        seed=args.seed,
-        out_dir=out,
-        resume=args.resume,
-        overwrite=args.overwrite,
-        progress=not args.no_progress,
-        checkpoint_extra={"spec": spec, "data": data_info},
-        objective=kind.objective(spec) if kind.objective else None,
-        val_metric=kind.val_metric(spec) if kind.val_metric else None,
-        val_name=kind.val_name,
-        callbacks=_callbacks(args, model),
-    )
+    result = _fit(args, model, ds, spec, kind, out, data_info)
     wall = time.perf_counter() - t0
     test = _report(model, ds, spec, "test")
     epoch_times = [row["epoch_time_s"] for row in result.history]
@@ -220,6 +215,51 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     if not args.no_plots:
         _plots(model, ds, spec, result.history, out)
+    return 0
+
+
+def _fit(
+    args: argparse.Namespace,
+    model: torch.nn.Module,
+    ds: Any,
+    spec: dict[str, Any],
+    kind: Any,
+    out: Path,
+    data_info: dict[str, Any],
+) -> Any:
+    return fit(
+        model,
+        model_input(ds.train, model),
+        model_input(ds.val, model),
+        epochs=DEFAULT_EPOCHS.get(args.data, 100) if args.epochs is None else args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        patience=args.patience,
+        clip_grad_norm=args.clip,
+        seed=args.seed,
+        out_dir=out,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+        checkpoint_extra={"spec": spec, "data": data_info},
+        objective=kind.objective(spec) if kind.objective else None,
+        val_metric=kind.val_metric(spec) if kind.val_metric else None,
+        val_name=kind.val_name,
+        callbacks=_callbacks(args, model),
+    )
+
+
+def _train_worker(
+    args: argparse.Namespace,
+    model: torch.nn.Module,
+    ds: Any,
+    spec: dict[str, Any],
+    kind: Any,
+    out: Path,
+    data_info: dict[str, Any],
+) -> int:
+    """A DDP rank other than 0: trains its shard, and leaves reporting and files to rank 0."""
+    _fit(args, model, ds, spec, kind, out, data_info)
     return 0
 
 

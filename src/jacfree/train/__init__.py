@@ -1,5 +1,6 @@
 """Training: the ``fit`` loop, checkpoints, exact evaluation and optimisers."""
 
+from . import distributed
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .evaluate import NLL, bits_per_dim, evaluate_nll, per_example_nll
 from .fit import Callback, FitResult, fit
@@ -14,6 +15,7 @@ __all__ = [
     "FitResult",
     "ReconstructionWatch",
     "bits_per_dim",
+    "distributed",
     "evaluate_nll",
     "fit",
     "load_checkpoint",

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .._checks import check_positive_int
+from . import distributed
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .evaluate import evaluate_nll
 from .optim import make_adam
@@ -154,7 +155,19 @@ def fit(
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     opt = optimizer or make_adam(model.parameters(), lr)
     shuffle = torch.Generator().manual_seed(seed)
-    config = {"batch_size": batch_size, "seed": seed, "n_train": len(train)}
+    cluster = distributed.current()
+    config = {
+        "batch_size": batch_size,
+        "seed": seed,
+        "n_train": len(train),
+        "world_size": cluster.world,
+    }
+    if cluster.active and batch_size < cluster.world:
+        raise ValueError(
+            f"batch_size {batch_size} is smaller than the {cluster.world} processes; the "
+            "global batch is split between them: use batch_size >= the number of processes."
+        )
+    writes = out is not None and cluster.is_main
 
     result = FitResult(out_dir=out)
     best_state: dict[str, Tensor] | None = None
@@ -168,9 +181,10 @@ def fit(
         if optimizer is None:
             for group in opt.param_groups:
                 group["lr"] = lr
-        torch.set_rng_state(state["rng"]["torch"])
-        if device.type == "cuda" and state["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        rng = state["rng"]["ranks"][cluster.rank] if cluster.active else state["rng"]
+        torch.set_rng_state(rng["torch"])
+        if device.type == "cuda" and rng.get("cuda") is not None:
+            torch.cuda.set_rng_state_all(rng["cuda"])
         shuffle.set_state(state["rng"]["shuffle"])
         start = int(state["epoch"])
         result.history = list(state["history"])
@@ -193,16 +207,25 @@ def fit(
                 "(CLI: --resume) to continue it, overwrite=True (CLI: --overwrite) to replace "
                 "it, or choose another folder."
             )
-        torch.manual_seed(seed)
+        torch.manual_seed(seed + cluster.rank)  # each rank draws its own noise
+        if cluster.active:
+            _data_init(model, objective, train[: max(1, batch_size // cluster.world)], device)
+
+    step_model: Callable[[Tensor], Tensor]
+    if cluster.active:
+        step_model = distributed.data_parallel(model, objective, device)
+    else:
+        step_model = lambda x: objective(model, x)  # noqa: E731
 
     diagnose = getattr(model, "training_diagnostics", None)
-    steps_per_epoch = math.ceil(len(train) / batch_size)
+    batches_per_epoch = _global_batches(len(train), batch_size, cluster.world)
+    steps_per_epoch = batches_per_epoch
     bar = tqdm(
         total=epochs * steps_per_epoch,
         initial=start * steps_per_epoch,
         unit="step",
         desc="train",
-        disable=not progress,
+        disable=not (progress and cluster.is_main),
         dynamic_ncols=True,
     )
     try:
@@ -214,11 +237,23 @@ def fit(
             t0 = time.perf_counter()
             total, count = 0.0, 0
             diag_sums: dict[str, Tensor] = {}
-            for idx in torch.randperm(len(train), generator=shuffle).split(batch_size):
-                x = train[idx].to(device, non_blocking=True)
+            order = torch.randperm(len(train), generator=shuffle)
+            for idx in order.split(batch_size)[:batches_per_epoch]:
+                mine = idx[cluster.rank :: cluster.world]
+                x = train[mine].to(device, non_blocking=True)
                 opt.zero_grad(set_to_none=True)
-                loss = objective(model, x)
-                value = float(loss.detach())
+                loss = step_model(x)
+                # this rank's share of the global batch; the global loss and diagnostics are the
+                # share-weighted sums over ranks (one all-reduce; nothing to do without DDP)
+                weight = len(mine) / len(idx)
+                diagnostics = diagnose() if diagnose is not None else {}
+                value, *diag = distributed.sum_tensors(
+                    [t.detach() * weight for t in (loss, *diagnostics.values())], cluster
+                )
+                value = float(value)
+                diagnostics = dict(zip(diagnostics, diag, strict=True))
+                if cluster.active:  # DDP averages gradients over ranks: scale to the share
+                    loss = loss * (weight * cluster.world)
                 if not math.isfinite(value):
                     where = f"; the last good checkpoint is kept in {out}" if out else ""
                     raise FloatingPointError(
@@ -230,9 +265,8 @@ def fit(
                 if clip_grad_norm is not None:
                     nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
                 opt.step()
-                diagnostics = diagnose() if diagnose is not None else {}
                 for k, v in diagnostics.items():
-                    diag_sums[k] = diag_sums.get(k, 0) + v.detach() * len(idx)
+                    diag_sums[k] = diag_sums.get(k, 0) + v * len(idx)
                 for cb in callbacks:
                     cb.on_step(model, value, diagnostics)
                 total += value * len(idx)
@@ -258,7 +292,7 @@ def fit(
                 if math.isfinite(score) and (result.best_val is None or score < result.best_val):
                     result.best_val, result.best_epoch, bad_epochs = score, epoch, 0
                     best_state = _cpu_state(model)
-                    if out is not None:
+                    if writes:
                         save_checkpoint(
                             _model_payload(best_state, epoch, checkpoint_extra), out / BEST
                         )
@@ -273,29 +307,54 @@ def fit(
                 samples_s=f"{row['samples_per_s']:.0f}",
             )
             if out is not None:
-                _save_run(
-                    out,
-                    model,
-                    opt,
-                    epoch,
-                    shuffle,
-                    result,
-                    best_state,
-                    bad_epochs,
-                    config,
-                    checkpoint_extra,
-                    callbacks,
-                )
+                rng = distributed.gather_objects(_rng_state(device), cluster)
+                if writes:
+                    _save_run(
+                        out,
+                        model,
+                        opt,
+                        epoch,
+                        shuffle,
+                        rng[0] if not cluster.active else {"ranks": rng},
+                        result,
+                        best_state,
+                        bad_epochs,
+                        config,
+                        checkpoint_extra,
+                        callbacks,
+                    )
+                distributed.barrier(cluster)
     finally:
         bar.close()
 
     if restore_best and best_state is not None:
         model.load_state_dict(best_state)
-    if out is not None and val is None:
+    if writes and val is None:
         save_checkpoint(
             _model_payload(_cpu_state(model), len(result.history), checkpoint_extra), out / BEST
         )
+    distributed.barrier(cluster)
     return result
+
+
+def _global_batches(n: int, batch_size: int, world: int) -> int:
+    """Batches per epoch; with several processes a last batch smaller than the number of
+    processes is dropped (a rank would have no data)."""
+    full, rest = divmod(n, batch_size)
+    return full + (1 if rest >= world else 0)
+
+
+def _data_init(model: nn.Module, objective: Objective, x: Tensor, device: torch.device) -> None:
+    """Run layers' data-dependent initialisation (e.g. ActNorm) on this rank's first rows before
+    DDP broadcasts rank 0's parameters; only when some module asks for it."""
+    if any(getattr(m, "needs_data_init", False) for m in model.modules()):
+        with torch.no_grad():
+            objective(model, x.to(device))
+
+
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    cuda = torch.cuda.get_rng_state_all() if device.type == "cuda" else None
+    return {"torch": torch.get_rng_state(), "cuda": cuda}
 
 
 def _cpu_state(model: nn.Module) -> dict[str, Tensor]:
@@ -312,6 +371,7 @@ def _save_run(
     opt: torch.optim.Optimizer,
     epoch: int,
     shuffle: torch.Generator,
+    rng: dict[str, Any],
     result: FitResult,
     best_state: dict[str, Tensor] | None,
     bad_epochs: int,
@@ -319,13 +379,12 @@ def _save_run(
     extra: dict[str, Any] | None,
     callbacks: Sequence[Callback],
 ) -> None:
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
     save_checkpoint(
         {
             "model_state": _cpu_state(model),
             "optimizer_state": copy.deepcopy(opt.state_dict()),
             "epoch": epoch,
-            "rng": {"torch": torch.get_rng_state(), "cuda": cuda, "shuffle": shuffle.get_state()},
+            "rng": {**rng, "shuffle": shuffle.get_state()},
             "history": result.history,
             "best_epoch": result.best_epoch,
             "best_val": result.best_val,
@@ -350,7 +409,7 @@ def _write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
 
 
 def _check_resumable(state: dict[str, Any], config: dict[str, Any], path: Path) -> None:
-    saved = state.get("config", {})
+    saved = {"world_size": 1, **state.get("config", {})}
     diff = {k: (saved.get(k), v) for k, v in config.items() if saved.get(k) != v}
     if diff:
         details = ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in diff.items())
