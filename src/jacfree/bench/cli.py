@@ -15,6 +15,10 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
         "jacfree.bench.scaling",
         "time per training step vs D: exact, relative and the no-log-det floor",
     ),
+    "data": (
+        "jacfree.bench.data_loading",
+        "sizes, sources, licences and first/cached load times of the available datasets",
+    ),
 }
 
 
