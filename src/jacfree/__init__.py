@@ -10,14 +10,20 @@ __version__ = "0.1.0"
 from . import data, train
 from .flows import (
     GRADIENT_MODES,
+    ActNorm,
+    AffineCoupling,
     Dequantize,
     FCFlow,
     Flow,
     FlowLayer,
     LogitTransform,
+    RQSplineActivation,
     SmoothLeakyReLU,
+    SplitPrior,
     SquareAffine,
+    Squeeze,
     StandardNormal,
+    Unsqueeze,
 )
 from .scorematching import fd
 from .scorematching import losses as sm
@@ -25,14 +31,20 @@ from .train import evaluate_nll, fit
 
 __all__ = [
     "GRADIENT_MODES",
+    "ActNorm",
+    "AffineCoupling",
     "Dequantize",
     "FCFlow",
     "Flow",
     "FlowLayer",
     "LogitTransform",
+    "RQSplineActivation",
     "SmoothLeakyReLU",
+    "SplitPrior",
     "SquareAffine",
+    "Squeeze",
     "StandardNormal",
+    "Unsqueeze",
     "__version__",
     "data",
     "evaluate_nll",

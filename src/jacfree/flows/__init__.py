@@ -6,25 +6,40 @@ from .activations import (
     smooth_leaky_relu_inverse,
     smooth_leaky_relu_log_derivative,
 )
+from .actnorm import ActNorm, initialize_actnorm
 from .core import GRADIENT_MODES, Flow, FlowLayer, ParameterStateCache, StandardNormal
+from .coupling import AffineCoupling, ZeroConv2d
 from .fc import FCFlow
 from .linear import SquareAffine
+from .multiscale import SplitPrior
 from .preprocess import Dequantize, LogitTransform
 from .relative import relative_affine
+from .spline import RQSplineActivation, rational_quadratic_spline, spline_knots
+from .squeeze import Squeeze, Unsqueeze
 
 __all__ = [
     "GRADIENT_MODES",
+    "ActNorm",
+    "AffineCoupling",
     "Dequantize",
     "FCFlow",
     "Flow",
     "FlowLayer",
     "LogitTransform",
     "ParameterStateCache",
+    "RQSplineActivation",
     "SmoothLeakyReLU",
+    "SplitPrior",
     "SquareAffine",
+    "Squeeze",
     "StandardNormal",
+    "Unsqueeze",
+    "ZeroConv2d",
+    "initialize_actnorm",
+    "rational_quadratic_spline",
     "relative_affine",
     "smooth_leaky_relu",
     "smooth_leaky_relu_inverse",
     "smooth_leaky_relu_log_derivative",
+    "spline_knots",
 ]
