@@ -76,11 +76,6 @@ def spline_knots(
     return knots(raw_widths), knots(raw_heights), torch.cat([one, inner, one], dim=-1)
 
 
-def _gather(params: Tensor, idx: Tensor) -> Tensor:
-    """``params[..., idx]`` with broadcasting of the leading dimensions."""
-    return torch.take_along_dim(params, idx, dim=-1).squeeze(-1)
-
-
 def rational_quadratic_spline(
     x: Tensor, xk: Tensor, yk: Tensor, dk: Tensor, *, inverse: bool = False
 ) -> tuple[Tensor, Tensor]:
@@ -90,29 +85,29 @@ def rational_quadratic_spline(
         x: input, any shape ``S``; its values outside ``[xk[0], xk[-1]]`` (``[yk[0], yk[-1]]``
             for the inverse) pass unchanged. The spline domain must be ``[−B, B]`` on both axes
             with end derivatives 1 (as :func:`spline_knots` makes them) for the tails to join.
-        xk, yk, dk: knots and knot derivatives, shape ``(..., K+1)`` with ``...`` of the same
-            rank as ``S`` and broadcastable against it (e.g. ``(1, C, 1, 1, K+1)`` for
-            per-channel splines on ``(B, C, H, W)``).
+        xk, yk, dk: knots and knot derivatives, shape ``(*G, K+1)`` with the parameter grid
+            ``G`` of the same rank as ``S`` and broadcastable against it (e.g.
+            ``(1, C, 1, 1, K+1)`` for per-channel splines on ``(B, C, H, W)``).
         inverse: return ``(g⁻¹(x), log g'(g⁻¹(x)))`` — note the sign: the log-derivative of the
             *forward* map at the result, so ``inverse`` log-det = −that.
 
     Returns:
         ``(out, log_derivative)``, both of shape ``S``.
     """
-    lo, hi = (yk if inverse else xk)[..., :1], (yk if inverse else xk)[..., -1:]
-    lo, hi = lo.squeeze(-1), hi.squeeze(-1)
-    inside = (x >= lo) & (x <= hi)
+    knots = yk if inverse else xk
+    inside = (x >= knots[..., 0]) & (x <= knots[..., -1])
     # outside points go through the spline at 0 (discarded): keeps that branch finite, and
     # inside points keep their exact gradient (clamp/maximum halve it at x = ±B)
     v = torch.where(inside, x, torch.zeros_like(x))
-    knots = yk if inverse else xk
-    idx = (v.unsqueeze(-1) >= knots[..., 1:-1]).sum(-1, keepdim=True)
-    x0, x1 = _gather(xk, idx), _gather(xk, idx + 1)
-    y0, y1 = _gather(yk, idx), _gather(yk, idx + 1)
-    d0, d1 = _gather(dk, idx), _gather(dk, idx + 1)
-    w, h = x1 - x0, y1 - y0
+    idx = (v.unsqueeze(-1) >= knots[..., 1:-1]).sum(-1)  # bin of each element, in [0, K)
+    # one gather of every per-bin quantity: a table of (parameter grid × bins) rows
+    grid, bins = xk.shape[:-1], xk.shape[-1] - 1
+    w, h = xk.diff(dim=-1), yk.diff(dim=-1)
     s = h / w
-    c2 = d1 + d0 - 2 * s
+    d0, d1 = dk[..., :-1], dk[..., 1:]
+    table = torch.stack([xk[..., :-1], w, yk[..., :-1], h, d0, d1, s, d1 + d0 - 2 * s], dim=-1)
+    row = torch.arange(grid.numel(), device=x.device).view(grid) * bins + idx
+    x0, w, y0, h, d0, d1, s, c2 = table.reshape(-1, 8)[row].unbind(-1)
     if inverse:
         delta = v - y0
         a = h * (s - d0) + delta * c2
@@ -120,18 +115,14 @@ def rational_quadratic_spline(
         c = -s * delta
         disc = (b.square() - 4 * a * c).clamp_min(0.0)
         xi = (2 * c) / (-b - disc.sqrt())
-        out = x0 + xi * w
     else:
         xi = (v - x0) / w
-        t = xi * (1 - xi)
-        out = y0 + h * (s * xi.square() + d0 * t) / (s + c2 * t)
-    t = xi * (1 - xi)
+    xi_c = 1 - xi
+    t = xi * xi_c
     den = s + c2 * t
-    log_der = (
-        2 * torch.log(s)
-        + torch.log(d1 * xi.square() + 2 * s * t + d0 * (1 - xi).square())
-        - 2 * torch.log(den)
-    )
+    out = x0 + xi * w if inverse else y0 + h * (s * xi.square() + d0 * t) / den
+    num = d1 * xi.square() + 2 * s * t + d0 * xi_c.square()
+    log_der = torch.log(s.square() * num / den.square())
     return torch.where(inside, out, x), torch.where(inside, log_der, torch.zeros_like(log_der))
 
 
