@@ -7,6 +7,7 @@ from .activations import (
     smooth_leaky_relu_log_derivative,
 )
 from .actnorm import ActNorm, initialize_actnorm
+from .conv import Conv1x1, SelfNormConv2d
 from .core import GRADIENT_MODES, Flow, FlowLayer, ParameterStateCache, StandardNormal
 from .coupling import AffineCoupling, ZeroConv2d
 from .fc import FCFlow
@@ -21,6 +22,7 @@ __all__ = [
     "GRADIENT_MODES",
     "ActNorm",
     "AffineCoupling",
+    "Conv1x1",
     "Dequantize",
     "FCFlow",
     "Flow",
@@ -28,6 +30,7 @@ __all__ = [
     "LogitTransform",
     "ParameterStateCache",
     "RQSplineActivation",
+    "SelfNormConv2d",
     "SmoothLeakyReLU",
     "SplitPrior",
     "SquareAffine",
