@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from jacfree.cli import main
+from jacfree.data import load
 
 pytest.importorskip("matplotlib", reason='plots need matplotlib: pip install "jacfree[plot]"')
 
@@ -143,3 +144,18 @@ def test_checkpoint_that_does_not_fit_its_spec_is_reported(tmp_path, capsys):
     capsys.readouterr()
     assert main(["eval", str(out)]) == 2
     assert "does not fit the model its spec describes" in capsys.readouterr().err
+
+
+def test_tabular_nll_is_reported_on_both_scales(tmp_path, capsys):
+    out = tmp_path / "bc"
+    assert main(["train", "--data", "breast-cancer", *TINY, "--no-plots", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    m = re.search(
+        r"test NLL (-?[\d.]+) ± [\d.]+ nats \(n=57\); (-?[\d.]+) on the pre-processed", text
+    )
+    assert m, text
+    results = json.loads((out / "results.json").read_text())["test"]
+    logdet = load("breast-cancer").logdet
+    assert logdet != 0
+    assert results["nll_nats"] == pytest.approx(results["nll_nats_preprocessed"] - logdet)
+    assert float(m.group(1)) == pytest.approx(results["nll_nats"], abs=1e-3)

@@ -32,6 +32,7 @@ from .flows import GRADIENT_MODES
 from .models import build_model, data_output, kinds, model_input, model_kind
 from .train import (
     GECO,
+    NLL,
     CheckpointError,
     ReconstructionWatch,
     distributed,
@@ -291,11 +292,17 @@ def _report(
     report: dict[str, float] = {}
     if kind.has_density:
         nll = evaluate_nll(model, x, seed=seed)
-        mean = nll.mean - ds.logdet  # back to the original scale of the data
+        # back to the original scale of the data: the dataset's own pre-processing (e.g. the
+        # standardisation of a table) has log-det ds.logdet
+        mean = nll.mean - ds.logdet
         line = f"{split} NLL {mean:.3f} ± {nll.stderr:.3f} nats (n={nll.n})"
         report.update(nll_nats=mean, nll_stderr_nats=nll.stderr, n=nll.n)
+        if ds.logdet:
+            line += f"; {nll.mean:.3f} on the pre-processed scale"
+            report.update(nll_nats_preprocessed=nll.mean)
         if ds.bits_per_dim_applies:
-            bpd, bpd_se = nll.bits_per_dim(ds.dim)
+            original = NLL(mean, nll.stderr, nll.n)
+            bpd, bpd_se = original.bits_per_dim(ds.dim)
             line += f" = {bpd:.4f} ± {bpd_se:.4f} bits/dim"
             report.update(bits_per_dim=bpd, bits_per_dim_stderr=bpd_se)
         print(line)
