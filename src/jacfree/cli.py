@@ -187,8 +187,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     model = build_model(spec).to(device)
     n_params = sum(p.numel() for p in model.parameters())
-    if not cluster.is_main:
-        return _train_worker(args, model, ds, spec, kind, out, data_info)
+    if not cluster.is_main:  # another DDP rank: train its shard, rank 0 reports
+        _fit(args, model, ds, spec, kind, out, data_info)
+        return 0
     print(f"jacfree {__version__}: {ds!r}")
     where = f", {cluster.world} processes (DDP)" if cluster.active else ""
     print(f"model {args.model} ({n_params:,} parameters, {_describe(spec, kind)}{where}) -> {out}")
@@ -248,20 +249,6 @@ def _fit(
         val_name=kind.val_name,
         callbacks=_callbacks(args, model),
     )
-
-
-def _train_worker(
-    args: argparse.Namespace,
-    model: torch.nn.Module,
-    ds: Any,
-    spec: dict[str, Any],
-    kind: Any,
-    out: Path,
-    data_info: dict[str, Any],
-) -> int:
-    """A DDP rank other than 0: trains its shard, and leaves reporting and files to rank 0."""
-    _fit(args, model, ds, spec, kind, out, data_info)
-    return 0
 
 
 def _callbacks(args: argparse.Namespace, model: torch.nn.Module) -> list[Any]:
