@@ -8,6 +8,10 @@ index maps, and the error messages for bad shapes.
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
+import textwrap
 import warnings
 from pathlib import Path
 
@@ -131,12 +135,53 @@ def test_actnorm_flag_is_saved_and_restored(tmp_path: Path) -> None:
     assert layer.is_initialized
 
 
+ACTNORM_WORKER = """
+import torch, torch.distributed as dist
+import jacfree as jf
+
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+x = torch.load({data!r})
+shard = x[:7] if rank == 0 else x[7:]  # uneven shards
+layer = jf.ActNorm(3).double()
+layer(shard)
+torch.save(layer.state_dict(), {out!r} + str(rank))
+dist.destroy_process_group()
+"""
+
+
+def test_actnorm_initialisation_is_shared_across_processes(tmp_path: Path) -> None:
+    """Under torch.distributed every replica initialises on the statistics of the global batch."""
+    x = 3 * torch.randn(20, 3, 2, 2, dtype=F64) + 1e3
+    torch.save(x, tmp_path / "x.pt")
+    script = tmp_path / "worker.py"
+    out = str(tmp_path / "state")
+    script.write_text(textwrap.dedent(ACTNORM_WORKER.format(data=str(tmp_path / "x.pt"), out=out)))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [*cmd, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    reference = jf.ActNorm(3).double()
+    reference(x)
+    for rank in (0, 1):
+        state = torch.load(out + str(rank), weights_only=True)
+        assert bool(state["initialized"])
+        torch.testing.assert_close(state["loc"], reference.loc.detach(), rtol=1e-13, atol=0)
+        torch.testing.assert_close(state["log_scale"], reference.log_scale.detach())
+
+
 def test_actnorm_edge_cases() -> None:
     layer = jf.ActNorm(2).double()
     x = torch.randn(10, 2, dtype=F64)
     x[:, 1] = 3.0  # a constant channel keeps scale 1
     layer(x)
     assert layer.log_scale[1] == 0 and layer.loc[1] == 3.0
+    # a mean far larger than the spread (two-pass statistics: no cancellation)
+    layer = jf.ActNorm(2).double()
+    z, _ = layer(1e8 + torch.randn(50, 2, 3, 3, dtype=F64))
+    torch.testing.assert_close(z.var((0, 2, 3), correction=0), torch.ones(2, dtype=F64))
     with pytest.raises(ValueError, match=r"at least 2 values per channel.*larger batch"):
         jf.ActNorm(2)(torch.randn(1, 2))
     with pytest.raises(ValueError, match=r"expects input of shape \(batch, 2, \.\.\.\).*channels="):

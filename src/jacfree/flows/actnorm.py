@@ -115,16 +115,15 @@ class ActNorm(FlowLayer):
     def initialize(self, x: Tensor) -> None:
         """Set ``loc``/``log_scale`` so that the outputs on ``x`` have zero mean, unit variance.
 
-        Statistics per channel over the batch and spatial positions (population variance),
-        computed in float64 and all-reduced over ``torch.distributed`` processes if initialised.
+        Statistics per channel over the batch and spatial positions (population variance, two
+        passes), computed in float64 and summed over ``torch.distributed`` processes if the
+        process group is initialised.
         """
         self._check_input(x)
         dims = [d for d in range(x.dim()) if d != 1]
-        n = x.numel() // self.channels
         x64 = x.detach().double()
-        stats = torch.cat([x64.sum(dims), x64.square().sum(dims), x64.new_tensor([n])])
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(stats)
+        stats = torch.cat([x64.sum(dims), x64.new_tensor([x.numel() // self.channels])])
+        _sum_over_processes(stats)
         total = float(stats[-1])
         if total < 2:
             raise ValueError(
@@ -132,9 +131,10 @@ class ActNorm(FlowLayer):
                 f"{int(total)}; initialise with a larger batch "
                 "(jacfree.flows.initialize_actnorm(flow, x))."
             )
-        mean = stats[: self.channels] / total
-        var = (stats[self.channels : 2 * self.channels] / total - mean.square()).clamp_min(0.0)
-        std = var.sqrt()
+        mean = stats[:-1] / total
+        squares = (x64 - mean.view(self.channels, *([1] * (x.dim() - 2)))).square().sum(dims)
+        _sum_over_processes(squares)
+        std = (squares / total).sqrt()
         log_scale = torch.where(std > self.eps, -std.clamp_min(self.eps).log(), 0.0)
         self.loc.copy_(mean.to(self.loc.dtype))
         self.log_scale.copy_(log_scale.to(self.log_scale.dtype))
@@ -180,6 +180,11 @@ class ActNorm(FlowLayer):
             self._warned = True
             warnings.warn(_UNINITIALISED_WARNING, UserWarning, stacklevel=2)
         return z * torch.exp(-self._view(self.log_scale, z)) + self._view(self.loc, z)
+
+
+def _sum_over_processes(t: Tensor) -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(t)
 
 
 def _sync_flag(module: nn.Module, incompatible_keys: Any) -> None:
