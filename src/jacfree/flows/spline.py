@@ -146,7 +146,7 @@ class RQSplineActivation(FlowLayer):
 
     def __init__(
         self,
-        shape: int | Sequence[int] = (),
+        shape: int | Sequence[int],
         bins: int = 5,
         bound: float = 10.0,
         *,
