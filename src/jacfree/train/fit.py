@@ -208,8 +208,6 @@ def fit(
                 "it, or choose another folder."
             )
         torch.manual_seed(seed + cluster.rank)  # each rank draws its own noise
-        if cluster.active:
-            _data_init(model, objective, train[: max(1, batch_size // cluster.world)], device)
 
     step_model: Callable[[Tensor], Tensor]
     if cluster.active:
@@ -342,14 +340,6 @@ def _global_batches(n: int, batch_size: int, world: int) -> int:
     processes is dropped (a rank would have no data)."""
     full, rest = divmod(n, batch_size)
     return full + (1 if rest >= world else 0)
-
-
-def _data_init(model: nn.Module, objective: Objective, x: Tensor, device: torch.device) -> None:
-    """Run layers' data-dependent initialisation (e.g. ActNorm) on this rank's first rows before
-    DDP broadcasts rank 0's parameters; only when some module asks for it."""
-    if any(getattr(m, "needs_data_init", False) for m in model.modules()):
-        with torch.no_grad():
-            objective(model, x.to(device))
 
 
 def _rng_state(device: torch.device) -> dict[str, Any]:
