@@ -152,6 +152,13 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--overwrite", action="store_true", help="replace the run in --out")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: auto)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads of torch (default: torch's choice; 1 is fastest for small models on a "
+        "busy machine)",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--no-plots", action="store_true", help="do not write PNG plots")
 
@@ -171,6 +178,10 @@ def train_spec(args: argparse.Namespace, ds: Any) -> dict[str, Any]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}.")
+        torch.set_num_threads(args.threads)
     # under torchrun: join the process group (DDP); only rank 0 prints and writes
     cluster = distributed.init_from_env(_device(args.device))
     device = distributed.local_device(_device(args.device))
