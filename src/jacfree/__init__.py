@@ -27,6 +27,10 @@ from .flows import (
     StandardNormal,
     Unsqueeze,
 )
+from .scorematching import DKEF as DKEF
+from .scorematching import NCSN as NCSN
+from .scorematching import NICE as NICE
+from .scorematching import MLPEnergy as MLPEnergy
 from .scorematching import fd
 from .scorematching import losses as sm
 from .train import evaluate_nll, fit

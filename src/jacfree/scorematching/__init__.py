@@ -4,11 +4,22 @@ r"""Score matching without Hessians: finite-difference score matching (Pang et a
   directional derivatives (exposed as ``jacfree.fd``);
 * :mod:`.losses` — every score-matching estimator (exact, sliced, denoising and their
   finite-difference forms) under one sign convention, ``log p̃ = −E`` (exposed as ``jacfree.sm``);
-* :mod:`.convention` — the single helper that applies that sign.
+* :mod:`.convention` — the single helper that applies that sign;
+* models: :mod:`.energy` (:class:`MLPEnergy`), :mod:`.dkef` (:class:`DKEF`, deep kernel
+  exponential family with its closed-form α), :mod:`.ncsn` (:class:`NCSN`, a small
+  noise-conditional score network) and NICE (:class:`jacfree.flows.nice.NICE`, re-exported);
+* :mod:`.sampling` — Langevin and annealed Langevin dynamics;
+* :mod:`.evaluate` — the exact SM loss over a dataset (mean ± standard error);
+* :mod:`.kinds` — the ``energy-mlp``, ``nice``, ``dkef`` and ``ncsn`` kinds of ``jacfree train``
+  (imported by :mod:`jacfree.models` when the CLI needs them).
 """
 
+from ..flows.nice import NICE, AdditiveCoupling, DiagonalScaling
 from . import fd, losses
 from .convention import log_density, score
+from .dkef import DKEF, FeatureNet, LogPartition, alpha_normal_equations, solve_alpha
+from .energy import MLPEnergy
+from .evaluate import Estimate, evaluate_per_sample, exact_sm_loss, exact_sm_loss_scorenet
 from .fd import (
     Stencil,
     central_stencil,
@@ -32,27 +43,48 @@ from .losses import (
     ssm,
     ssm_scorenet,
 )
+from .ncsn import NCSN, annealed_loss, geometric_sigmas
+from .sampling import annealed_langevin, energy_score, langevin
 
 __all__ = [
+    "DKEF",
+    "NCSN",
+    "NICE",
     "PROJECTIONS",
+    "AdditiveCoupling",
+    "DiagonalScaling",
+    "Estimate",
+    "FeatureNet",
+    "LogPartition",
+    "MLPEnergy",
     "SMTerms",
     "Stencil",
+    "alpha_normal_equations",
+    "annealed_langevin",
+    "annealed_loss",
     "central_stencil",
     "directional_derivative",
     "directional_derivatives",
     "dsm",
     "dsm_scorenet",
+    "energy_score",
+    "evaluate_per_sample",
     "exact_sm",
+    "exact_sm_loss",
+    "exact_sm_loss_scorenet",
     "exact_sm_scorenet",
     "fd",
     "fd_dsm",
     "fd_ssm",
     "fd_ssm_vr",
+    "geometric_sigmas",
     "jacobian_trace",
+    "langevin",
     "log_density",
     "losses",
     "random_projections",
     "score",
+    "solve_alpha",
     "sphere_directions",
     "ssm",
     "ssm_scorenet",

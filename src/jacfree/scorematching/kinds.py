@@ -1,0 +1,587 @@
+r"""Score-matching model kinds of ``jacfree train``: ``energy-mlp``, ``nice``, ``dkef``, ``ncsn``.
+
+Each kind builds its model from a spec (see :mod:`jacfree.models`) and trains it with the
+objective named by ``spec["objective"]`` (``--objective``):
+
+=============  ==============================================  ================  ==============
+kind           objectives (default first)                      validation        test metrics
+=============  ==============================================  ================  ==============
+energy-mlp     fd_ssm, ssm, ssm_vr, sm, dsm, fd_dsm            exact SM (d≤100)  exact SM; grid
+                                                               else objective    NLL in 2-D
+nice           fd_ssm, mle, ssm, ssm_vr, sm, dsm, fd_dsm       NLL (mle), exact  NLL, bits/dim,
+                                                               SM (d≤100), else  exact SM
+                                                               objective
+dkef           fd_ssm, ssm, ssm_vr, sm, dsm, fd_dsm            exact SM          NLL (log Z by
+                                                                                 IS), exact SM
+ncsn           fd_ssm_vr, dsm, ssm, ssm_vr                     annealed DSM      annealed DSM,
+                                                                                 annealed exact
+                                                                                 SM
+=============  ==============================================  ================  ==============
+
+Spec options read here (``--eps``, ``--sigma``, ``--hidden``, ``--layers``, ``--set KEY=VALUE``),
+with the FD-SM paper's defaults (Pang et al., NeurIPS 2020):
+
+* every kind: ``objective``; ``eps`` (0.1, the FD step: L2 norm of the direction); ``sigma``
+  (0.1, DSM noise); ``projection`` (``"rademacher"``; ``"gaussian"`` for ncsn) and
+  ``n_particles`` (1) of SSM; ``parallel`` (true: one concatenated FD batch); ``exact_sm_n``
+  (rows of the test set for the exact SM loss; all when ``d ≤ 100``, else 100 — 16 for ncsn);
+  ``val_metric`` (``"exact_sm"``, ``"objective"`` or, for nice, ``"nll"``).
+* energy-mlp: ``hidden`` (128), ``layers`` (3 hidden layers), ``activation`` (softplus),
+  ``base_std`` (none).
+* nice: ``layers`` = couplings (4), ``hidden`` (1000), ``hidden_layers`` (4), ``activation``.
+* dkef: ``hidden`` (30), ``n_inducing`` (200), ``n_kernels`` (3), ``alpha_solve`` (sliced),
+  ``alpha_points`` (4000), ``logz_samples`` (10⁶), ``q0_std`` (2), ``log_lambda`` (−2).
+* ncsn: ``hidden`` = channels (16), ``sigma_max`` (1), ``sigma_min`` (0.01), ``n_levels`` (10),
+  ``activation`` (elu), ``sample_steps`` (Langevin steps per level of the plot, 20),
+  ``step_lr`` (2e-5).
+
+Quantised data (``spec["levels"]``): nice puts :func:`jacfree.models.preprocess_layers`
+(dequantisation + logit) in front of the flow, so its NLL is on the original [0, levels)^D scale
+like every flow's, and score matching runs in the logit space after them; energy-mlp and ncsn
+dequantise to ``(x + u)/levels ∈ [0, 1)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..models import ModelKind, ModelSpec, preprocess_layers, register_model
+from .dkef import DKEF
+from .energy import MLPEnergy
+from .evaluate import Estimate, evaluate_per_sample, exact_sm_loss
+from .losses import dsm, exact_sm, fd_dsm, fd_ssm, ssm
+from .ncsn import NCSN, annealed_loss
+
+__all__ = [
+    "ENERGY_OBJECTIVES",
+    "OBJECTIVES",
+    "energy_loss",
+    "grid_log_partition",
+]
+
+ENERGY_OBJECTIVES = ("fd_ssm", "ssm", "ssm_vr", "sm", "dsm", "fd_dsm")
+OBJECTIVES: dict[str, tuple[str, ...]] = {
+    "energy-mlp": ENERGY_OBJECTIVES,
+    "nice": ("fd_ssm", "mle", "ssm", "ssm_vr", "sm", "dsm", "fd_dsm"),
+    "dkef": ENERGY_OBJECTIVES,
+    "ncsn": ("fd_ssm_vr", "dsm", "ssm", "ssm_vr"),
+}
+_SMALL_D = 100  # exact SM (d Hessian-vector products per row) is cheap up to this dimension
+
+
+def objective_name(spec: ModelSpec, kind: str) -> str:
+    """``spec["objective"]`` (default: the kind's first objective), checked against the kind's
+    choices; the default is written back into the spec so that checkpoints record it."""
+    choices = OBJECTIVES[kind]
+    name = spec.get("objective") or choices[0]
+    if name not in choices:
+        raise ValueError(
+            f"unknown objective {name!r} for model kind {kind!r}; choose one of "
+            f"{', '.join(map(repr, choices))} (--objective NAME)."
+        )
+    spec["objective"] = name
+    return name
+
+
+def energy_loss(
+    name: str,
+    *,
+    eps: float = 0.1,
+    sigma: float = 0.1,
+    projection: str = "rademacher",
+    n_particles: int = 1,
+    parallel: bool = True,
+) -> Callable[[Callable[[Tensor], Tensor], Tensor], Tensor]:
+    """The score-matching loss ``loss(energy, x) -> scalar`` called ``name`` for an energy model.
+
+    ``"sm"`` exact, ``"ssm"`` / ``"ssm_vr"`` sliced (``projection``, ``n_particles``),
+    ``"fd_ssm"`` finite differences (``eps``, ``parallel``), ``"dsm"`` / ``"fd_dsm"`` denoising
+    (``sigma``; ``eps`` for the FD form). All SM forms target ``J = E[tr ∇² log p̃ + ½‖∇ log p̃‖²]``;
+    the DSM forms ``½E‖s(x̃) + (x̃ − x)/σ²‖²`` (see :mod:`jacfree.scorematching.losses`).
+    """
+    if name not in ENERGY_OBJECTIVES:
+        raise ValueError(
+            f"unknown energy objective {name!r}; choose one of "
+            f"{', '.join(map(repr, ENERGY_OBJECTIVES))}."
+        )
+
+    def loss(energy: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+        if name == "sm":
+            return exact_sm(energy, x)
+        if name in ("ssm", "ssm_vr"):
+            return ssm(
+                energy, x, vr=name == "ssm_vr", projection=projection, n_particles=n_particles
+            )
+        if name == "fd_ssm":
+            return fd_ssm(energy, x, eps, n_particles=n_particles, parallel=parallel)
+        if name == "dsm":
+            return dsm(energy, x, sigma)
+        return fd_dsm(energy, x, sigma, eps, n_particles=n_particles, parallel=parallel)
+
+    return loss
+
+
+def _loss_from_spec(spec: ModelSpec, name: str) -> Callable[..., Tensor]:
+    return energy_loss(
+        name,
+        eps=float(spec.get("eps", 0.1)),
+        sigma=float(spec.get("sigma", 0.1)),
+        projection=spec.get("projection", "rademacher"),
+        n_particles=int(spec.get("n_particles", 1)),
+        parallel=bool(spec.get("parallel", True)),
+    )
+
+
+def _dim(spec: ModelSpec) -> int:
+    return math.prod(spec["data_shape"])
+
+
+def _exact_sm_n(spec: ModelSpec, default_large: int = 100) -> int | None:
+    n = spec.get("exact_sm_n")
+    if n is not None:
+        return int(n)
+    return None if _dim(spec) <= _SMALL_D else default_large
+
+
+def _val_choice(spec: ModelSpec, allowed: tuple[str, ...], default: str) -> str:
+    choice = spec.get("val_metric", default)
+    if choice not in allowed:
+        raise ValueError(
+            f"unknown val_metric {choice!r}; choose one of {', '.join(map(repr, allowed))}."
+        )
+    return choice
+
+
+def _report(prefix: str, est: Estimate) -> dict[str, float]:
+    return {prefix: est.mean, f"{prefix}_stderr": est.stderr, f"{prefix}_n": est.n}
+
+
+def _unit_dequantise(levels: int | None) -> Callable[[Tensor], Tensor]:
+    if not levels:
+        return lambda x: x
+    return lambda x: (x + torch.rand_like(x)) / levels
+
+
+# -- 2-D grid normalisation ---------------------------------------------------------------------
+
+
+@torch.no_grad()
+def grid_log_partition(
+    log_density: Callable[[Tensor], Tensor],
+    lo: Tensor,
+    hi: Tensor,
+    resolution: int = 400,
+    *,
+    chunk: int = 20_000,
+) -> float:
+    r"""``log ∫ exp(log p̃)`` over the box ``[lo, hi]`` of a 2-D model, by the midpoint rule on a
+    ``resolution²`` grid (``lo``, ``hi``: shape ``(2,)`` tensors on the model's device/dtype).
+
+    A quadrature, not an estimate: accurate when the box holds the mass and the grid resolves the
+    density. Used for the 2-D test NLL of energies and for density plots.
+    """
+    if lo.shape != (2,) or hi.shape != (2,):
+        raise ValueError("grid_log_partition is for 2-D models: lo and hi must have shape (2,).")
+    cell = (hi - lo) / resolution
+    axes = [
+        lo[i] + cell[i] * (torch.arange(resolution, dtype=lo.dtype, device=lo.device) + 0.5)
+        for i in range(2)
+    ]
+    gx, gy = torch.meshgrid(axes[0], axes[1], indexing="xy")
+    pts = torch.stack([gx.flatten(), gy.flatten()], 1)
+    logp = torch.cat([log_density(p).double() for p in pts.split(chunk)])
+    return float(torch.logsumexp(logp, 0)) + float(torch.log(cell.double()).sum())
+
+
+def _box(data: Tensor, margin: float = 0.5) -> tuple[Tensor, Tensor]:
+    return data.min(0).values - margin, data.max(0).values + margin
+
+
+# -- energy-mlp ---------------------------------------------------------------------------------
+
+
+def _build_energy(spec: ModelSpec) -> nn.Module:
+    objective_name(spec, "energy-mlp")
+    layers = int(spec.get("layers") or 3)
+    hidden = int(spec.get("hidden") or 128)
+    return MLPEnergy(
+        tuple(spec["data_shape"]),
+        hidden=(hidden,) * layers,
+        activation=spec.get("activation", "softplus"),
+        base_std=spec.get("base_std"),
+    )
+
+
+def _energy_objective(spec: ModelSpec) -> Callable[[nn.Module, Tensor], Tensor]:
+    loss = _loss_from_spec(spec, objective_name(spec, "energy-mlp"))
+    prep = _unit_dequantise(spec.get("levels"))
+    return lambda model, x: loss(model, prep(x))
+
+
+def _energy_val(spec: ModelSpec) -> Callable[[nn.Module, Tensor], float]:
+    objective = _energy_objective(spec)
+    small = _dim(spec) <= _SMALL_D
+    choice = _val_choice(spec, ("exact_sm", "objective"), "exact_sm" if small else "objective")
+    prep = _unit_dequantise(spec.get("levels"))
+    n = int(spec.get("val_n", 2000))
+
+    def metric(model: nn.Module, x: Tensor) -> float:
+        if choice == "exact_sm":
+            return exact_sm_loss(model, x, max_n=n, transform=prep).mean
+        est = evaluate_per_sample(
+            lambda b: objective(model, b).reshape(1).expand(len(b)), x, max_n=n, model=model
+        )
+        return est.mean
+
+    return metric
+
+
+def _energy_test(spec: ModelSpec) -> Callable[[nn.Module, Tensor], dict[str, float]]:
+    prep = _unit_dequantise(spec.get("levels"))
+
+    def metrics(model: nn.Module, x: Tensor) -> dict[str, float]:
+        out = _report("exact_sm", exact_sm_loss(model, x, max_n=_exact_sm_n(spec), transform=prep))
+        if _dim(spec) == 2:
+            lo, hi = _box(x.to(next(model.parameters())))
+            model.eval()
+            log_z = grid_log_partition(lambda p: -model(p), lo - 1.0, hi + 1.0)
+            with torch.no_grad():
+                e = torch.cat([model(b.to(lo)).double().cpu() for b in x.split(10_000)])
+            nll = e + log_z
+            out.update(
+                nll_grid_nats=float(nll.mean()),
+                nll_grid_stderr_nats=float(nll.std() / math.sqrt(len(nll))),
+                log_z_grid=log_z,
+            )
+        return out
+
+    return metrics
+
+
+def _energy_plot(model: nn.Module, ds: Any, spec: ModelSpec, out: Path) -> list[Path]:
+    if ds.dim != 2:
+        return []
+    from .. import plots
+    from .sampling import energy_score, langevin
+
+    ref = next(model.parameters())
+    data = ds.test.to(ref)
+    lo, hi = _box(data)
+    gen = torch.Generator(device=ref.device).manual_seed(0)
+    n, steps = int(spec.get("plot_samples", 2000)), int(spec.get("sample_steps", 500))
+    x0 = lo + (hi - lo) * torch.rand(n, 2, dtype=ref.dtype, device=ref.device, generator=gen)
+    step = 0.01 * float(data.var(0).mean())  # Langevin step ∝ the data's variance
+    model.eval()
+    samples = langevin(energy_score(model), x0, step, steps, generator=gen)
+    title = f"{ds.name}: {spec['objective']}"
+    return [
+        plots.energy_density_2d(
+            lambda p: -model(p),
+            ds.test,
+            out / "density.png",
+            samples=samples,
+            like=ref,
+            title=title,
+        )
+    ]
+
+
+register_model(
+    "energy-mlp",
+    ModelKind(
+        _build_energy,
+        "MLP energy E(x) (log p~ = -E) trained by score matching: --objective "
+        f"{'|'.join(OBJECTIVES['energy-mlp'])}, --hidden width, --layers hidden layers, --eps, "
+        "--sigma",
+        objective=_energy_objective,
+        val_metric=_energy_val,
+        val_name="loss",
+        test_metrics=_energy_test,
+        has_density=False,
+        plot=_energy_plot,
+    ),
+)
+
+
+# -- nice ---------------------------------------------------------------------------------------
+
+
+def _build_nice(spec: ModelSpec) -> nn.Module:
+    from ..flows.nice import NICE
+
+    objective_name(spec, "nice")
+    return NICE(
+        _dim(spec),
+        couplings=int(spec.get("layers") or 4),
+        hidden=int(spec.get("hidden") or 1000),
+        hidden_layers=int(spec.get("hidden_layers", 4)),
+        activation=spec.get("activation", "softplus"),
+        preprocess=preprocess_layers(spec),
+    )
+
+
+def _nice_objective(spec: ModelSpec) -> Callable[[nn.Module, Tensor], Tensor] | None:
+    name = objective_name(spec, "nice")
+    if name == "mle":
+        return None  # fit trains on model.loss (exact maximum likelihood)
+    loss = _loss_from_spec(spec, name)
+    return lambda model, x: loss(model.energy, model.preprocess(x))
+
+
+def _nice_val(spec: ModelSpec) -> Callable[[nn.Module, Tensor], float] | None:
+    name = objective_name(spec, "nice")
+    small = _dim(spec) <= _SMALL_D
+    default = "nll" if name == "mle" else ("exact_sm" if small else "objective")
+    choice = _val_choice(spec, ("nll", "exact_sm", "objective"), default)
+    if choice == "nll":
+        return None  # fit's default: the exact NLL
+    n = int(spec.get("val_n", 2000))
+    if choice == "exact_sm":
+        return lambda model, x: (
+            exact_sm_loss(model.energy, x, max_n=n, transform=model.preprocess).mean
+        )
+    if name == "mle":
+        raise ValueError("val_metric 'objective' needs a score-matching objective, not 'mle'.")
+    objective = _nice_objective(spec)
+    assert objective is not None
+
+    def metric(model: nn.Module, x: Tensor) -> float:
+        return evaluate_per_sample(
+            lambda b: objective(model, b).reshape(1).expand(len(b)), x, max_n=n, model=model
+        ).mean
+
+    return metric
+
+
+def _nice_test(spec: ModelSpec) -> Callable[[nn.Module, Tensor], dict[str, float]]:
+    def metrics(model: nn.Module, x: Tensor) -> dict[str, float]:
+        est = exact_sm_loss(
+            model.energy, x, max_n=_exact_sm_n(spec), transform=model.preprocess, batch_size=50
+        )
+        return _report("exact_sm", est)
+
+    return metrics
+
+
+def _nice_plot(model: nn.Module, ds: Any, spec: ModelSpec, out: Path) -> list[Path]:
+    from .. import plots
+    from ..models import data_output
+
+    model.eval()
+    title = f"{ds.name}: NICE, {spec['objective']}"
+    if ds.is_image:
+        gen = torch.Generator(device=next(model.parameters()).device).manual_seed(0)
+        samples = data_output(model.sample(64, generator=gen), spec)
+        return [plots.image_grid(samples, out / "samples.png", ds.levels, title=title)]
+    if ds.dim == 2:
+        return [
+            plots.density_2d(
+                model, ds.test, out / "density.png", samples=model.sample(5000), title=title
+            )
+        ]
+    return []
+
+
+register_model(
+    "nice",
+    ModelKind(
+        _build_nice,
+        "NICE flow (additive couplings + diagonal scaling) trained by score matching on its "
+        f"energy -log p or by maximum likelihood: --objective {'|'.join(OBJECTIVES['nice'])}, "
+        "--layers couplings, --hidden width",
+        objective=_nice_objective,
+        val_metric=_nice_val,
+        val_name="loss",
+        test_metrics=_nice_test,
+        has_density=True,
+        plot=_nice_plot,
+    ),
+)
+
+
+# -- dkef ---------------------------------------------------------------------------------------
+
+
+def _build_dkef(spec: ModelSpec) -> nn.Module:
+    objective_name(spec, "dkef")
+    if spec.get("levels") or len(spec["data_shape"]) != 1:
+        raise ValueError(
+            "dkef models continuous vectors (e.g. --data wine-red); this dataset is quantised or "
+            "not a table. Use nice or energy-mlp for images."
+        )
+    return DKEF(
+        _dim(spec),
+        n_inducing=int(spec.get("n_inducing", 200)),
+        hidden=int(spec.get("hidden") or 30),
+        n_kernels=int(spec.get("n_kernels", 3)),
+        q0_std=float(spec.get("q0_std", 2.0)),
+        log_lambda=float(spec.get("log_lambda", -2.0)),
+        alpha_solve=spec.get("alpha_solve", "sliced"),
+        alpha_points=int(spec.get("alpha_points", 4000)),
+        logz_samples=int(spec.get("logz_samples", 1_000_000)),
+    )
+
+
+def _dkef_objective(spec: ModelSpec) -> Callable[[nn.Module, Tensor], Tensor]:
+    loss = _loss_from_spec(spec, objective_name(spec, "dkef"))
+
+    def objective(model: nn.Module, x: Tensor) -> Tensor:
+        if len(x) < 2:
+            raise ValueError("dkef needs batches of at least 2 rows (half solve α, half score).")
+        model.remember(x)
+        half = len(x) // 2
+        alpha = model.solve_alpha(x[:half])
+        return loss(lambda y: model.energy(y, alpha), x[half:])
+
+    return objective
+
+
+def _dkef_val(spec: ModelSpec) -> Callable[[nn.Module, Tensor], float]:
+    def metric(model: nn.Module, x: Tensor) -> float:
+        model.fitted_alpha()
+        return exact_sm_loss(model, x).mean
+
+    return metric
+
+
+def _dkef_test(spec: ModelSpec) -> Callable[[nn.Module, Tensor], dict[str, float]]:
+    def metrics(model: nn.Module, x: Tensor) -> dict[str, float]:
+        model.fitted_alpha()
+        out = _report("exact_sm", exact_sm_loss(model, x, max_n=spec.get("exact_sm_n")))
+        lz = model.log_partition()
+        out.update(log_z=lz.value, log_z_stderr=lz.stderr, log_z_samples=lz.n)
+        out["alpha_points"] = int(model.alpha_count)
+        return out
+
+    return metrics
+
+
+def _dkef_plot(model: nn.Module, ds: Any, spec: ModelSpec, out: Path) -> list[Path]:
+    if ds.dim != 2:
+        return []
+    from .. import plots
+
+    model.eval()
+    alpha = model.fitted_alpha()
+    title = f"{ds.name}: DKEF, {spec['objective']}"
+    return [
+        plots.energy_density_2d(
+            lambda p: model.log_density(p, alpha),
+            ds.test,
+            out / "density.png",
+            like=alpha,
+            title=title,
+        )
+    ]
+
+
+register_model(
+    "dkef",
+    ModelKind(
+        _build_dkef,
+        "deep kernel exponential family (Gaussian kernels on learned features, closed-form α "
+        f"per step): --objective {'|'.join(OBJECTIVES['dkef'])}, --hidden feature width",
+        objective=_dkef_objective,
+        val_metric=_dkef_val,
+        val_name="exact_sm",
+        test_metrics=_dkef_test,
+        has_density=True,
+        plot=_dkef_plot,
+    ),
+)
+
+
+# -- ncsn ---------------------------------------------------------------------------------------
+
+
+def _build_ncsn(spec: ModelSpec) -> nn.Module:
+    objective_name(spec, "ncsn")
+    if len(spec["data_shape"]) != 3:
+        raise ValueError(
+            "ncsn models images (data of shape C x H x W, e.g. --data mnist-5k); use energy-mlp "
+            "for vectors."
+        )
+    return NCSN(
+        tuple(spec["data_shape"]),
+        channels=int(spec.get("hidden") or 16),
+        sigma_max=float(spec.get("sigma_max", 1.0)),
+        sigma_min=float(spec.get("sigma_min", 0.01)),
+        n_levels=int(spec.get("n_levels", 10)),
+        levels=spec.get("levels"),
+        activation=spec.get("activation", "elu"),
+    )
+
+
+def _ncsn_objective(spec: ModelSpec) -> Callable[[nn.Module, Tensor], Tensor]:
+    name = objective_name(spec, "ncsn")
+    eps = float(spec.get("eps", 0.1))
+    projection = spec.get("projection", "gaussian")
+    return lambda model, x: annealed_loss(
+        model, model.preprocess(x), name, eps=eps, projection=projection
+    )
+
+
+def _ncsn_per_sample(name: str) -> Callable[[nn.Module], Callable[[Tensor], Tensor]]:
+    return lambda model: lambda b: annealed_loss(model, model.preprocess(b), name, reduction="none")
+
+
+def _ncsn_val(spec: ModelSpec) -> Callable[[nn.Module, Tensor], float]:
+    n = int(spec.get("val_n", 2000))
+    return lambda model, x: (
+        evaluate_per_sample(_ncsn_per_sample("dsm")(model), x, max_n=n, model=model).mean
+    )
+
+
+def _ncsn_test(spec: ModelSpec) -> Callable[[nn.Module, Tensor], dict[str, float]]:
+    def metrics(model: nn.Module, x: Tensor) -> dict[str, float]:
+        out = _report("dsm", evaluate_per_sample(_ncsn_per_sample("dsm")(model), x, model=model))
+        sm = evaluate_per_sample(
+            _ncsn_per_sample("sm")(model),
+            x,
+            max_n=_exact_sm_n(spec, 16),
+            batch_size=4,
+            model=model,
+        )
+        out.update(_report("exact_sm", sm))
+        return out
+
+    return metrics
+
+
+def _ncsn_plot(model: nn.Module, ds: Any, spec: ModelSpec, out: Path) -> list[Path]:
+    if not ds.is_image:
+        return []
+    from .. import plots
+
+    model.eval()
+    gen = torch.Generator(device=next(model.parameters()).device).manual_seed(0)
+    samples = model.sample(
+        64,
+        n_steps_each=int(spec.get("sample_steps", 20)),
+        step_lr=float(spec.get("step_lr", 2e-5)),
+        generator=gen,
+    )
+    title = f"{ds.name}: NCSN, {spec['objective']} (annealed Langevin)"
+    return [plots.image_grid(samples.cpu(), out / "samples.png", ds.levels, title=title)]
+
+
+register_model(
+    "ncsn",
+    ModelKind(
+        _build_ncsn,
+        "noise-conditional score network for images, sampled by annealed Langevin dynamics: "
+        f"--objective {'|'.join(OBJECTIVES['ncsn'])}, --hidden channels",
+        objective=_ncsn_objective,
+        val_metric=_ncsn_val,
+        val_name="dsm",
+        test_metrics=_ncsn_test,
+        has_density=False,
+        plot=_ncsn_plot,
+    ),
+)
