@@ -53,6 +53,7 @@ from torch.autograd.function import once_differentiable
 
 from .._checks import check_positive_int
 from .core import FlowLayer, GradientModeMixin, ParameterStateCache
+from .linear import InvertibleMatrix
 from .relative import relative_affine
 from .selfnorm import SelfNormalizing, selfnorm_affine
 from .toeplitz import conv_matrix, conv_matrix_adjoint, flip_kernel, multiplicity
@@ -173,16 +174,6 @@ def _check_kernel_size(kernel_size: object) -> int:
             f"the layer maps H×W to H×W), got {K}; use {K - 1} or {K + 1}."
         )
     return K
-
-
-def _require_inverse(layer: nn.Module) -> Tensor:
-    inv = layer.inverse_weight
-    if inv is None:
-        raise RuntimeError(
-            "this layer has no learned inverse; switch it to the selfnorm mode first "
-            "(layer.set_gradient('selfnorm'))."
-        )
-    return inv
 
 
 # -- the convolutional SNF layer ----------------------------------------------------------------
@@ -350,7 +341,7 @@ class SelfNormConv2d(SelfNormalizing, _ImageLayer, GradientModeMixin, FlowLayer)
         The selfnorm training step folds this penalty into its fused backward; this method is
         for monitoring, or for training r on the penalty alone.
         """
-        inv = _require_inverse(self)
+        inv = self._require_inverse()
         self._check_image(h, "h")
         h = h.detach()
         u = F.conv2d(h, self.weight, padding=self.padding)
@@ -360,7 +351,7 @@ class SelfNormConv2d(SelfNormalizing, _ImageLayer, GradientModeMixin, FlowLayer)
 # -- the invertible 1×1 convolution ------------------------------------------------------------
 
 
-class Conv1x1(SelfNormalizing, _ImageLayer, GradientModeMixin, FlowLayer):
+class Conv1x1(SelfNormalizing, InvertibleMatrix, _ImageLayer, GradientModeMixin, FlowLayer):
     r"""Invertible 1×1 convolution ``z[:, :, y, x] = W_C h[:, :, y, x] (+ b)`` (Glow).
 
     log|det ∂z/∂h| = H·W·log|det W_C| for every sample.
@@ -410,30 +401,7 @@ class Conv1x1(SelfNormalizing, _ImageLayer, GradientModeMixin, FlowLayer):
     def extra_repr(self) -> str:
         return f"channels={self.channels}, bias={self.bias is not None}, gradient={self.gradient!r}"
 
-    def set_gradient(self, mode: str) -> None:
-        super().set_gradient(mode)
-        if mode == "selfnorm" and self.inverse_weight is None:
-            with torch.no_grad():
-                inv = torch.linalg.inv(self.weight.detach().double()).to(self.weight.dtype)
-            self.inverse_weight = nn.Parameter(inv)
-            self._init_selfnorm(self._pending_recon_weight)
-
-    # -- exact quantities ----------------------------------------------------------------------
-
-    def _lu64(self) -> tuple[Tensor, Tensor]:
-        def factor() -> tuple[Tensor, Tensor]:
-            with torch.no_grad():
-                lu, pivots = torch.linalg.lu_factor(self.weight.detach().double())
-            return lu, pivots
-
-        return self._cache.get("lu", [self.weight], factor)  # type: ignore[return-value]
-
-    def _matrix_logabsdet(self) -> Tensor:
-        w = self.weight
-        if torch.is_grad_enabled() and w.requires_grad:
-            return torch.linalg.slogdet(w.double()).logabsdet.to(w.dtype)
-        lu, _ = self._lu64()
-        return lu.diagonal().abs().log().sum().to(w.dtype)
+    # -- exact quantities --------------------------------------------------------------------
 
     def logabsdet(self, spatial_size: tuple[int, int] | None = None) -> Tensor:
         """H·W·log|det W_C| (scalar) for images of ``spatial_size`` (default: the last input's).
@@ -441,7 +409,7 @@ class Conv1x1(SelfNormalizing, _ImageLayer, GradientModeMixin, FlowLayer):
         Float64; differentiable when a gradient for W_C is recorded, else from a cached LU.
         """
         H, W = self._spatial_size(spatial_size)
-        return (H * W) * self._matrix_logabsdet()
+        return (H * W) * self.matrix_logabsdet()
 
     # -- the layer protocol -------------------------------------------------------------------
 
@@ -451,7 +419,7 @@ class Conv1x1(SelfNormalizing, _ImageLayer, GradientModeMixin, FlowLayer):
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         H, W = self._check_image(x)
         z = F.conv2d(x, self.weight[:, :, None, None], self.bias)
-        return z, ((H * W) * self._matrix_logabsdet()).expand(x.shape[0])
+        return z, ((H * W) * self.matrix_logabsdet()).expand(x.shape[0])
 
     def training_forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         if self.gradient == "exact":
@@ -475,12 +443,11 @@ class Conv1x1(SelfNormalizing, _ImageLayer, GradientModeMixin, FlowLayer):
     def inverse(self, z: Tensor) -> Tensor:
         """h = W_C⁻¹ (z − b) at every pixel, solved in float64 with the cached LU factorisation."""
         self._check_image(z, "z")
-        lu, pivots = self._lu64()
         z64 = z.double()
         if self.bias is not None:
             z64 = z64 - self.bias.detach().double().view(1, -1, 1, 1)
         rhs = z64.transpose(0, 1).reshape(self.channels, -1)
-        h = torch.linalg.lu_solve(lu, pivots, rhs).view(self.channels, z.shape[0], *z.shape[2:])
+        h = self._solve(rhs).view(self.channels, z.shape[0], *z.shape[2:])
         return h.transpose(0, 1).contiguous().to(z.dtype)
 
     def approximate_inverse(self, z: Tensor) -> Tensor:
@@ -497,7 +464,7 @@ class Conv1x1(SelfNormalizing, _ImageLayer, GradientModeMixin, FlowLayer):
 
     def reconstruction_error(self, h: Tensor) -> Tensor:
         """Σ_pixels ‖h − R W_C h‖² per sample (B,), by plain autograd in W_C and R (h detached)."""
-        inv = _require_inverse(self)
+        inv = self._require_inverse()
         self._check_image(h, "h")
         h = h.detach()
         u = F.conv2d(h, self.weight[:, :, None, None])

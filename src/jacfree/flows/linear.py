@@ -26,7 +26,55 @@ from .relative import relative_affine
 from .selfnorm import SelfNormalizing, selfnorm_affine
 
 
-class SquareAffine(SelfNormalizing, GradientModeMixin, FlowLayer):
+class InvertibleMatrix:
+    """A layer built on one square weight matrix ``weight`` (W, D×D).
+
+    Provides what every such layer needs besides its own map: the float64 LU factorisation of W,
+    computed once per parameter state and cached (:meth:`_lu64`); log|det W|
+    (:meth:`matrix_logabsdet`); W⁻¹ applied to columns (:meth:`_solve`); and, on entering the
+    selfnorm mode, the learned inverse ``inverse_weight`` R set to W⁻¹ and the λ buffer.
+    Put it before :class:`GradientModeMixin` in the bases.
+    """
+
+    weight: nn.Parameter
+    inverse_weight: nn.Parameter | None
+    _cache: ParameterStateCache
+
+    def set_gradient(self, mode: str) -> None:
+        super().set_gradient(mode)  # type: ignore[misc]
+        if mode == "selfnorm" and self.inverse_weight is None:
+            with torch.no_grad():
+                inv = torch.linalg.inv(self.weight.detach().double()).to(self.weight.dtype)
+            self.inverse_weight = nn.Parameter(inv)
+            self._init_selfnorm(self._pending_recon_weight)  # type: ignore[attr-defined]
+
+    def _lu64(self) -> tuple[Tensor, Tensor]:
+        def factor() -> tuple[Tensor, Tensor]:
+            with torch.no_grad():
+                lu, pivots = torch.linalg.lu_factor(self.weight.detach().double())
+            return lu, pivots
+
+        return self._cache.get("lu", [self.weight], factor)  # type: ignore[return-value]
+
+    def matrix_logabsdet(self) -> Tensor:
+        """log|det W| (scalar, in W's dtype).
+
+        Differentiable (float64 ``slogdet``) when a gradient for W is being recorded; otherwise read
+        from the cached float64 LU factorisation.
+        """
+        w = self.weight
+        if torch.is_grad_enabled() and w.requires_grad:
+            return torch.linalg.slogdet(w.double()).logabsdet.to(w.dtype)
+        lu, _ = self._lu64()
+        return lu.diagonal().abs().log().sum().to(w.dtype)
+
+    def _solve(self, columns: Tensor) -> Tensor:
+        """W⁻¹ · columns (D, N), float64, with the cached LU factorisation."""
+        lu, pivots = self._lu64()
+        return torch.linalg.lu_solve(lu, pivots, columns.double())
+
+
+class SquareAffine(SelfNormalizing, InvertibleMatrix, GradientModeMixin, FlowLayer):
     """Invertible affine layer ``y = x Wᵀ + b`` (the ``nn.Linear`` convention).
 
     Args:
@@ -71,35 +119,9 @@ class SquareAffine(SelfNormalizing, GradientModeMixin, FlowLayer):
     def extra_repr(self) -> str:
         return f"features={self.features}, gradient={self.gradient!r}"
 
-    def set_gradient(self, mode: str) -> None:
-        super().set_gradient(mode)
-        if mode == "selfnorm" and self.inverse_weight is None:
-            with torch.no_grad():
-                inv = torch.linalg.inv(self.weight.detach().double()).to(self.weight.dtype)
-            self.inverse_weight = nn.Parameter(inv)
-            self._init_selfnorm(self._pending_recon_weight)
-
-    # -- exact quantities, float64, cached per parameter state --------------------------------
-
-    def _lu64(self) -> tuple[Tensor, Tensor]:
-        def factor() -> tuple[Tensor, Tensor]:
-            with torch.no_grad():
-                lu, pivots = torch.linalg.lu_factor(self.weight.detach().double())
-            return lu, pivots
-
-        return self._cache.get("lu", [self.weight], factor)  # type: ignore[return-value]
-
     def logabsdet(self) -> Tensor:
-        """log|det W| (scalar, in W's dtype).
-
-        Differentiable (float64 ``slogdet``) when a gradient for W is being recorded; otherwise read
-        from the cached float64 LU factorisation.
-        """
-        w = self.weight
-        if torch.is_grad_enabled() and w.requires_grad:
-            return torch.linalg.slogdet(w.double()).logabsdet.to(w.dtype)
-        lu, _ = self._lu64()
-        return lu.diagonal().abs().log().sum().to(w.dtype)
+        """log|det W| (scalar), the same for every sample; see :meth:`matrix_logabsdet`."""
+        return self.matrix_logabsdet()
 
     # -- the layer protocol ------------------------------------------------------------------
 
@@ -121,9 +143,7 @@ class SquareAffine(SelfNormalizing, GradientModeMixin, FlowLayer):
 
     def inverse(self, z: Tensor) -> Tensor:
         """x = W⁻¹(z − b), solved in float64 with the cached LU factorisation."""
-        lu, pivots = self._lu64()
-        rhs = (z.double() - self.bias.detach().double()).t()
-        return torch.linalg.lu_solve(lu, pivots, rhs).t().to(z.dtype)
+        return self._solve((z.double() - self.bias.detach().double()).t()).t().to(z.dtype)
 
     def reconstruction_error(self, h: Tensor) -> Tensor:
         """‖h_n − R W h_n‖² per sample (B,), by plain autograd in W and R (h is detached).
@@ -131,13 +151,9 @@ class SquareAffine(SelfNormalizing, GradientModeMixin, FlowLayer):
         The selfnorm training step folds this penalty into its fused backward; this method is
         for monitoring, or for training R on the penalty alone.
         """
-        if self.inverse_weight is None:
-            raise RuntimeError(
-                "this layer has no learned inverse; switch it to the selfnorm mode first "
-                "(layer.set_gradient('selfnorm'))."
-            )
+        inv = self._require_inverse()
         h = h.detach()
-        return (F.linear(F.linear(h, self.weight), self.inverse_weight) - h).square().sum(1)
+        return (F.linear(F.linear(h, self.weight), inv) - h).square().sum(1)
 
     def approximate_inverse(self, z: Tensor) -> Tensor:
         """x ≈ R(z − b) through the learned inverse (selfnorm mode): O(D²), no solve.

@@ -83,6 +83,16 @@ class SelfNormalizing:
         else:
             self._pending_recon_weight = value
 
+    def _require_inverse(self) -> Tensor:
+        """The learned inverse, or a clear error for a layer that has none."""
+        inv = getattr(self, "inverse_weight", None)
+        if inv is None:
+            raise RuntimeError(
+                "this layer has no learned inverse; switch it to the selfnorm mode first "
+                "(layer.set_gradient('selfnorm'))."
+            )
+        return inv
+
     def approximate_inverse(self, z: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
