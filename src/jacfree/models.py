@@ -69,7 +69,7 @@ class ModelKind:
 MODELS: dict[str, ModelKind] = {}
 
 # Modules that register further kinds when first needed (imported lazily: they import this one).
-KIND_MODULES: list[str] = ["jacfree.scorematching.kinds"]
+KIND_MODULES: list[str] = ["jacfree.scorematching.kinds", "jacfree.flows.kinds"]
 
 
 def _load_kind_modules() -> None:

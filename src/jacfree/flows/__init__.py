@@ -7,10 +7,12 @@ from .activations import (
     smooth_leaky_relu_log_derivative,
 )
 from .actnorm import ActNorm, initialize_actnorm
+from .cnn import CNNFlow
 from .conv import Conv1x1, SelfNormConv2d
 from .core import GRADIENT_MODES, Flow, FlowLayer, ParameterStateCache, StandardNormal
 from .coupling import AffineCoupling, ZeroConv2d
 from .fc import FCFlow
+from .glow_model import GlowFlow
 from .linear import SquareAffine
 from .multiscale import SplitPrior
 from .preprocess import Dequantize, LogitTransform
@@ -22,11 +24,13 @@ __all__ = [
     "GRADIENT_MODES",
     "ActNorm",
     "AffineCoupling",
+    "CNNFlow",
     "Conv1x1",
     "Dequantize",
     "FCFlow",
     "Flow",
     "FlowLayer",
+    "GlowFlow",
     "LogitTransform",
     "ParameterStateCache",
     "RQSplineActivation",
