@@ -162,6 +162,10 @@ def test_tiny_cli_run_writes_the_test_metrics(kind, tmp_path, capsys):
     if plot is not None:
         assert (out / plot).stat().st_size > 0
     assert (out / "best.pt").is_file()
+    if kind in ("energy-mlp", "ncsn"):  # Langevin samplers behind `jacfree sample`
+        assert main(["sample", str(out), "-n", "3", "--out", str(tmp_path / "s.png")]) == 0
+        written = tmp_path / ("s.png" if kind == "ncsn" else "s.csv")
+        assert written.stat().st_size > 0
     capsys.readouterr()
 
 

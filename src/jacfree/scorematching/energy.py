@@ -145,3 +145,26 @@ class MLPEnergy(nn.Module):
     def energy(self, x: Tensor) -> Tensor:
         """Same as calling the module: ``E(x)``, shape ``(B,)``."""
         return self(x)
+
+    def sample(
+        self,
+        n: int,
+        generator: torch.Generator | None = None,
+        *,
+        steps: int = 1000,
+        step_size: float = 1e-2,
+        approximate: bool = False,
+    ) -> Tensor:
+        """Approximate samples of ``exp(−E)`` by unadjusted Langevin dynamics
+        (:func:`~jacfree.scorematching.sampling.langevin`) from ``N(0, s²I)`` (``s = base_std``,
+        else 1), on the model's device and dtype. An energy has no exact sampler, so samples are
+        approximate whatever ``approximate`` says (it exists for the CLI)."""
+        from .sampling import energy_score, langevin
+
+        check_positive_int(n, "n")
+        ref = next(self.parameters()).detach()
+        scale = self.base_std if self.base_std is not None else 1.0
+        x0 = scale * torch.randn(
+            (n, *self.event_shape), dtype=ref.dtype, device=ref.device, generator=generator
+        )
+        return langevin(energy_score(self), x0, step_size, steps, generator=generator)
