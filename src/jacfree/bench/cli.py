@@ -15,6 +15,10 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
         "jacfree.bench.scaling",
         "time per training step vs D: exact, relative and the no-log-det floor",
     ),
+    "sm": (
+        "jacfree.bench.sm",
+        "score matching: time and memory per step, autograd SSM/SSM-VR/DSM vs finite differences",
+    ),
     "data": (
         "jacfree.bench.data_loading",
         "sizes, sources, licences and first/cached load times of the available datasets",

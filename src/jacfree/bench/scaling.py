@@ -63,7 +63,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from .. import __version__
 from ..flows import FCFlow, Flow, SquareAffine
@@ -135,22 +135,53 @@ def variant_loss(flow: Flow, variant: str) -> Callable[[Tensor], Tensor]:
 
 
 class TrainingStep:
-    """One full training step of a flow for one variant, and the reset that precedes it.
+    """One full training step of a model for one variant, and the reset that precedes it.
 
     ``step()`` runs ``zero_grad``, the variant's loss on the next pre-generated batch,
     ``backward`` and ``optimizer.step()``. ``reset()`` (untimed) restores the parameters to their
     values at construction.
+
+    The loss is ``loss_fn(x) -> scalar`` if given, else the scaling variant's loss of a
+    :class:`~jacfree.flows.Flow` (:func:`variant_loss`). Several steps may train ONE model (e.g.
+    the score-matching estimators of ``jacfree bench sm``): build the first one, then pass its
+    ``optimizer`` and ``initial`` to the others, so that they share the optimiser state and the
+    snapshot that ``reset`` restores instead of holding copies of them.
     """
 
-    def __init__(self, flow: Flow, variant: str, batches: Sequence[Tensor], lr: float) -> None:
+    def __init__(
+        self,
+        flow: nn.Module,
+        variant: str,
+        batches: Sequence[Tensor],
+        lr: float,
+        *,
+        loss_fn: Callable[[Tensor], Tensor] | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
+        initial: Sequence[Tensor] | None = None,
+    ) -> None:
         if not batches:
             raise ValueError("TrainingStep needs at least one batch.")
         self.flow = flow
         self.variant = variant
-        self.loss_fn = variant_loss(flow, variant)
+        if loss_fn is None:
+            if not isinstance(flow, Flow):
+                raise TypeError(
+                    f"TrainingStep of a {type(flow).__name__} needs loss_fn=; only flows have "
+                    "the built-in scaling variants."
+                )
+            loss_fn = variant_loss(flow, variant)
+        self.loss_fn = loss_fn
         self.params = [p for p in flow.parameters() if p.requires_grad]
-        self.optimizer = make_adam(self.params, lr=lr)
-        self.initial = [p.detach().clone() for p in self.params]
+        self.optimizer = make_adam(self.params, lr=lr) if optimizer is None else optimizer
+        if initial is None:
+            self.initial = [p.detach().clone() for p in self.params]
+        else:
+            self.initial = list(initial)
+            if [t.shape for t in self.initial] != [p.shape for p in self.params]:
+                raise ValueError(
+                    "initial must hold one tensor per trainable parameter of the model, with the "
+                    "same shapes (pass the .initial of a step built on the same model)."
+                )
         self.batches = list(batches)
         self.count = 0
         self.last_loss: Tensor | None = None
@@ -366,15 +397,17 @@ def format_table(rows: Sequence[dict[str, Any]], fit_points: int = 3) -> str:
     return "\n".join(out)
 
 
-def write_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
-    """Write the rows to ``path`` with the columns of :data:`CSV_COLUMNS`."""
+def write_csv(
+    rows: Sequence[dict[str, Any]], path: str | Path, columns: Sequence[str] = CSV_COLUMNS
+) -> Path:
+    """Write the rows to ``path`` with the given columns (default :data:`CSV_COLUMNS`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+        writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: _csv_cell(row.get(k)) for k in CSV_COLUMNS})
+            writer.writerow({k: _csv_cell(row.get(k)) for k in columns})
     return path
 
 
