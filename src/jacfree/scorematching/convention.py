@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .._checks import values_visible
+from .._checks import all_finite, values_visible
 
 __all__ = ["Energy", "ScoreNet", "log_density", "score"]
 
@@ -41,7 +41,7 @@ def log_density(energy: Energy, x: Tensor, cond: Tensor | None = None) -> Tensor
             f"energy must return one value per sample, shape ({B},) (or ({B}, 1)); got "
             f"{tuple(e.shape)}. Sum over non-batch dimensions inside the energy."
         )
-    if values_visible(e) and not bool(torch.isfinite(e).all()):
+    if values_visible(e) and not all_finite(e):
         raise ValueError("energy returned NaN/Inf values; check the model and the input scale")
     return -e
 

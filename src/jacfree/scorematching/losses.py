@@ -55,7 +55,7 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor
 
-from .._checks import values_visible
+from .._checks import all_finite, values_visible
 from .convention import Energy, ScoreNet, log_density, score
 from .fd import check_batch_coupling, check_fd_precision, directional_derivatives, sphere_directions
 
@@ -110,7 +110,7 @@ def _check_x(x: object, name: str = "x") -> Tensor:
             f"{name} must have shape (batch, *event) with batch >= 1, got {tuple(x.shape)}; "
             f"add a batch dimension with {name}.unsqueeze(0)"
         )
-    if values_visible(x) and not bool(torch.isfinite(x).all()):
+    if values_visible(x) and not all_finite(x):
         raise ValueError(f"{name} contains NaN/Inf values; clean the data first")
     return x
 
