@@ -181,7 +181,10 @@ def test_cli_writes_every_pair_csv_environment_and_plot(tmp_path, capsys) -> Non
     env = json.loads((tmp_path / "environment.json").read_text())
     assert env["environment"]["torch"] == torch.__version__
     assert env["config"]["models"] == list(sm.DEFAULT_MODELS)
-    assert set(env["memory_definitions"]) == {"peak_mib", "graph_mib", "cuda_peak_mib"}
+    assert set(env["memory_definitions"]) == {"peak_mib", "graph_mib", "cuda_peak_mib", "state_mib"}
+    for r in table:  # parameters + Adam's two moments (+ a 4-byte step count per tensor)
+        state = float(r["state_mib"]) * sm.MIB
+        assert abs(state - 12 * int(r["params"])) < 4096
     assert len(env["targets"]["checks"]) == sum(1 for r in table if r["target_speedup"])
     assert (tmp_path / "sm.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -83,7 +83,9 @@ the machine's load):
     (:class:`SavedTensorMemory`).
 
 Both exclude the Python-side objects and allocator slack; they measure tensors, which is what the
-paper's GPU memory figures are made of.
+paper's GPU memory figures are made of. What every variant of a model holds anyway — parameters
+and Adam's two moments — is reported once per model as ``state_mib``; a GPU-style total is
+``state_mib + peak_mib`` (plus the data batch).
 
 Targets (issue 5): FD-SSM ≥ 1.7× faster than SSM, FD-SSM-VR ≥ 1.3× faster than SSM-VR, FD-DSM at
 least as fast as DSM, each with a lower peak memory; checked for the parallel FD form of every model
@@ -253,6 +255,7 @@ CSV_COLUMNS: tuple[str, ...] = (
     "batch",
     "hidden",
     "params",
+    "state_mib",
     "data",
     "warmup",
     "optimizer",
@@ -876,6 +879,7 @@ def _run_case(
         mem = {k: measure_memory(s, device) for k, s in steps.items()}
     if first is not None:
         first.reset()
+    state_mib = _state_bytes(first) / MIB if first is not None else None
     rows = []
     by_name = {v.name: v for v in case.variants}
     for v in case.variants:
@@ -906,6 +910,7 @@ def _run_case(
             "batch": case.batch,
             "hidden": case.hidden,
             "params": case.params,
+            "state_mib": state_mib,
             "data": case.data,
             "warmup": warmup,
             "optimizer": steps[v.name].optimizer_name,
@@ -924,6 +929,22 @@ def _run_case(
         medians = ", ".join(f"{k} {stats[k].median * 1e3:.1f} ms" for k in steps)
         print(f"[sm] {case.name}: {stats[first.variant].n} rounds; {medians}", file=sys.stderr)
     return rows
+
+
+def _state_bytes(step: TrainingStep) -> int:
+    """Bytes alive before every step and shared by all variants: parameters and optimiser state
+    (after the warm-up, Adam's two moments per parameter)."""
+    seen: set[int] = set()
+    total = 0
+    tensors = list(step.params)
+    for state in step.optimizer.state.values():
+        tensors += [t for t in state.values() if isinstance(t, Tensor)]
+    for t in tensors:
+        st = t.untyped_storage()
+        if st.data_ptr() not in seen:
+            seen.add(st.data_ptr())
+            total += st.nbytes()
+    return total
 
 
 # -- analysis and outputs ---------------------------------------------------------------------
@@ -1074,6 +1095,8 @@ MEMORY_DEFINITIONS = {
     "for the backward pass (saved_tensors_hooks; parameters and the data batch excluded)",
     "cuda_peak_mib": "CUDA only: torch.cuda.max_memory_allocated() during the step minus "
     "memory_allocated() before it",
+    "state_mib": "parameters and Adam state of the model, alive before every step and shared by "
+    "all its variants (not part of peak_mib)",
 }
 
 
@@ -1271,7 +1294,8 @@ def run(args: argparse.Namespace) -> int:
         first = next(r for r in rows if r["model"] == name)
         print(
             f"  {name}: {first['description']}; D={first['dim']}, B={first['batch']}, "
-            f"{first['params']:,} parameters, data {first['data']}"
+            f"{first['params']:,} parameters ({_fmt(first['state_mib'], '.1f')} MiB with Adam's "
+            f"state), data {first['data']}"
         )
     print(format_table(rows))
     checks = check_targets(rows)
