@@ -82,10 +82,10 @@ the machine's load):
     contrasts: the double-backward graph of SSM/DSM versus the plain forward graph of FD
     (:class:`SavedTensorMemory`).
 
-Both exclude the Python-side objects and allocator slack; they measure tensors, which is what the
-paper's GPU memory figures are made of. What every variant of a model holds anyway — parameters
-and Adam's two moments — is reported once per model as ``state_mib``; a GPU-style total is
-``state_mib + peak_mib`` (plus the data batch).
+Both exclude the Python-side objects, allocator slack and a kernel's internal scratch buffers;
+they measure tensors, which is what the paper's GPU memory figures are made of. What every variant
+of a model holds anyway — parameters and Adam's two moments — is reported once per model as
+``state_mib``; a GPU-style total is ``state_mib + peak_mib`` (plus the data batch).
 
 Targets (issue 5): FD-SSM ≥ 1.7× faster than SSM, FD-SSM-VR ≥ 1.3× faster than SSM-VR, FD-DSM at
 least as fast as DSM, each with a lower peak memory; checked for the parallel FD form of every model
@@ -1054,7 +1054,7 @@ def plot_sm(rows: Sequence[dict[str, Any]], path: str | Path, title: str = "") -
     ax_t.set_xscale("log")
     ax_t.set_yticks(ys)
     ax_t.set_yticklabels(labels, fontsize=7)
-    ax_t.set_xlabel("ms per training step (median, bar: IQR; log scale)")
+    ax_t.set_xlabel("ms per training step (median, whiskers: IQR; log scale; labels: speed-up)")
     peaks = [r["peak_mib"] for r in rows]
     if all(p is not None for p in peaks):
         ax_m.barh(ys, peaks, color=colors)
@@ -1062,21 +1062,22 @@ def plot_sm(rows: Sequence[dict[str, Any]], path: str | Path, title: str = "") -
             if r["fd"] and r["peak_ratio"] is not None:
                 ax_m.text(r["peak_mib"], y, f" {r['peak_ratio']:.2f}x", va="center", fontsize=7)
         ax_m.set_xscale("log")
-        ax_m.set_xlabel("peak MiB allocated by the step (log scale)")
+        ax_m.set_xlabel("peak MiB allocated by the step (log scale; labels: x baseline)")
     else:
         ax_m.text(0.5, 0.5, "memory not measured", ha="center", transform=ax_m.transAxes)
     for ax in (ax_t, ax_m):
         ax.grid(True, axis="x", which="both", alpha=0.3)
     from matplotlib.patches import Patch
 
-    ax_m.legend(
+    fig.legend(
         handles=[
-            Patch(color="C3", label="autograd"),
+            Patch(color="C3", label="autograd (ratios: variant vs this baseline)"),
             Patch(color="C0", label="FD, parallel"),
             Patch(color="C2", label="FD, sequential"),
         ],
         fontsize=7,
-        loc="lower right",
+        loc="outside lower center",
+        ncols=3,
     )
     fig.suptitle(title or "score matching: full training step", fontsize=10)
     path = Path(path)
