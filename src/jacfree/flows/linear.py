@@ -45,7 +45,9 @@ class InvertibleMatrix:
         if mode == "selfnorm" and self.inverse_weight is None:
             with torch.no_grad():
                 inv = torch.linalg.inv(self.weight.detach().double()).to(self.weight.dtype)
-            self.inverse_weight = nn.Parameter(inv)
+            # row-major like W: linalg.inv returns a column-major matrix, and an R in that layout
+            # makes every SNF step pay transposed copies of D×D gradients (and a slower Adam)
+            self.inverse_weight = nn.Parameter(inv.contiguous())
             self._init_selfnorm(self._pending_recon_weight)  # type: ignore[attr-defined]
 
     def _lu64(self) -> tuple[Tensor, Tensor]:
