@@ -19,6 +19,10 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
         "jacfree.bench.sm",
         "score matching: time and memory per step, autograd SSM/SSM-VR/DSM vs finite differences",
     ),
+    "snf": (
+        "jacfree.bench.snf",
+        "self-normalizing vs exact: time per training step and per sample, and vs D",
+    ),
     "data": (
         "jacfree.bench.data_loading",
         "sizes, sources, licences and first/cached load times of the available datasets",

@@ -1,0 +1,954 @@
+r"""``jacfree bench snf``: training-step and sampling time of self-normalizing vs exact flows.
+
+What is measured
+----------------
+For every *case* (a layer or a model, see :func:`parse_case`), side by side in one run:
+
+**Time per training step** — ``zero_grad``, ``flow.loss(x)``, ``backward`` and a fused Adam step
+on a batch of B = 100 standard-normal inputs — of the same model in two gradient modes:
+
+``exact``
+    autograd through the exact log-determinants: ``slogdet`` of every D×D weight, and of the
+    explicitly built D×D matrix T(w) of every convolution (D = C·H·W; float64). O(D³) per layer.
+``selfnorm``
+    the SNF rule of Keller et al. (ICML 2021): a learned inverse R ≈ W⁻¹ replaces W⁻ᵀ by Rᵀ; no
+    determinant, inverse or solve. O(B·D²) per dense layer (about 8 B·D² multiply-adds and twice
+    the parameters for Adam), six B×C×H×W convolutions per convolutional layer.
+
+**Time per sample** — drawing ``sample_batch`` (100) samples and dividing by their number, from
+the selfnorm model (the same parameters serve all three ways):
+
+``exact-inverse``
+    the exact inverse of every layer: float64 LU solves with the cached factorisation of W or
+    T(w) (a trained model sampled again and again pays the factorisation once);
+``exact-inverse-cold``
+    the same with the caches cleared before each draw, so the O(D³) factorisations are paid
+    again (what sampling costs right after a parameter update);
+``learned-inverse``
+    through R (``flow.sample(n, approximate=True)``): one matrix product or one convolution per
+    SNF layer. The other layers (activations, couplings, ActNorm, squeezes) run their exact
+    inverses in all three ways — for the fully connected flow the smooth leaky ReLU's Newton
+    inverse costs the same either way, which caps the speed-up there (as in the paper).
+
+**Time per step vs D** for one dense layer (D = 128 … 4096): the O(D³) against O(B·D²) scaling,
+with the log-log slopes fitted over the largest D.
+
+Default cases (the issue's list; the paper's Tables 2–3 for MNIST-sized inputs): ``dense-784``,
+``conv-1x28x28``, ``conv-4x14x14``, ``fc2l-784``, ``fc2l-3072``, ``cnn9l-1x28x28`` and
+``glow-1x28x28`` (Glow-like 2 × 8 steps, width 64: only its 1×1 convolutions are
+self-normalizing, so it gains little — as in the paper, ×1.2 on a GPU).
+
+Why it is measured this way
+---------------------------
+The two modes start from the same parameters (a deep copy switched with ``set_gradient``), train on
+the same pre-generated batches with the same optimiser, and are timed **interleaved** (one step of
+each per round, order rotated: :mod:`jacfree.bench.timing`), with the parameters restored before
+every step outside the timed region (the step's cost depends on the shapes, not the values; see
+:mod:`jacfree.bench.scaling`, whose :class:`~jacfree.bench.scaling.TrainingStep` this reuses).
+The reported figure is the median after warm-up; min, max and quartiles are in the CSV.
+
+**Threads.** The default is ``--threads 1``: the per-operation costs the paper's argument is about
+are then not blurred by how well each kernel parallelises (LAPACK's O(D³) factorisations scale
+with threads much better than small convolutions do), and a single-threaded run is far less
+sensitive to other jobs on a shared machine. ``--threads N`` measures N threads.
+
+Outputs (``--out``, default ``bench-results/snf/``): ``snf.csv`` (one row per case, measure and
+variant), ``snf-scaling.csv`` (dense layer vs D), ``environment.json`` (versions, CPU, threads,
+settings, the targets and whether they were met), ``snf.png`` (step and sample times per case)
+and ``snf-scaling.png`` (step time vs D, log-log).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import json
+import re
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..flows import CNNFlow, FCFlow, Flow, GlowFlow, SelfNormConv2d, SquareAffine
+from ..flows.actnorm import initialize_actnorm
+from ..flows.core import ParameterStateCache
+from .scaling import (
+    _DTYPES,
+    TrainingStep,
+    _device,
+    _medians,
+    _pyplot,
+    environment_info,
+    fit_loglog_slopes,
+    write_csv,
+)
+from .timing import CLOCKS, TimingStats, time_interleaved
+
+__all__ = [
+    "DEFAULT_CASES",
+    "DEFAULT_DIMS",
+    "SAMPLE_VARIANTS",
+    "STEP_VARIANTS",
+    "TARGETS",
+    "BenchCase",
+    "check_targets",
+    "format_scaling_table",
+    "format_table",
+    "parse_case",
+    "snf_benchmark",
+    "write_outputs",
+]
+
+DEFAULT_CASES: tuple[str, ...] = (
+    "dense-784",
+    "conv-1x28x28",
+    "conv-4x14x14",
+    "fc2l-784",
+    "fc2l-3072",
+    "cnn9l-1x28x28",
+    "glow-1x28x28",
+)
+DEFAULT_DIMS: tuple[int, ...] = (128, 256, 512, 1024, 2048, 4096)
+STEP_VARIANTS: tuple[str, ...] = ("exact", "selfnorm")
+SAMPLE_VARIANTS: tuple[str, ...] = ("exact-inverse", "exact-inverse-cold", "learned-inverse")
+DEFAULT_OUT = Path("bench-results") / "snf"
+CSV_NAME, SCALING_CSV_NAME = "snf.csv", "snf-scaling.csv"
+PLOT_NAME, SCALING_PLOT_NAME = "snf.png", "snf-scaling.png"
+ENV_NAME = "environment.json"
+
+#: columns of ``snf.csv`` and ``snf-scaling.csv``, in order
+CSV_COLUMNS: tuple[str, ...] = (
+    "case",
+    "model",
+    "dim",
+    "measure",
+    "variant",
+    "median_ms",
+    "min_ms",
+    "max_ms",
+    "q1_ms",
+    "q3_ms",
+    "iqr_ms",
+    "mean_ms",
+    "repeats",
+    "speedup",
+    "batch",
+    "warmup",
+    "params",
+    "device",
+    "dtype",
+    "threads",
+    "clock",
+)
+
+#: colour and marker of each variant in the plots
+STYLES: dict[str, tuple[str, str]] = {
+    "exact": ("C3", "o"),
+    "selfnorm": ("C1", "D"),
+    "exact-inverse": ("C3", "o"),
+    "exact-inverse-cold": ("C5", "v"),
+    "learned-inverse": ("C1", "D"),
+}
+
+_MODELS = {
+    "dense": "one SquareAffine(D)",
+    "fc2l": "FCFlow(D, layers=2)",
+    "conv": "one SelfNormConv2d(C, 3)",
+    "cnn9l": "CNNFlow: 3 blocks x 3 SNF 3x3 convs, element-wise splines",
+    "glow": "GlowFlow: 2 blocks x 8 steps, width 64, 1x1 convs",
+}
+
+
+# -- cases ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BenchCase:
+    """A layer or model of the benchmark: ``kind`` and the event ``shape`` of one sample."""
+
+    name: str
+    kind: str
+    shape: tuple[int, ...]
+
+    @property
+    def dim(self) -> int:
+        out = 1
+        for s in self.shape:
+            out *= s
+        return out
+
+    @property
+    def model(self) -> str:
+        return _MODELS[self.kind]
+
+    def build(self, gradient: str = "exact") -> Flow:
+        """The flow of this case in gradient mode ``gradient`` (float32, CPU)."""
+        if self.kind == "dense":
+            return Flow([SquareAffine(self.dim, gradient)], self.shape)
+        if self.kind == "fc2l":
+            return FCFlow(self.dim, layers=2, gradient=gradient)
+        if self.kind == "conv":
+            return Flow([SelfNormConv2d(self.shape[0], 3, gradient)], self.shape)
+        if self.kind == "cnn9l":
+            return CNNFlow(self.shape, gradient=gradient)
+        return GlowFlow(self.shape, gradient=gradient)
+
+
+_CASE_PATTERN = re.compile(r"^(dense|fc2l)-(\d+)$|^(conv|cnn9l|glow)-(\d+)x(\d+)x(\d+)$")
+
+
+def parse_case(text: str) -> BenchCase:
+    """A case from its name: ``dense-D``, ``fc2l-D`` (vectors of D features) or ``conv-CxHxW``,
+    ``cnn9l-CxHxW``, ``glow-CxHxW`` (images; H and W divisible by 4 for the two models)."""
+    m = _CASE_PATTERN.match(text.strip())
+    if not m:
+        raise ValueError(
+            f"unknown benchmark case {text!r}; use dense-D, fc2l-D, conv-CxHxW, cnn9l-CxHxW or "
+            "glow-CxHxW (e.g. dense-784, conv-1x28x28)."
+        )
+    if m.group(1):
+        shape: tuple[int, ...] = (int(m.group(2)),)
+        kind = m.group(1)
+    else:
+        kind = m.group(3)
+        shape = (int(m.group(4)), int(m.group(5)), int(m.group(6)))
+    if min(shape) < 1:
+        raise ValueError(f"benchmark case {text!r} has a zero size.")
+    if kind in ("cnn9l", "glow") and (shape[1] % 4 or shape[2] % 4):
+        raise ValueError(
+            f"benchmark case {text!r}: the {kind} model squeezes twice, so height and width must "
+            "be divisible by 4 (e.g. 1x28x28, 1x8x8)."
+        )
+    return BenchCase(text.strip(), kind, shape)
+
+
+# -- timing -----------------------------------------------------------------------------------
+
+
+def _clear_caches(flow: Flow) -> None:
+    """Forget every cached factorisation (the next exact call recomputes them)."""
+    for m in flow.modules():
+        cache = getattr(m, "_cache", None)
+        if isinstance(cache, ParameterStateCache):
+            cache.clear()
+
+
+@dataclass
+class _Timer:
+    repeats: int | None
+    warmup: int
+    budget: float
+    sample_budget: float
+    min_repeats: int
+    max_repeats: int
+    device: torch.device
+    clock: str = "wall"
+
+    def run(
+        self,
+        fns: dict[str, Callable[[], object]],
+        setup: dict[str, Callable[[], object]] | None = None,
+        *,
+        sampling: bool = False,
+    ) -> dict[str, TimingStats]:
+        return time_interleaved(
+            fns,
+            setup=setup,
+            repeats=self.repeats,
+            warmup=self.warmup,
+            device=self.device,
+            budget=self.sample_budget if sampling else self.budget,
+            min_repeats=self.min_repeats,
+            max_repeats=self.max_repeats,
+            clock=self.clock,
+        )
+
+
+def _row(
+    case: BenchCase,
+    measure: str,
+    variant: str,
+    stats: TimingStats,
+    *,
+    scale: float,
+    speedup: float | None,
+    batch: int,
+    warmup: int,
+    params: int,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> dict[str, Any]:
+    summary = stats.summary("ms")
+    return {
+        "case": case.name,
+        "model": case.model,
+        "dim": case.dim,
+        "measure": measure,
+        "variant": variant,
+        **{k: float(v) * scale for k, v in summary.items() if k.endswith("_ms")},
+        "repeats": stats.n,
+        "speedup": speedup,
+        "batch": batch,
+        "warmup": warmup,
+        "params": params,
+        "device": str(device),
+        "dtype": str(dtype).removeprefix("torch."),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def _bench_case(
+    case: BenchCase,
+    *,
+    timer: _Timer,
+    batch: int,
+    sample_batch: int,
+    variants: Sequence[str],
+    sample: bool,
+    dtype: torch.dtype,
+    seed: int,
+    lr: float,
+    n_batches: int,
+    progress: bool,
+) -> list[dict[str, Any]]:
+    device = timer.device
+    generator = torch.Generator().manual_seed(seed)
+    batches = [
+        torch.randn(batch, *case.shape, generator=generator, dtype=torch.float64).to(device, dtype)
+        for _ in range(n_batches)
+    ]
+    torch.manual_seed(seed)
+    base = case.build("exact").to(device=device, dtype=dtype)
+    initialize_actnorm(base, batches[0])  # Glow: the same data-dependent start for every mode
+    steps: dict[str, TrainingStep] = {}
+    for v in variants:
+        flow = copy.deepcopy(base)
+        flow.set_gradient(v)
+        steps[v] = TrainingStep(flow, v, batches, lr, loss_fn=flow.loss)
+    del base
+    if progress:
+        print(
+            f"[snf] {case.name}: timing training steps ({', '.join(variants)}) ...", file=sys.stderr
+        )
+    stats = timer.run({v: s.step for v, s in steps.items()}, {v: s.reset for v, s in steps.items()})
+    for v, s in steps.items():
+        if s.last_loss is None or not bool(torch.isfinite(s.last_loss)):
+            raise FloatingPointError(
+                f"the {v} step of {case.name} produced a non-finite loss ({s.last_loss}); the "
+                "timings would be meaningless. Try a smaller --lr or --dtype float64."
+            )
+    common = {"warmup": timer.warmup, "device": device, "dtype": dtype}
+    rows: list[dict[str, Any]] = []
+    exact = stats["exact"].median if "exact" in stats else None
+    for v in variants:
+        rows.append(
+            _row(
+                case,
+                "step",
+                v,
+                stats[v],
+                scale=1.0,
+                speedup=None if exact is None else exact / stats[v].median,
+                batch=batch,
+                params=sum(p.numel() for p in steps[v].params),
+                **common,
+            )
+        )
+    if progress:
+        medians = ", ".join(f"{v} {stats[v].median * 1e3:.2f} ms" for v in variants)
+        print(f"[snf] {case.name}: {stats[variants[0]].n} steps each; {medians}", file=sys.stderr)
+
+    if sample:
+        which = "selfnorm" if "selfnorm" in steps else variants[0]
+        flow = steps[which].flow
+        steps[which].reset()
+        flow.eval()
+        ways = [w for w in SAMPLE_VARIANTS if which == "selfnorm" or w != "learned-inverse"]
+        gen = torch.Generator(device=device).manual_seed(seed)
+
+        def draw(approximate: bool) -> Callable[[], object]:
+            return lambda: flow.sample(sample_batch, generator=gen, approximate=approximate)
+
+        fns = {w: draw(w == "learned-inverse") for w in ways}
+        setup = {"exact-inverse-cold": lambda: _clear_caches(flow)}
+        if progress:
+            print(f"[snf] {case.name}: timing sampling ({', '.join(ways)}) ...", file=sys.stderr)
+        sstats = timer.run(fns, setup, sampling=True)
+        base_time = sstats["exact-inverse"].median
+        for w in ways:
+            rows.append(
+                _row(
+                    case,
+                    "sample",
+                    w,
+                    sstats[w],
+                    scale=1.0 / sample_batch,
+                    speedup=base_time / sstats[w].median,
+                    batch=sample_batch,
+                    params=sum(p.numel() for p in flow.parameters()),
+                    **common,
+                )
+            )
+        if progress:
+            per = ", ".join(
+                f"{w} {sstats[w].median * 1e3 / sample_batch:.3f} ms/sample" for w in ways
+            )
+            print(f"[snf] {case.name}: {per}", file=sys.stderr)
+    del steps
+    gc.collect()
+    return rows
+
+
+def snf_benchmark(
+    cases: Sequence[str] = DEFAULT_CASES,
+    dims: Sequence[int] = DEFAULT_DIMS,
+    *,
+    batch: int = 100,
+    sample_batch: int = 100,
+    variants: Sequence[str] = STEP_VARIANTS,
+    sample: bool = True,
+    repeats: int | None = None,
+    warmup: int = 2,
+    budget: float = 8.0,
+    sample_budget: float = 4.0,
+    min_repeats: int = 7,
+    max_repeats: int = 200,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+    lr: float = 1e-4,
+    n_batches: int = 4,
+    clock: str = "wall",
+    progress: bool = True,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Time training steps (and sampling) of every case in both modes, and one dense layer vs D.
+
+    Args:
+        cases: case names (see :func:`parse_case`).
+        dims: dimensions D of the dense-layer scaling sweep (empty: no sweep).
+        batch: training batch size B.
+        sample_batch: samples drawn per timed sampling call (the time is divided by it).
+        variants: gradient modes timed side by side (``"exact"``, ``"selfnorm"``).
+        sample: also time sampling (exact inverse warm and cold, learned inverse R).
+        repeats: timed rounds per case; ``None`` fits them in ``budget`` (``sample_budget`` for
+            sampling) seconds, within ``[min_repeats, max_repeats]``.
+        warmup: untimed rounds first.
+        device, dtype: where and in which precision the models and data live.
+        seed: seeds the parameters and the data.
+        lr: Adam learning rate (the parameters are restored before every step anyway).
+        n_batches: pre-generated batches cycled through.
+        clock: ``"wall"`` (wall-clock time) or ``"process"`` (CPU time of the process: on a
+            shared machine, single-threaded, it leaves out the waits for a core).
+        progress: progress lines on stderr.
+
+    Returns:
+        ``(rows, scaling_rows)``: dicts with the columns of :data:`CSV_COLUMNS`, times in ms
+        (per step, or per sample for ``measure == "sample"``); ``speedup`` is the exact
+        variant's median over this one (the ``exact-inverse`` one for sampling).
+    """
+    variants = tuple(variants)
+    bad = [v for v in variants if v not in STEP_VARIANTS]
+    if bad or not variants or len(set(variants)) != len(variants):
+        raise ValueError(
+            f"variants must be distinct and among {', '.join(STEP_VARIANTS)}, got {list(variants)}."
+        )
+    parsed = [parse_case(c) for c in cases]
+    dims = tuple(int(d) for d in dims)
+    if any(d < 1 for d in dims):
+        raise ValueError(f"dims must be positive integers, got {list(dims)}.")
+    for name, value in (("batch", batch), ("sample_batch", sample_batch), ("n_batches", n_batches)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    if dtype not in _DTYPES.values():
+        raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}.")
+    if clock not in CLOCKS:
+        raise ValueError(f"unknown clock {clock!r}; choose from {', '.join(CLOCKS)}.")
+    timer = _Timer(
+        repeats, warmup, budget, sample_budget, min_repeats, max_repeats, _device(device), clock
+    )
+    common = {
+        "timer": timer,
+        "batch": batch,
+        "sample_batch": sample_batch,
+        "variants": variants,
+        "dtype": dtype,
+        "seed": seed,
+        "lr": lr,
+        "n_batches": n_batches,
+        "progress": progress,
+    }
+    rows: list[dict[str, Any]] = []
+    for case in parsed:
+        rows += _bench_case(case, sample=sample, **common)  # type: ignore[arg-type]
+    scaling_rows: list[dict[str, Any]] = []
+    for d in dims:
+        scaling_rows += _bench_case(parse_case(f"dense-{d}"), sample=False, **common)  # type: ignore[arg-type]
+    for row in (*rows, *scaling_rows):
+        row["clock"] = clock
+    return rows, scaling_rows
+
+
+# -- targets, tables, outputs -------------------------------------------------------------------
+
+#: (description, case, measure, variant, minimum speed-up) — the issue's targets for B = 100
+TARGETS: tuple[tuple[str, str, str, str, float], ...] = (
+    ("SNF FCFlow-2L step vs exact, D=784", "fc2l-784", "step", "selfnorm", 1.3),
+    ("SNF FCFlow-2L step vs exact, D=3072", "fc2l-3072", "step", "selfnorm", 3.0),
+    ("single SNF 3x3 conv step vs exact, 1x28x28", "conv-1x28x28", "step", "selfnorm", 5.0),
+)
+
+
+def check_targets(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The issue's targets that the rows allow to check: the speed-ups above, and sampling
+    through R faster than through the exact inverse (cached factorisation) for every case."""
+    by_key = {(r["case"], r["measure"], r["variant"]): r for r in rows}
+    out = []
+    checks = list(TARGETS)
+    for case in dict.fromkeys(r["case"] for r in rows):
+        checks.append(
+            (
+                f"sampling through R vs exact inverse, {case}",
+                case,
+                "sample",
+                "learned-inverse",
+                1.0,
+            )
+        )
+    for text, case, measure, variant, minimum in checks:
+        row = by_key.get((case, measure, variant))
+        if row is None or row.get("speedup") is None:
+            continue
+        speedup = float(row["speedup"])
+        out.append(
+            {
+                "target": text,
+                "case": case,
+                "speedup": speedup,
+                "minimum": minimum,
+                "met": speedup > minimum if minimum == 1.0 else speedup >= minimum,
+            }
+        )
+    return out
+
+
+def _table(header: list[str], lines: list[list[str]]) -> list[str]:
+    widths = [
+        max(len(h), *(len(c[i]) for c in lines)) if lines else len(h) for i, h in enumerate(header)
+    ]
+    out = [
+        "  ".join(
+            h.rjust(w) if i else h.ljust(w)
+            for i, (h, w) in enumerate(zip(header, widths, strict=True))
+        )
+    ]
+    for cells in lines:
+        out.append(
+            "  ".join(
+                c.rjust(w) if i else c.ljust(w)
+                for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+            )
+        )
+    return out
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def format_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Text table: per case, median ms per step (both modes) and per sample (three ways),
+    with the speed-ups, then the targets."""
+    get = {(r["case"], r["measure"], r["variant"]): r for r in rows}
+    cases = list(dict.fromkeys(r["case"] for r in rows))
+    header = [
+        "case",
+        "D",
+        "step exact",
+        "step SNF",
+        "x",
+        "sample exact-inv",
+        "cold",
+        "sample R",
+        "x",
+    ]
+    lines = []
+    for c in cases:
+
+        def val(measure: str, variant: str, key: str = "median_ms", c: str = c) -> float | None:
+            row = get.get((c, measure, variant))
+            return None if row is None or row.get(key) is None else float(row[key])
+
+        dim = next(r["dim"] for r in rows if r["case"] == c)
+        lines.append(
+            [
+                c,
+                str(dim),
+                _fmt(val("step", "exact")),
+                _fmt(val("step", "selfnorm")),
+                _fmt(val("step", "selfnorm", "speedup")),
+                _fmt(val("sample", "exact-inverse"), 3),
+                _fmt(val("sample", "exact-inverse-cold"), 3),
+                _fmt(val("sample", "learned-inverse"), 3),
+                _fmt(val("sample", "learned-inverse", "speedup")),
+            ]
+        )
+    out = _table(header, lines)
+    out.append(
+        "(ms per training step, B as in the CSV; ms per sample; x = exact / SNF; cold = exact "
+        "inverse with the factorisations recomputed)"
+    )
+    targets = check_targets(rows)
+    if targets:
+        out.append("targets:")
+        for t in targets:
+            mark = "met" if t["met"] else "NOT MET"
+            op = ">" if t["minimum"] == 1.0 else ">="
+            out.append(
+                f"  {t['target']}: x{t['speedup']:.2f} (target {op} {t['minimum']:g}) {mark}"
+            )
+    return "\n".join(out)
+
+
+def format_scaling_table(rows: Sequence[dict[str, Any]], fit_points: int = 3) -> str:
+    """Text table of the dense-layer sweep: D, ms per step in each mode, exact / selfnorm, and
+    the log-log slopes over the largest D."""
+    med = _medians(rows)
+    dims = sorted({int(r["dim"]) for r in rows})
+    variants = [v for v in STEP_VARIANTS if v in med]
+    header = ["D", *(f"{v} ms" for v in variants)]
+    both = "exact" in med and "selfnorm" in med
+    if both:
+        header.append("x")
+    lines = []
+    for d in dims:
+        cells = [str(d), *(_fmt(med[v].get(d)) for v in variants)]
+        if both:
+            cells.append(_fmt(med["exact"][d] / med["selfnorm"][d]))
+        lines.append(cells)
+    out = _table(header, lines)
+    slopes = fit_loglog_slopes(rows, fit_points)
+    if slopes:
+        top = dims[-max(fit_points, 2) :]
+        out.append(
+            f"log-log slope over D in {top}: "
+            + ", ".join(f"{v} {slopes[v]:.2f}" for v in variants if v in slopes)
+        )
+    return "\n".join(out)
+
+
+def plot_cases(rows: Sequence[dict[str, Any]], path: str | Path, title: str = "") -> Path:
+    """Two panels of grouped horizontal bars (log scale): ms per step by mode, ms per sample by
+    way of inverting, one group per case, with the speed-ups written next to the SNF bars."""
+    plt = _pyplot()
+    cases = list(dict.fromkeys(r["case"] for r in rows))
+    get = {(r["case"], r["measure"], r["variant"]): r for r in rows}
+    fig, axes = plt.subplots(1, 2, figsize=(11, 0.55 * len(cases) + 2.2), sharey=True)
+    panels = (
+        ("step", STEP_VARIANTS, "ms per training step (median)"),
+        ("sample", SAMPLE_VARIANTS, "ms per sample (median)"),
+    )
+    for ax, (measure, variants, label) in zip(axes, panels, strict=True):
+        present = [v for v in variants if any((c, measure, v) in get for c in cases)]
+        height = 0.8 / max(len(present), 1)
+        for j, v in enumerate(present):
+            ys, xs = [], []
+            for i, c in enumerate(cases):
+                row = get.get((c, measure, v))
+                if row is not None:
+                    ys.append(i + (j - (len(present) - 1) / 2) * height)
+                    xs.append(float(row["median_ms"]))
+                    if v in ("selfnorm", "learned-inverse") and row.get("speedup"):
+                        ax.text(
+                            xs[-1],
+                            ys[-1],
+                            f" x{float(row['speedup']):.1f}",
+                            va="center",
+                            fontsize=7,
+                        )
+            ax.barh(ys, xs, height=height, color=STYLES[v][0], label=v)
+        ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.grid(True, axis="x", which="major", alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0].set_yticks(range(len(cases)))
+    axes[0].set_yticklabels(cases)
+    axes[0].invert_yaxis()
+    fig.suptitle(title or "self-normalizing vs exact", fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_dense_scaling(
+    rows: Sequence[dict[str, Any]], path: str | Path, fit_points: int = 3, title: str = ""
+) -> Path:
+    """Log-log plot of ms per step vs D of one dense layer, one line per mode, fitted slopes."""
+    plt = _pyplot()
+    med = _medians(rows)
+    slopes = fit_loglog_slopes(rows, fit_points)
+    dims = sorted({int(r["dim"]) for r in rows})
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    for v in (v for v in STEP_VARIANTS if v in med):
+        ds = sorted(med[v])
+        color, marker = STYLES[v]
+        label = v if v not in slopes else f"{v} (slope {slopes[v]:.2f})"
+        ax.plot(ds, [med[v][d] for d in ds], marker=marker, color=color, label=label)
+    if len(dims) >= 2:
+        for v, power, ls in (("selfnorm", 2, ":"), ("exact", 3, "--")):
+            if v in med:
+                d0 = max(med[v])
+                ys = [med[v][d0] * (d / d0) ** power for d in dims]
+                ax.plot(dims, ys, ls, color="0.6", lw=0.8, label="∝ D" + "²³"[power - 2])
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xticks(dims)
+    ax.set_xticklabels([str(d) for d in dims])
+    ax.minorticks_off()
+    ax.set_xlabel("D (features)")
+    ax.set_ylabel("ms per training step (median)")
+    ax.set_title(title or "one dense layer: training step time vs D", fontsize=10)
+    top = dims[-max(fit_points, 2) :]
+    ax.legend(title=f"slopes fitted over D ∈ {top}", fontsize=8, title_fontsize=8)
+    ax.grid(True, which="major", alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_outputs(
+    rows: Sequence[dict[str, Any]],
+    scaling_rows: Sequence[dict[str, Any]],
+    out: str | Path,
+    *,
+    config: dict[str, Any] | None = None,
+    plot: bool = True,
+    fit_points: int = 3,
+    device: torch.device | str = "cpu",
+    elapsed_s: float | None = None,
+) -> dict[str, Path]:
+    """Write the CSVs, ``environment.json`` and (unless ``plot=False``) the two plots."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, Path] = {}
+    if rows:
+        paths["csv"] = write_csv(rows, out / CSV_NAME, CSV_COLUMNS)
+    if scaling_rows:
+        paths["scaling_csv"] = write_csv(scaling_rows, out / SCALING_CSV_NAME, CSV_COLUMNS)
+    env = {
+        "environment": environment_info(device),
+        "config": config or {},
+        "targets": check_targets(rows),
+        "dense_loglog_slopes": fit_loglog_slopes(scaling_rows, fit_points) if scaling_rows else {},
+        "elapsed_s": elapsed_s,
+    }
+    paths["environment"] = out / ENV_NAME
+    paths["environment"].write_text(json.dumps(env, indent=2) + "\n")
+    if plot:
+        first = (rows or scaling_rows or [{}])[0]
+        where = f"{first.get('device')} {first.get('dtype')}, {first.get('threads')} threads"
+        if rows:
+            paths["plot"] = plot_cases(
+                rows, out / PLOT_NAME, f"SNF vs exact, B={first.get('batch')}, {where}"
+            )
+        if scaling_rows:
+            paths["scaling_plot"] = plot_dense_scaling(
+                scaling_rows,
+                out / SCALING_PLOT_NAME,
+                fit_points,
+                f"one dense layer, B={scaling_rows[0].get('batch')}, {where}: full training step",
+            )
+    return paths
+
+
+# -- command line -----------------------------------------------------------------------------
+
+
+def _split(text: str) -> list[str]:
+    return [t for t in text.replace(",", " ").split() if t]
+
+
+def _case_list(text: str) -> list[str]:
+    names = _split(text)
+    try:
+        for n in names:
+            parse_case(n)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
+    return names
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(t) for t in _split(text)]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected integers, got {text!r}") from err
+    if any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``jacfree bench snf``."""
+    parser.description = (
+        "Time one full training step (zero_grad, loss, backward, Adam) and one sample of "
+        "self-normalizing vs exact flows side by side (dense layer, SNF 3x3 convolutions, "
+        "FCFlow-2L, CNN-9L, Glow), and a dense layer's step time vs D."
+    )
+    parser.add_argument(
+        "--cases",
+        type=_case_list,
+        nargs="+",
+        default=None,
+        help="cases: dense-D, fc2l-D, conv-CxHxW, cnn9l-CxHxW, glow-CxHxW (default: "
+        + " ".join(DEFAULT_CASES)
+        + ")",
+    )
+    parser.add_argument(
+        "--dims",
+        type=_int_list,
+        nargs="*",
+        default=None,
+        help="D of the dense-layer sweep (default: "
+        + " ".join(map(str, DEFAULT_DIMS))
+        + "); --dims with no value skips the sweep",
+    )
+    parser.add_argument("--batch", type=int, default=100, help="training batch size B (100)")
+    parser.add_argument(
+        "--sample-batch", type=int, default=100, help="samples per timed sampling call (100)"
+    )
+    parser.add_argument("--no-sample", action="store_true", help="do not time sampling")
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="timed rounds per case (default: adaptive)"
+    )
+    parser.add_argument("--warmup", type=int, default=2, help="untimed rounds first (2)")
+    parser.add_argument(
+        "--budget", type=float, default=8.0, help="adaptive: seconds of timed steps per case (8)"
+    )
+    parser.add_argument(
+        "--sample-budget",
+        type=float,
+        default=4.0,
+        help="adaptive: seconds of timed sampling per case (4)",
+    )
+    parser.add_argument("--min-repeats", type=int, default=7, help="adaptive: at least (7)")
+    parser.add_argument("--max-repeats", type=int, default=200, help="adaptive: at most (200)")
+    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument("--dtype", default="float32", choices=sorted(_DTYPES))
+    parser.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (1e-4)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch.set_num_threads (default 1: see `jacfree bench snf` docs; 0 = torch's choice)",
+    )
+    parser.add_argument(
+        "--clock",
+        default="wall",
+        choices=sorted(CLOCKS),
+        help="wall: wall-clock time (default; use it on a quiet machine); process: CPU time of "
+        "this process, which leaves out the waits for a core on a busy machine (with --threads 1)",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--fit-points", type=int, default=3, help="log-log slopes over this many largest D (3)"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULT_OUT,
+        help=f"output folder (default {DEFAULT_OUT})",
+    )
+    parser.add_argument("--no-plot", action="store_true", help="do not write the PNG plots")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``jacfree bench snf``: benchmark, print the tables, write CSVs, JSON and plots."""
+    t0 = time.perf_counter()
+    cases = [c for group in args.cases for c in group] if args.cases else list(DEFAULT_CASES)
+    dims = list(DEFAULT_DIMS) if args.dims is None else [d for group in args.dims for d in group]
+    if args.threads < 0:
+        raise ValueError(f"--threads must be >= 0 (0: torch's choice), got {args.threads}.")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.repeats is not None and args.repeats < 1:
+        raise ValueError(f"--repeats must be >= 1, got {args.repeats}.")
+    if args.warmup < 0:
+        raise ValueError(f"--warmup must be >= 0, got {args.warmup}.")
+    if not args.no_plot:
+        _pyplot()  # fail now, not after minutes of timing
+    config = {
+        "cases": cases,
+        "dims": dims,
+        "batch": args.batch,
+        "sample_batch": args.sample_batch,
+        "sample": not args.no_sample,
+        "variants": list(STEP_VARIANTS),
+        "repeats": args.repeats,
+        "warmup": args.warmup,
+        "budget_s": args.budget,
+        "sample_budget_s": args.sample_budget,
+        "min_repeats": args.min_repeats,
+        "max_repeats": args.max_repeats,
+        "device": args.device,
+        "dtype": args.dtype,
+        "lr": args.lr,
+        "seed": args.seed,
+        "clock": args.clock,
+        "threads": torch.get_num_threads(),
+        "optimizer": "jacfree.train.make_adam",
+    }
+    rows, scaling_rows = snf_benchmark(
+        cases,
+        dims,
+        batch=args.batch,
+        sample_batch=args.sample_batch,
+        sample=not args.no_sample,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        budget=args.budget,
+        sample_budget=args.sample_budget,
+        min_repeats=args.min_repeats,
+        max_repeats=args.max_repeats,
+        device=args.device,
+        dtype=_DTYPES[args.dtype],
+        seed=args.seed,
+        lr=args.lr,
+        clock=args.clock,
+        progress=not args.quiet,
+    )
+    where = f"{args.device} {args.dtype}, {torch.get_num_threads()} threads"
+    if args.clock != "wall":
+        where += f", {args.clock} CPU time"
+    if rows:
+        print(f"SNF vs exact, B={args.batch}, {args.sample_batch} samples per draw, {where}:")
+        print(format_table(rows))
+    if scaling_rows:
+        print(f"one dense layer, B={args.batch}, {where}: median ms per full training step")
+        print(format_scaling_table(scaling_rows, args.fit_points))
+    elapsed = time.perf_counter() - t0
+    paths = write_outputs(
+        rows,
+        scaling_rows,
+        args.out,
+        config=config,
+        plot=not args.no_plot,
+        fit_points=args.fit_points,
+        device=args.device,
+        elapsed_s=elapsed,
+    )
+    for path in paths.values():
+        print(f"wrote {path}")
+    print(f"done in {elapsed:.0f} s")
+    return 0
