@@ -16,6 +16,14 @@ from jacfree.bench.scaling import TrainingStep
 TINY = "--dim 16 --hidden 8 --batch 6 --dkef-batch 8 --data gaussian --repeats 1 --warmup 0"
 
 
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    """``jacfree bench sm`` sets torch's thread count (default 1): restore it after each test."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 def _parse(argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     sm.add_arguments(parser)
@@ -139,12 +147,8 @@ def test_variants_share_one_model_and_reset_restores_it() -> None:
 
 def test_cli_writes_every_pair_csv_environment_and_plot(tmp_path, capsys) -> None:
     pytest.importorskip("matplotlib")
-    args = _parse(f"{TINY} --threads 1 --quiet --out {tmp_path}")
-    threads = torch.get_num_threads()
-    try:
-        assert sm.run(args) == 0
-    finally:
-        torch.set_num_threads(threads)
+    args = _parse(f"{TINY} --quiet --out {tmp_path}")
+    assert sm.run(args) == 0
     out = capsys.readouterr().out
     for label in ("FD-SSM (parallel)", "FD-SSM (sequential)", "FD-DSM (parallel)", "SSM-VR"):
         assert label in out
@@ -168,7 +172,8 @@ def test_cli_writes_every_pair_csv_environment_and_plot(tmp_path, capsys) -> Non
         assert float(r["graph_mib"]) > 0
         assert float(r["speedup"]) > 0
         assert r["repeats"] == "1"
-        assert r["threads"] == "1"
+        assert r["threads"] == "1"  # the default
+        assert r["clock"] == "wall"
         if r["variant"] == r["pair"]:
             assert float(r["speedup"]) == 1.0
             assert float(r["peak_ratio"]) == 1.0
@@ -193,12 +198,13 @@ def test_bench_sm_is_registered_under_jacfree_bench(tmp_path) -> None:
     assert "sm" in bench_cli.BENCHMARKS
     parser = argparse.ArgumentParser()
     bench_cli.add_arguments(parser)
-    argv = f"sm --models mlp {TINY} --no-memory --no-plot --quiet --out {tmp_path}"
+    argv = f"sm --models mlp {TINY} --clock process --no-memory --no-plot --quiet --out {tmp_path}"
     args = parser.parse_args(argv.split())
     assert bench_cli.run(args) == 0
     with (tmp_path / "sm.csv").open() as f:
         table = list(csv.DictReader(f))
     assert {r["model"] for r in table} == {"mlp"}
+    assert {r["clock"] for r in table} == {"process"}
     assert all(r["peak_mib"] == "" for r in table)  # --no-memory
     assert not (tmp_path / "sm.png").exists()
 
@@ -211,7 +217,7 @@ def test_bench_sm_is_registered_under_jacfree_bench(tmp_path) -> None:
     [
         ("--models mlp --dim 16 --repeats 1 --no-plot", "has D = 784"),
         ("--models ncsn --dim 20 --data gaussian --repeats 1 --no-plot", "square"),
-        ("--models mlp --threads 0 --no-plot", "--threads"),
+        ("--models mlp --threads -1 --no-plot", "--threads"),
         ("--models mlp --repeats 0 --no-plot", "--repeats"),
         ("--models mlp --batch 0 --no-plot", "--batch"),
         ("--models mlp --budget 0 --no-plot", "--budget"),
@@ -236,6 +242,8 @@ def test_library_level_errors() -> None:
         sm.sm_benchmark(["mlp", "vae"], progress=False)
     with pytest.raises(ValueError, match="distinct"):
         sm.sm_benchmark(["mlp", "mlp"], progress=False)
+    with pytest.raises(ValueError, match="unknown clock"):
+        sm.sm_benchmark(["mlp"], clock="cpu", progress=False)
     with pytest.raises(ValueError, match="half precision"):
         sm.sm_benchmark(["mlp"], dtype=torch.float16, progress=False)
     with pytest.raises(ValueError, match="unknown model"):

@@ -60,6 +60,8 @@ timed step runs on identical weights. The variants are interleaved — one step 
 the order rotated every round (:func:`jacfree.bench.timing.time_interleaved`) — so a drift of the
 machine's speed hits them alike and the ratios stay meaningful. Reported: the median over the
 timed rounds (min, max, quartiles in the CSV); ``speed-up`` = baseline median / variant median.
+By default one thread (``--threads``) and wall-clock time; ``--clock process`` times the CPU time
+of the process instead, which on a busy machine leaves out the waits for a core.
 
 **Memory** (one extra, untimed step per variant; deterministic — it depends on the shapes, not on
 the machine's load):
@@ -118,7 +120,7 @@ from ..data import load
 from ..scorematching import DKEF, NCSN, NICE, MLPEnergy
 from ..scorematching.losses import dsm, fd_dsm, fd_ssm, fd_ssm_vr, ssm, ssm_scorenet
 from .scaling import TrainingStep, _csv_cell, _device, _pyplot, environment_info, write_csv
-from .timing import time_interleaved
+from .timing import CLOCKS, time_interleaved
 
 __all__ = [
     "CSV_COLUMNS",
@@ -262,6 +264,7 @@ CSV_COLUMNS: tuple[str, ...] = (
     "device",
     "dtype",
     "threads",
+    "clock",
     "description",
 )
 
@@ -754,6 +757,7 @@ def sm_benchmark(
     dtype: torch.dtype = torch.float32,
     seed: int = 0,
     n_batches: int = 4,
+    clock: str = "wall",
     progress: bool = True,
 ) -> list[dict[str, Any]]:
     """Time (and measure the memory of) one full training step per model and variant.
@@ -769,6 +773,8 @@ def sm_benchmark(
         memory: also measure the memory of every variant (two untimed steps each).
         device, dtype: where and in which precision the models and data live.
         seed: seeds the weights and the data.
+        clock: ``"wall"`` (wall-clock time, for a quiet machine) or ``"process"`` (CPU time of
+            the process: with one thread it leaves out the waits for a core on a busy machine).
 
     Returns:
         One dict per (model, variant) with the columns of :data:`CSV_COLUMNS`; times in ms,
@@ -787,6 +793,8 @@ def sm_benchmark(
         _check_int(repeats, "repeats")
     if not (isinstance(budget, int | float) and budget > 0):
         raise ValueError(f"budget must be a positive number of seconds, got {budget!r}.")
+    if clock not in CLOCKS:
+        raise ValueError(f"unknown clock {clock!r}; choose from {', '.join(CLOCKS)}.")
     device = _device(device)
     if dtype not in _DTYPES.values():
         raise ValueError(
@@ -817,6 +825,7 @@ def sm_benchmark(
             memory=memory,
             device=device,
             dtype=dtype,
+            clock=clock,
             progress=progress,
         )
         del case
@@ -835,6 +844,7 @@ def _run_case(
     memory: bool,
     device: torch.device,
     dtype: torch.dtype,
+    clock: str,
     progress: bool,
 ) -> list[dict[str, Any]]:
     first: TrainingStep | None = None
@@ -865,6 +875,7 @@ def _run_case(
         budget=budget,
         min_repeats=min_repeats,
         max_repeats=max_repeats,
+        clock=clock,
     )
     for k, s in steps.items():
         if s.last_loss is None or not bool(torch.isfinite(s.last_loss)):
@@ -917,6 +928,7 @@ def _run_case(
             "device": str(device),
             "dtype": str(dtype).removeprefix("torch."),
             "threads": torch.get_num_threads(),
+            "clock": clock,
             "description": case.description,
         }
         if target is not None:
@@ -1129,9 +1141,10 @@ def write_outputs(
     paths["environment"].write_text(json.dumps(env, indent=2, default=_csv_cell) + "\n")
     if plot:
         first = rows[0] if rows else {}
+        clock = "" if first.get("clock", "wall") == "wall" else f", {first.get('clock')} clock"
         title = (
             f"score matching, full training step (Adam): {first.get('device')} "
-            f"{first.get('dtype')}, {first.get('threads')} threads"
+            f"{first.get('dtype')}, {first.get('threads')} threads{clock}"
         )
         paths["plot"] = plot_sm(rows, out / PLOT_NAME, title)
     return paths
@@ -1207,7 +1220,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--dtype", default="float32", choices=sorted(_DTYPES))
     parser.add_argument(
-        "--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)"
+        "--threads",
+        type=int,
+        default=1,
+        help="torch.set_num_threads (default 1: reproducible, and fair on a shared machine; "
+        "0 = torch's choice)",
+    )
+    parser.add_argument(
+        "--clock",
+        default="wall",
+        choices=sorted(CLOCKS),
+        help="wall: wall-clock time (default; use it on a quiet machine); process: CPU time of "
+        "this process, which leaves out the waits for a core on a busy machine (with --threads 1)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -1228,9 +1252,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run ``jacfree bench sm``: benchmark, print the table and the target checks, write files."""
     models = [m for group in args.models for m in group] if args.models else list(DEFAULT_MODELS)
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {args.threads}.")
+    if args.threads < 0:
+        raise ValueError(f"--threads must be >= 0 (0: torch's choice), got {args.threads}.")
+    if args.threads:
         torch.set_num_threads(args.threads)
     for value, flag in ((args.batch, "--batch"), (args.dim, "--dim"), (args.hidden, "--hidden")):
         if value < 1:
@@ -1265,6 +1289,8 @@ def run(args: argparse.Namespace) -> int:
         "memory": not args.no_memory,
         "device": args.device,
         "dtype": args.dtype,
+        "threads": torch.get_num_threads(),
+        "clock": args.clock,
         "seed": args.seed,
         "optimizer": "jacfree.train.make_adam (lr 1e-4; 1e-2 for dkef)",
     }
@@ -1284,10 +1310,12 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         dtype=_DTYPES[args.dtype],
         seed=args.seed,
+        clock=args.clock,
         progress=not args.quiet,
     )
+    clock = "" if args.clock == "wall" else f", {args.clock} CPU time"
     print(
-        f"score matching, {args.device} {args.dtype}, {torch.get_num_threads()} threads: "
+        f"score matching, {args.device} {args.dtype}, {torch.get_num_threads()} threads{clock}: "
         "median ms per full training step (zero_grad, objective, backward, Adam); speed-up = "
         "baseline ms / variant ms; memory: peak MiB allocated by the step, MiB saved by autograd"
     )
