@@ -1066,7 +1066,7 @@ def plot_sm(rows: Sequence[dict[str, Any]], path: str | Path, title: str = "") -
     ax_t.set_xscale("log")
     ax_t.set_yticks(ys)
     ax_t.set_yticklabels(labels, fontsize=7)
-    ax_t.set_xlabel("ms per training step (median, whiskers: IQR; log scale; labels: speed-up)")
+    ax_t.set_xlabel("ms per training step (median; whiskers: IQR)\nlabels: speed-up vs baseline")
     peaks = [r["peak_mib"] for r in rows]
     if all(p is not None for p in peaks):
         ax_m.barh(ys, peaks, color=colors)
@@ -1074,7 +1074,7 @@ def plot_sm(rows: Sequence[dict[str, Any]], path: str | Path, title: str = "") -
             if r["fd"] and r["peak_ratio"] is not None:
                 ax_m.text(r["peak_mib"], y, f" {r['peak_ratio']:.2f}x", va="center", fontsize=7)
         ax_m.set_xscale("log")
-        ax_m.set_xlabel("peak MiB allocated by the step (log scale; labels: x baseline)")
+        ax_m.set_xlabel("peak MiB allocated by the step\nlabels: ratio to the baseline's")
     else:
         ax_m.text(0.5, 0.5, "memory not measured", ha="center", transform=ax_m.transAxes)
     for ax in (ax_t, ax_m):
@@ -1083,7 +1083,7 @@ def plot_sm(rows: Sequence[dict[str, Any]], path: str | Path, title: str = "") -
 
     fig.legend(
         handles=[
-            Patch(color="C3", label="autograd (ratios: variant vs this baseline)"),
+            Patch(color="C3", label="autograd (the pair's baseline: its first bar)"),
             Patch(color="C0", label="FD, parallel"),
             Patch(color="C2", label="FD, sequential"),
         ],
