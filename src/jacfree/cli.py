@@ -189,8 +189,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     ds = load(args.data, root=args.root, seed=args.data_seed)
     spec = train_spec(args, ds)
     if args.out is None:
-        tag = args.gradient if kind.has_density else spec.get("objective")
-        out = _fresh_folder(RUNS / f"{args.data}-{args.model}-{tag}")
+        out = _fresh_folder(RUNS / f"{args.data}-{args.model}-{kind.run_tag(spec)}")
     else:
         out = args.out
     out = distributed.broadcast_object(out, cluster)
@@ -215,7 +214,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         "epochs_run": len(result.history),
         "best_epoch": result.best_epoch,
         "stopped_early": result.stopped_early,
-        "best_val_nll": result.best_val,
+        "val_metric": f"val_{kind.validation_name(spec)}",
+        "best_val": result.best_val,
         "train_time_per_epoch_s": sum(epoch_times) / max(len(epoch_times), 1),
         "wall_time_s": wall,
         "test": test,
@@ -257,7 +257,7 @@ def _fit(
         checkpoint_extra={"spec": spec, "data": data_info},
         objective=kind.objective(spec) if kind.objective else None,
         val_metric=kind.val_metric(spec) if kind.val_metric else None,
-        val_name=kind.val_name,
+        val_name=kind.validation_name(spec),
         callbacks=_callbacks(args, model),
     )
 
@@ -275,9 +275,9 @@ def _callbacks(args: argparse.Namespace, model: torch.nn.Module) -> list[Any]:
 
 
 def _describe(spec: dict[str, Any], kind: Any) -> str:
-    if kind.has_density:
-        return f"gradient={spec['gradient']}"
-    return f"objective={spec.get('objective')}"
+    if spec.get("objective"):
+        return f"objective={spec['objective']}"
+    return f"gradient={spec['gradient']}"
 
 
 def _report(
@@ -316,8 +316,7 @@ def _plots(model: torch.nn.Module, ds: Any, spec: dict, history: list, out: Path
     try:
         from . import plots
 
-        tag = spec["gradient"] if kind.has_density else spec.get("objective")
-        plots.loss_curve(history, out / "loss.png", title=f"{ds.name}: {tag}")
+        plots.loss_curve(history, out / "loss.png", title=f"{ds.name}: {kind.run_tag(spec)}")
         torch.manual_seed(0)
         if kind.plot is not None:
             kind.plot(model, ds, spec, out)

@@ -47,7 +47,8 @@ class ModelKind:
         objective: ``objective(spec) -> (model, x) -> loss``; ``None`` trains on ``model.loss``.
         val_metric: ``val_metric(spec) -> (model, x) -> float`` (lower is better); ``None`` uses
             the exact NLL (``model.log_prob``).
-        val_name: the validation metric's name in the metrics file (``val_<name>``).
+        val_name: the validation metric's name in the metrics file (``val_<name>``), or a
+            function of the spec that gives it (when the metric depends on the options).
         test_metrics: ``test_metrics(spec) -> (model, x) -> {name: value}``, reported besides the
             NLL (or instead of it, for models without a normalised density).
         has_density: whether the model has an exact, normalised ``log_prob`` (NLL is reported).
@@ -60,10 +61,19 @@ class ModelKind:
     description: str = ""
     objective: Callable[[ModelSpec], Objective] | None = None
     val_metric: Callable[[ModelSpec], ValMetric] | None = None
-    val_name: str = "nll"
+    val_name: str | Callable[[ModelSpec], str] = "nll"
     test_metrics: Callable[[ModelSpec], TestMetrics] | None = None
     has_density: bool = True
     plot: Plotter | None = None
+
+    def validation_name(self, spec: ModelSpec) -> str:
+        """The name of the validation metric for this spec (``val_<name>`` in the metrics)."""
+        return self.val_name(spec) if callable(self.val_name) else self.val_name
+
+    def run_tag(self, spec: ModelSpec) -> str:
+        """How a run is labelled: the training objective if the spec names one, else the
+        gradient mode."""
+        return str(spec.get("objective") or spec.get("gradient"))
 
 
 MODELS: dict[str, ModelKind] = {}

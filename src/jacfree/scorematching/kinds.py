@@ -224,10 +224,14 @@ def _energy_objective(spec: ModelSpec) -> Callable[[nn.Module, Tensor], Tensor]:
     return lambda model, x: loss(model, prep(x))
 
 
+def _energy_val_choice(spec: ModelSpec) -> str:
+    small = _dim(spec) <= _SMALL_D
+    return _val_choice(spec, ("exact_sm", "objective"), "exact_sm" if small else "objective")
+
+
 def _energy_val(spec: ModelSpec) -> Callable[[nn.Module, Tensor], float]:
     objective = _energy_objective(spec)
-    small = _dim(spec) <= _SMALL_D
-    choice = _val_choice(spec, ("exact_sm", "objective"), "exact_sm" if small else "objective")
+    choice = _energy_val_choice(spec)
     prep = _unit_dequantise(spec.get("levels"))
     n = int(spec.get("val_n", 2000))
 
@@ -301,7 +305,7 @@ register_model(
         "--sigma",
         objective=_energy_objective,
         val_metric=_energy_val,
-        val_name="loss",
+        val_name=_energy_val_choice,
         test_metrics=_energy_test,
         has_density=False,
         plot=_energy_plot,
@@ -334,11 +338,16 @@ def _nice_objective(spec: ModelSpec) -> Callable[[nn.Module, Tensor], Tensor] | 
     return lambda model, x: loss(model.energy, model.preprocess(x))
 
 
-def _nice_val(spec: ModelSpec) -> Callable[[nn.Module, Tensor], float] | None:
+def _nice_val_choice(spec: ModelSpec) -> str:
     name = objective_name(spec, "nice")
     small = _dim(spec) <= _SMALL_D
     default = "nll" if name == "mle" else ("exact_sm" if small else "objective")
-    choice = _val_choice(spec, ("nll", "exact_sm", "objective"), default)
+    return _val_choice(spec, ("nll", "exact_sm", "objective"), default)
+
+
+def _nice_val(spec: ModelSpec) -> Callable[[nn.Module, Tensor], float] | None:
+    name = objective_name(spec, "nice")
+    choice = _nice_val_choice(spec)
     if choice == "nll":
         return None  # fit's default: the exact NLL
     n = int(spec.get("val_n", 2000))
@@ -397,7 +406,7 @@ register_model(
         "--layers couplings, --hidden width",
         objective=_nice_objective,
         val_metric=_nice_val,
-        val_name="loss",
+        val_name=_nice_val_choice,
         test_metrics=_nice_test,
         has_density=True,
         plot=_nice_plot,
