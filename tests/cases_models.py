@@ -25,7 +25,7 @@ def perturb_model(flow: jf.Flow, gen: torch.Generator) -> None:
     image size). Then: K×K kernels + 0.1·randn on every tap, their learned inverse reset to the
     best K×K inverse for the layer's own image size + 0.02·randn; 1×1 weights + 0.3·randn, R =
     W⁻¹ + 0.02·randn; biases 0.3·randn; split priors' convolutions + 0.02·randn (their output
-    scale is exp(3·logs)); every other parameter + 0.2·randn.
+    scale is exp(3·logs)); coupling networks + 0.05·randn; every other parameter + 0.2·randn.
     """
 
     def randn(t: torch.Tensor, scale: float) -> torch.Tensor:
@@ -47,6 +47,13 @@ def perturb_model(flow: jf.Flow, gen: torch.Generator) -> None:
                 for p in m.prior.parameters():
                     p.add_(randn(p, 0.02))
                 done |= {id(p) for p in m.prior.parameters()}
+                continue
+            elif isinstance(m, jf.AffineCoupling):
+                # stacked couplings multiply their scales: keep each within about e^{±0.5}, so
+                # the float32 round trip through the whole model stays at ~1e-5
+                for p in m.parameters():
+                    p.add_(randn(p, 0.05))
+                done |= {id(p) for p in m.parameters()}
                 continue
             else:
                 continue

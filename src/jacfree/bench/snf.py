@@ -756,7 +756,9 @@ def write_outputs(
     paths["environment"].write_text(json.dumps(env, indent=2) + "\n")
     if plot:
         first = (rows or scaling_rows or [{}])[0]
-        where = f"{first.get('device')} {first.get('dtype')}, {first.get('threads')} threads"
+        where = f"{first.get('device')} {first.get('dtype')}, threads={first.get('threads')}"
+        if first.get("clock", "wall") != "wall":
+            where += f", {first.get('clock')} CPU time"
         if rows:
             paths["plot"] = plot_cases(
                 rows, out / PLOT_NAME, f"SNF vs exact, B={first.get('batch')}, {where}"
@@ -928,7 +930,7 @@ def run(args: argparse.Namespace) -> int:
         clock=args.clock,
         progress=not args.quiet,
     )
-    where = f"{args.device} {args.dtype}, {torch.get_num_threads()} threads"
+    where = f"{args.device} {args.dtype}, threads={torch.get_num_threads()}"
     if args.clock != "wall":
         where += f", {args.clock} CPU time"
     if rows:
