@@ -137,6 +137,12 @@ class FeatureNet(nn.Module):
         return out, dout, d2out
 
 
+def _square_distances(a: Tensor, b: Tensor) -> Tensor:
+    """``‖a_n − b_m‖²`` (N, M) as ‖a‖² + ‖b‖² − 2abᵀ: one matrix product, no (N, M, h) tensor."""
+    d2 = a.square().sum(1)[:, None] + b.square().sum(1)[None, :] - 2 * (a @ b.T)
+    return d2.clamp_min(0)
+
+
 def alpha_normal_equations(dk: Tensor, d2k: Tensor, dlogq0: Tensor) -> tuple[Tensor, Tensor]:
     r"""``(G, b)`` of the quadratic ``J(α) = αᵀb + ½αᵀGα + const`` (score-matching objective).
 
@@ -292,7 +298,7 @@ class DKEF(nn.Module):
         w, bw = self.kernel_weights, self._bandwidths()
         total = x.new_zeros(x.shape[0], self.n_inducing)
         for r, phi in enumerate(self.features):
-            d2 = (phi(x)[:, None, :] - phi(self.inducing)[None]).square().sum(-1)
+            d2 = _square_distances(phi(x), phi(self.inducing))
             total = total + w[r] * torch.exp(-d2 / (2 * bw[r]))
         return total
 
@@ -307,10 +313,11 @@ class DKEF(nn.Module):
         dk = d2k = None
         for r, phi in enumerate(self.features):
             fx, a, c = phi.jet(x, directions)
-            u = fx[:, None, :] - phi(self.inducing)[None]  # (N, M, h)
-            k = torch.exp(-u.square().sum(-1) / (2 * bw[r]))  # (N, M)
-            ua = torch.einsum("nmh,nph->nmp", u, a)
-            uc = torch.einsum("nmh,nph->nmp", u, c)
+            fz = phi(self.inducing)  # (M, h)
+            k = torch.exp(-_square_distances(fx, fz) / (2 * bw[r]))  # (N, M)
+            # uᵀa with u = φ(x_n) − φ(z_m), without forming the (N, M, h) differences
+            ua = (fx[:, None, :] @ a.transpose(1, 2)) - (a @ fz.T).transpose(1, 2)  # (N, M, P)
+            uc = (fx[:, None, :] @ c.transpose(1, 2)) - (c @ fz.T).transpose(1, 2)
             aa = a.square().sum(-1)[:, None, :]  # (N, 1, P)
             first = -(w[r] / bw[r]) * k[..., None] * ua
             second = w[r] * k[..., None] * (ua.square() / bw[r] ** 2 - (aa + uc) / bw[r])
