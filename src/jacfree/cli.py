@@ -316,7 +316,13 @@ def _plots(model: torch.nn.Module, ds: Any, spec: dict, history: list, out: Path
     try:
         from . import plots
 
-        plots.loss_curve(history, out / "loss.png", title=f"{ds.name}: {kind.run_tag(spec)}")
+        objective = {
+            "relative": "training loss (leaves out Σ log|det W|)",
+            "selfnorm": "training loss (no SNF log|det W|; + λ·recon)",
+        }.get(kind.run_tag(spec), "training objective")
+        plots.loss_curve(
+            history, out / "loss.png", title=f"{ds.name}: {kind.run_tag(spec)}", objective=objective
+        )
         torch.manual_seed(0)
         if kind.plot is not None:
             kind.plot(model, ds, spec, out)

@@ -27,8 +27,13 @@ def _pyplot() -> Any:
     return plt
 
 
-def loss_curve(history: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
-    """Training loss (left) and validation metric (right) per epoch."""
+def loss_curve(
+    history: list[dict[str, Any]],
+    path: str | Path,
+    title: str = "",
+    objective: str = "training objective",
+) -> Path:
+    """Training loss (left, titled ``objective``) and validation metric (right) per epoch."""
     plt = _pyplot()
     epochs = [row["epoch"] for row in history]
     val_keys = [
@@ -38,7 +43,7 @@ def loss_curve(history: list[dict[str, Any]], path: str | Path, title: str = "")
     ]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     axes[0].plot(epochs, [row["train_loss"] for row in history], color="C0")
-    axes[0].set(xlabel="epoch", ylabel="training loss", title="training objective")
+    axes[0].set(xlabel="epoch", ylabel="training loss", title=objective)
     for key in val_keys:
         axes[1].plot(epochs, [row[key] for row in history], label=key, color="C1")
         axes[1].legend()
