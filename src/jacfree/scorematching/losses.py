@@ -49,7 +49,7 @@ Common keyword arguments: ``reduction`` — ``"mean"`` (default, a scalar tensor
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal, NamedTuple
 
 import torch
@@ -394,27 +394,18 @@ def ssm(
         A scalar tensor (mean over the batch and the particles), per-sample values or
         :class:`SMTerms`.
     """
-    _check_x(x)
-    _check_reduction(reduction)
-    n_particles = _check_particles(n_particles)
-    if v is None:
-        vp = random_projections(x, projection, n_particles, generator=generator)
-    else:
-        vp = _as_particles(v, x, "v").to(x.dtype)
-    n, B = vp.shape[0], x.shape[0]
-    vf = vp.reshape(n * B, *x.shape[1:])
-    grad_on = torch.is_grad_enabled()
-    ev = x.dim() - 1
-    with torch.enable_grad():
-        xn = _autograd_input(x, n)
-        f = log_density(energy, xn, _repeat_cond(cond, n))
-        (s,) = torch.autograd.grad(f.sum(), xn, create_graph=True)
-        (hv,) = torch.autograd.grad((s * vf).sum(), xn, create_graph=grad_on)
-    curvature = _event_sum(hv * vf, ev)
-    norm = 0.5 * _event_sum(s * s, ev) if vr else 0.5 * _event_sum(s * vf, ev) ** 2
-    if not grad_on:
-        curvature, norm = curvature.detach(), norm.detach()
-    return _finish(curvature.reshape(n, B), norm.reshape(n, B), reduction, return_terms)
+    return _sliced(
+        lambda xn, c: score(energy, xn, cond=c, create_graph=True),
+        x,
+        vr,
+        projection,
+        n_particles,
+        v,
+        reduction,
+        return_terms,
+        generator,
+        cond,
+    )
 
 
 def ssm_scorenet(
@@ -439,6 +430,35 @@ def ssm_scorenet(
     level as ``cond`` and weight ``reduction="none"`` values by ``σ²`` (NCSN's annealed form).
     Arguments as in :func:`ssm`.
     """
+    return _sliced(
+        lambda xn, c: _call_score_net(score_net, xn, c),
+        x,
+        vr,
+        projection,
+        n_particles,
+        v,
+        reduction,
+        return_terms,
+        generator,
+        cond,
+    )
+
+
+def _sliced(
+    score_of: Callable[[Tensor, Tensor | None], Tensor],
+    x: Tensor,
+    vr: bool,
+    projection: Projection,
+    n_particles: int,
+    v: Tensor | None,
+    reduction: Reduction,
+    return_terms: bool,
+    generator: torch.Generator | None,
+    cond: Tensor | None,
+) -> Tensor | SMTerms:
+    """SSM / SSM-VR by autograd for any ``score_of(x, cond)`` that is differentiable in x: the
+    score (an energy's, with its graph kept, or a score network's output) and ``vᵀ(∂s/∂x)v`` from
+    one more backward of ``vᵀs``."""
     _check_x(x)
     _check_reduction(reduction)
     n_particles = _check_particles(n_particles)
@@ -452,7 +472,7 @@ def ssm_scorenet(
     ev = x.dim() - 1
     with torch.enable_grad():
         xn = _autograd_input(x, n)
-        s = _call_score_net(score_net, xn, _repeat_cond(cond, n))
+        s = score_of(xn, _repeat_cond(cond, n))
         (jv,) = torch.autograd.grad((s * vf).sum(), xn, create_graph=grad_on)
     curvature = _event_sum(jv * vf, ev)
     norm = 0.5 * _event_sum(s * s, ev) if vr else 0.5 * _event_sum(s * vf, ev) ** 2
