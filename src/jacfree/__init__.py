@@ -38,7 +38,10 @@ from .scorematching import losses as sm
 from .train import evaluate_nll, fit
 
 __all__ = [
+    "DKEF",
     "GRADIENT_MODES",
+    "NCSN",
+    "NICE",
     "ActNorm",
     "AffineCoupling",
     "CNNFlow",
@@ -49,6 +52,7 @@ __all__ = [
     "FlowLayer",
     "GlowFlow",
     "LogitTransform",
+    "MLPEnergy",
     "RQSplineActivation",
     "SelfNormConv2d",
     "SmoothLeakyReLU",
