@@ -14,13 +14,13 @@ import torch
 from torch import Tensor, nn
 
 
-def _pyplot() -> Any:
+def pyplot(needs: str = "plotting needs matplotlib") -> Any:
+    """``matplotlib.pyplot`` on the non-interactive Agg backend; if matplotlib is missing, an
+    ImportError that starts with ``needs`` and says how to install it."""
     try:
         import matplotlib
     except ImportError as err:
-        raise ImportError(
-            'plotting needs matplotlib: install it with pip install "jacfree[plot]"'
-        ) from err
+        raise ImportError(f'{needs}: install it with pip install "jacfree[plot]"') from err
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -34,7 +34,7 @@ def loss_curve(
     objective: str = "training objective",
 ) -> Path:
     """Training loss (left, titled ``objective``) and validation metric (right) per epoch."""
-    plt = _pyplot()
+    plt = pyplot()
     epochs = [row["epoch"] for row in history]
     val_keys = [
         k
@@ -53,7 +53,7 @@ def loss_curve(
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _tile(images: Tensor, levels: int | None) -> Tensor:
@@ -78,7 +78,7 @@ def image_grids(
 ) -> Path:
     """Save grids of images side by side, one per ``{panel title: (n, C, H, W) images}``
     (C = 1 or 3); e.g. samples through the exact and through the learned inverse."""
-    plt = _pyplot()
+    plt = pyplot()
     grids = [_tile(images, levels) for images in panels.values()]
     aspect = grids[0].shape[1] / grids[0].shape[2]
     fig, axes = plt.subplots(1, len(grids), figsize=(6 * len(grids), 6 * aspect), squeeze=False)
@@ -95,7 +95,7 @@ def image_grids(
             ax.set_title(name)
     if title:
         fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def image_grid(
@@ -121,7 +121,7 @@ def density_2d(
     density over the grid, a quick check that the model is normalised (≈ 1 when the grid covers
     the mass).
     """
-    plt = _pyplot()
+    plt = pyplot()
     data = data.detach().float().cpu()
     lo = data.min(0).values - 0.5
     hi = data.max(0).values + 0.5
@@ -166,16 +166,15 @@ def density_2d(
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def _save(fig: Any, path: str | Path) -> Path:
+def save_figure(fig: Any, path: str | Path, dpi: int = 110) -> Path:
+    """Write ``fig`` to ``path`` (creating its folder) and close it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
+    fig.savefig(path, dpi=dpi)
+    pyplot().close(fig)
     return path
 
 
@@ -198,7 +197,7 @@ def energy_density_2d(
     spans the data's range plus a margin of 0.5, so the normaliser is a Riemann sum over the
     panel (exact up to the mass outside the panel and the grid resolution).
     """
-    plt = _pyplot()
+    plt = pyplot()
     data = data.detach().float().cpu()
     lo = data.min(0).values - 0.5
     hi = data.max(0).values + 0.5
@@ -233,4 +232,4 @@ def energy_density_2d(
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -49,13 +49,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
-import datetime
 import gc
-import json
-import math
-import os
-import platform
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -65,9 +59,24 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .. import __version__
 from ..flows import FCFlow, Flow, SquareAffine
 from ..train import make_adam
+from .common import (
+    DTYPES,
+    add_timing_arguments,
+    apply_timing_arguments,
+    choice_list,
+    describe_setup,
+    environment_info,
+    fit_loglog_slopes,
+    flatten,
+    plot_step_scaling,
+    positive_int_list,
+    resolve_device,
+    step_medians,
+    write_csv,
+    write_json,
+)
 from .timing import time_interleaved
 
 DEFAULT_DIMS: tuple[int, ...] = (256, 512, 784, 1024, 2048, 3072)
@@ -97,9 +106,15 @@ CSV_COLUMNS: tuple[str, ...] = (
     "device",
     "dtype",
     "threads",
+    "clock",
 )
 
-_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+#: colour and marker of each variant in the plot
+STYLES: dict[str, tuple[str, str]] = {
+    "exact": ("C3", "o"),
+    "relative": ("C0", "s"),
+    "floor": ("C2", "^"),
+}
 
 
 # -- the three variants -----------------------------------------------------------------------
@@ -226,6 +241,7 @@ def scaling_benchmark(
     min_repeats: int = 7,
     max_repeats: int = 200,
     n_batches: int = 4,
+    clock: str = "wall",
     progress: bool = True,
 ) -> list[dict[str, Any]]:
     """Time one full training step of ``FCFlow(D, layers)`` per variant, for every D in ``dims``.
@@ -243,6 +259,7 @@ def scaling_benchmark(
         lr: Adam learning rate (the parameters are restored before every step anyway).
         budget: seconds of timed steps (all variants together) per D when ``repeats`` is None.
         n_batches: number of pre-generated batches cycled through.
+        clock: ``"wall"`` (wall-clock time) or ``"process"`` (CPU time of this process).
         progress: print one line per D to stderr.
 
     Returns:
@@ -264,8 +281,8 @@ def scaling_benchmark(
     for name, value in (("batch", batch), ("layers", layers), ("n_batches", n_batches)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-    device = _device(device)
-    if dtype not in _DTYPES.values():
+    device = resolve_device(device)
+    if dtype not in DTYPES.values():
         raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}.")
 
     rows: list[dict[str, Any]] = []
@@ -290,6 +307,7 @@ def scaling_benchmark(
             budget=budget,
             min_repeats=min_repeats,
             max_repeats=max_repeats,
+            clock=clock,
         )
         for v, s in steps.items():
             if s.last_loss is None or not bool(torch.isfinite(s.last_loss)):
@@ -316,6 +334,7 @@ def scaling_benchmark(
                     "device": str(device),
                     "dtype": str(dtype).removeprefix("torch."),
                     "threads": torch.get_num_threads(),
+                    "clock": clock,
                 }
             )
         if progress:
@@ -328,45 +347,12 @@ def scaling_benchmark(
     return rows
 
 
-def _device(device: torch.device | str) -> torch.device:
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device cuda was requested but no CUDA device is available; use cpu.")
-    return dev
-
-
 # -- analysis and outputs ---------------------------------------------------------------------
-
-
-def _medians(rows: Sequence[dict[str, Any]]) -> dict[str, dict[int, float]]:
-    out: dict[str, dict[int, float]] = {}
-    for row in rows:
-        out.setdefault(row["variant"], {})[int(row["dim"])] = float(row["median_ms"])
-    return out
-
-
-def fit_loglog_slopes(rows: Sequence[dict[str, Any]], points: int = 3) -> dict[str, float]:
-    """Least-squares slope of log(median time) vs log(D) over each variant's ``points`` largest D.
-
-    A slope near 2 is O(D²) behaviour, near 3 is O(D³). Variants with fewer than two distinct D
-    are left out.
-    """
-    slopes: dict[str, float] = {}
-    for variant, by_dim in _medians(rows).items():
-        dims = sorted(by_dim)[-max(points, 2) :]
-        if len(dims) < 2:
-            continue
-        xs = [math.log(d) for d in dims]
-        ys = [math.log(by_dim[d]) for d in dims]
-        mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-        sxx = sum((a - mx) ** 2 for a in xs)
-        slopes[variant] = sum((a - mx) * (b - my) for a, b in zip(xs, ys, strict=True)) / sxx
-    return slopes
 
 
 def format_table(rows: Sequence[dict[str, Any]], fit_points: int = 3) -> str:
     """Text table: D, median ms per step for each variant, relative/floor and exact/relative."""
-    med = _medians(rows)
+    med = step_medians(rows)
     variants = [v for v in VARIANTS if v in med]
     dims = sorted({int(r["dim"]) for r in rows})
     ratios = [
@@ -397,118 +383,20 @@ def format_table(rows: Sequence[dict[str, Any]], fit_points: int = 3) -> str:
     return "\n".join(out)
 
 
-def write_csv(
-    rows: Sequence[dict[str, Any]], path: str | Path, columns: Sequence[str] = CSV_COLUMNS
-) -> Path:
-    """Write the rows to ``path`` with the given columns (default :data:`CSV_COLUMNS`)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: _csv_cell(row.get(k)) for k in columns})
-    return path
-
-
-def _csv_cell(value: object) -> object:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.4f}"  # ms to 0.1 µs, ratios to 1e-4
-    return value
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def environment_info(device: torch.device | str = "cpu") -> dict[str, Any]:
-    """Versions, threads and hardware that the timings depend on."""
-    device = torch.device(device)
-    info: dict[str, Any] = {
-        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "jacfree": __version__,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu": _cpu_name(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch_interop_threads": torch.get_num_interop_threads(),
-        "mkl": torch.backends.mkl.is_available(),
-        "openmp": torch.backends.openmp.is_available(),
-        "thread_env": {
-            k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if k in os.environ
-        },
-        "device": str(device),
-    }
-    if device.type == "cuda" and torch.cuda.is_available():
-        info["cuda_device"] = torch.cuda.get_device_name(device)
-        info["cuda"] = torch.version.cuda
-    return info
-
-
-def _pyplot() -> Any:
-    try:
-        import matplotlib
-    except ImportError as err:
-        raise ImportError(
-            'the scaling plot needs matplotlib: install it with pip install "jacfree[plot]" '
-            "(or pass --no-plot)"
-        ) from err
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_scaling(
     rows: Sequence[dict[str, Any]], path: str | Path, fit_points: int = 3, title: str = ""
 ) -> Path:
-    """Log-log plot of the median step time vs D, one line per variant, slopes in the legend."""
-    plt = _pyplot()
-    med = _medians(rows)
-    slopes = fit_loglog_slopes(rows, fit_points)
-    fig, ax = plt.subplots(figsize=(6.4, 4.6))
-    styles = {"exact": ("C3", "o"), "relative": ("C0", "s"), "floor": ("C2", "^")}
-    for v in (v for v in VARIANTS if v in med):
-        dims = sorted(med[v])
-        color, marker = styles[v]
-        label = v if v not in slopes else f"{v} (slope {slopes[v]:.2f})"
-        ax.plot(dims, [med[v][d] for d in dims], marker=marker, color=color, label=label)
-    all_dims = sorted({int(r["dim"]) for r in rows})
-    if len(all_dims) >= 2:
-        # faint guides through the largest-D point of the floor / exact lines: ∝ D² and ∝ D³
-        for v, power, ls in (("floor", 2, ":"), ("exact", 3, "--")):
-            if v in med:
-                d0 = max(med[v])
-                ys = [med[v][d0] * (d / d0) ** power for d in all_dims]
-                ax.plot(all_dims, ys, ls, color="0.6", lw=0.8, label="∝ D" + "²³"[power - 2])
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xticks(all_dims)
-    ax.set_xticklabels([str(d) for d in all_dims])
-    ax.minorticks_off()
-    ax.set_xlabel("D (features)")
-    ax.set_ylabel("ms per training step (median)")
-    top = all_dims[-max(fit_points, 2) :]
-    ax.set_title(title or "training step time vs D", fontsize=10)
-    ax.legend(title=f"slopes fitted over D ∈ {top}", fontsize=8, title_fontsize=8)
-    ax.grid(True, which="major", alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    """Log-log plot of ms per step vs D, a line per variant with its fitted slope, and faint
+    ∝ D² and ∝ D³ guides through the largest-D point of the floor and the exact lines."""
+    return plot_step_scaling(
+        rows,
+        path,
+        variants=VARIANTS,
+        styles=STYLES,
+        guides=(("floor", 2), ("exact", 3)),
+        fit_points=fit_points,
+        title=title or "FCFlow: training step time vs D",
+    )
 
 
 def write_outputs(
@@ -522,44 +410,24 @@ def write_outputs(
 ) -> dict[str, Path]:
     """Write ``scaling.csv``, ``environment.json`` and (unless ``plot=False``) ``scaling.png``."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"csv": write_csv(rows, out / CSV_NAME)}
     env = {
         "environment": environment_info(device),
         "config": config or {},
         "loglog_slopes": fit_loglog_slopes(rows, fit_points),
     }
-    paths["environment"] = out / ENV_NAME
-    paths["environment"].write_text(json.dumps(env, indent=2) + "\n")
+    paths = {
+        "csv": write_csv(rows, out / CSV_NAME, CSV_COLUMNS),
+        "environment": write_json(env, out / ENV_NAME),
+    }
     if plot:
         first = rows[0] if rows else {}
-        title = (
-            f"FCFlow, L={first.get('layers')}, B={first.get('batch')}, {first.get('device')} "
-            f"{first.get('dtype')}, {first.get('threads')} threads: full training step"
-        )
+        where = describe_setup(first.get("device"), first.get("dtype"), first.get("clock", "wall"))
+        title = f"FCFlow, L={first.get('layers')}, B={first.get('batch')}, {where}: training step"
         paths["plot"] = plot_scaling(rows, out / PLOT_NAME, fit_points, title)
     return paths
 
 
 # -- command line -----------------------------------------------------------------------------
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(t) for t in text.replace(",", " ").split()]
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"expected integers, got {text!r}") from err
-    if not values or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
-
-
-def _variant_list(text: str) -> list[str]:
-    values = [t for t in text.replace(",", " ").split() if t]
-    bad = [v for v in values if v not in VARIANTS]
-    if bad or not values:
-        raise argparse.ArgumentTypeError(f"variants must be among {', '.join(VARIANTS)}")
-    return values
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -570,7 +438,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--dims",
-        type=_int_list,
+        type=positive_int_list,
         nargs="+",
         default=None,
         help="dimensions D, space- or comma-separated (default: "
@@ -581,67 +449,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layers", type=int, default=2, help="square affine layers L (default 2)")
     parser.add_argument(
         "--variants",
-        type=_variant_list,
+        type=choice_list(VARIANTS, "variant(s)"),
         nargs="+",
         default=None,
         help="subset of exact relative floor (default: all three)",
     )
-    parser.add_argument(
-        "--repeats",
-        type=int,
-        default=None,
-        help="timed steps per variant and D (default: adaptive, see --budget)",
+    add_timing_arguments(
+        parser,
+        budget=10.0,
+        per="D",
+        out=DEFAULT_OUT,
+        outputs=f"{CSV_NAME}, {PLOT_NAME}, {ENV_NAME}",
+        lr=1e-4,
     )
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
-    parser.add_argument(
-        "--budget",
-        type=float,
-        default=10.0,
-        help="adaptive repeats: seconds of timed steps per D, all variants (default 10)",
-    )
-    parser.add_argument(
-        "--min-repeats", type=int, default=7, help="adaptive repeats: at least (default 7)"
-    )
-    parser.add_argument(
-        "--max-repeats", type=int, default=200, help="adaptive repeats: at most (default 200)"
-    )
-    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    parser.add_argument("--dtype", default="float32", choices=sorted(_DTYPES))
-    parser.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (1e-4)")
-    parser.add_argument(
-        "--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)"
-    )
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--fit-points",
         type=int,
         default=3,
         help="fit the log-log slopes over this many largest D (default 3)",
     )
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=DEFAULT_OUT,
-        help=f"output folder for {CSV_NAME}, {PLOT_NAME}, {ENV_NAME} (default {DEFAULT_OUT})",
-    )
-    parser.add_argument("--no-plot", action="store_true", help=f"do not write {PLOT_NAME}")
-    parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``jacfree bench scaling``: benchmark, print the table, write CSV, JSON and plot."""
-    dims = [d for group in args.dims for d in group] if args.dims else list(DEFAULT_DIMS)
-    variants = [v for group in args.variants for v in group] if args.variants else list(VARIANTS)
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {args.threads}.")
-        torch.set_num_threads(args.threads)
-    if args.repeats is not None and args.repeats < 1:
-        raise ValueError(f"--repeats must be >= 1, got {args.repeats}.")
-    if args.warmup < 0:
-        raise ValueError(f"--warmup must be >= 0, got {args.warmup}.")
-    if not args.no_plot:
-        _pyplot()  # fail now, not after minutes of timing
+    dims = flatten(args.dims, DEFAULT_DIMS)
+    variants = flatten(args.variants, VARIANTS)
+    apply_timing_arguments(args)
     config = {
         "dims": dims,
         "batch": args.batch,
@@ -656,6 +489,8 @@ def run(args: argparse.Namespace) -> int:
         "dtype": args.dtype,
         "lr": args.lr,
         "seed": args.seed,
+        "clock": args.clock,
+        "threads": torch.get_num_threads(),
         "optimizer": "jacfree.train.make_adam",
     }
     rows = scaling_benchmark(
@@ -666,18 +501,17 @@ def run(args: argparse.Namespace) -> int:
         warmup=args.warmup,
         variants=variants,
         device=args.device,
-        dtype=_DTYPES[args.dtype],
+        dtype=DTYPES[args.dtype],
         seed=args.seed,
         lr=args.lr,
         budget=args.budget,
         min_repeats=args.min_repeats,
         max_repeats=args.max_repeats,
+        clock=args.clock,
         progress=not args.quiet,
     )
-    print(
-        f"FCFlow(D, layers={args.layers}), B={args.batch}, {args.device} {args.dtype}, "
-        f"{torch.get_num_threads()} threads: median ms per full training step"
-    )
+    where = describe_setup(args.device, args.dtype, args.clock)
+    print(f"FCFlow(D, layers={args.layers}), B={args.batch}, {where}: median ms per training step")
     print(format_table(rows, args.fit_points))
     paths = write_outputs(
         rows,

@@ -117,9 +117,22 @@ from torch.utils._pytree import tree_flatten
 from torch.utils.weak import WeakIdKeyDictionary
 
 from ..data import load
+from ..plots import pyplot, save_figure
 from ..scorematching import DKEF, NCSN, NICE, MLPEnergy
 from ..scorematching.losses import dsm, fd_dsm, fd_ssm, fd_ssm_vr, ssm, ssm_scorenet
-from .scaling import TrainingStep, _csv_cell, _device, _pyplot, environment_info, write_csv
+from .common import (
+    DTYPES,
+    add_timing_arguments,
+    apply_timing_arguments,
+    choice_list,
+    describe_setup,
+    environment_info,
+    flatten,
+    resolve_device,
+    write_csv,
+    write_json,
+)
+from .scaling import TrainingStep
 from .timing import CLOCKS, time_interleaved
 
 __all__ = [
@@ -267,8 +280,6 @@ CSV_COLUMNS: tuple[str, ...] = (
     "clock",
     "description",
 )
-
-_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 # -- memory -----------------------------------------------------------------------------------
@@ -795,8 +806,8 @@ def sm_benchmark(
         raise ValueError(f"budget must be a positive number of seconds, got {budget!r}.")
     if clock not in CLOCKS:
         raise ValueError(f"unknown clock {clock!r}; choose from {', '.join(CLOCKS)}.")
-    device = _device(device)
-    if dtype not in _DTYPES.values():
+    device = resolve_device(device)
+    if dtype not in DTYPES.values():
         raise ValueError(
             f"dtype must be torch.float32 or torch.float64, got {dtype} (the FD forms refuse "
             "half precision: the differences cancel leading digits)."
@@ -1038,7 +1049,7 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
 
 def plot_sm(rows: Sequence[dict[str, Any]], path: str | Path, title: str = "") -> Path:
     """Horizontal bars: median ms per step (left) and peak MiB (right), one row per variant."""
-    plt = _pyplot()
+    plt = pyplot("the benchmark plots need matplotlib (or pass --no-plot)")
     n = len(rows)
     fig, (ax_t, ax_m) = plt.subplots(
         1, 2, figsize=(11, 0.32 * n + 1.6), sharey=True, layout="constrained"
@@ -1092,11 +1103,7 @@ def plot_sm(rows: Sequence[dict[str, Any]], path: str | Path, title: str = "") -
         ncols=3,
     )
     fig.suptitle(title or "score matching: full training step", fontsize=10)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 MEMORY_DEFINITIONS = {
@@ -1122,10 +1129,7 @@ def write_outputs(
     device: torch.device | str = "cpu",
 ) -> dict[str, Path]:
     """Write ``sm.csv``, ``environment.json`` and (unless ``plot=False``) ``sm.png``."""
-    import json
-
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     paths = {"csv": write_csv(rows, out / CSV_NAME, CSV_COLUMNS)}
     env = {
         "environment": environment_info(device),
@@ -1137,30 +1141,16 @@ def write_outputs(
             "checks": check_targets(rows),
         },
     }
-    paths["environment"] = out / ENV_NAME
-    paths["environment"].write_text(json.dumps(env, indent=2, default=_csv_cell) + "\n")
+    paths["environment"] = write_json(env, out / ENV_NAME)
     if plot:
         first = rows[0] if rows else {}
-        clock = "" if first.get("clock", "wall") == "wall" else f", {first.get('clock')} clock"
-        title = (
-            f"score matching, full training step (Adam): {first.get('device')} "
-            f"{first.get('dtype')}, {first.get('threads')} threads{clock}"
-        )
+        where = describe_setup(first.get("device"), first.get("dtype"), first.get("clock", "wall"))
+        title = f"score matching, full training step (Adam): {where}"
         paths["plot"] = plot_sm(rows, out / PLOT_NAME, title)
     return paths
 
 
 # -- command line -----------------------------------------------------------------------------
-
-
-def _model_list(text: str) -> list[str]:
-    values = [t for t in text.replace(",", " ").split() if t]
-    bad = [v for v in values if v not in MODELS]
-    if bad or not values:
-        raise argparse.ArgumentTypeError(
-            f"unknown model(s) {', '.join(bad) or repr(text)}; choose among {', '.join(MODELS)}"
-        )
-    return values
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -1172,7 +1162,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--models",
-        type=_model_list,
+        type=choice_list(MODELS, "model(s)"),
         nargs="+",
         default=None,
         help="models, space- or comma-separated, among "
@@ -1197,81 +1187,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="data of the D-dimensional models: a dataset of dimension D (default mnist-5k) "
         "or 'gaussian'",
     )
-    parser.add_argument(
-        "--repeats",
-        type=int,
-        default=None,
-        help="timed rounds per model (default: adaptive, see --budget)",
-    )
-    parser.add_argument("--warmup", type=int, default=2, help="untimed rounds first (default 2)")
-    parser.add_argument(
-        "--budget",
-        type=float,
-        default=20.0,
-        help="adaptive repeats: seconds of timed rounds per model (default 20)",
-    )
-    parser.add_argument(
-        "--min-repeats", type=int, default=7, help="adaptive repeats: at least (default 7)"
-    )
-    parser.add_argument(
-        "--max-repeats", type=int, default=200, help="adaptive repeats: at most (default 200)"
-    )
     parser.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
-    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    parser.add_argument("--dtype", default="float32", choices=sorted(_DTYPES))
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch.set_num_threads (default 1: reproducible, and fair on a shared machine; "
-        "0 = torch's choice)",
+    add_timing_arguments(
+        parser,
+        budget=20.0,
+        per="model",
+        out=DEFAULT_OUT,
+        outputs=f"{CSV_NAME}, {PLOT_NAME}, {ENV_NAME}",
     )
-    parser.add_argument(
-        "--clock",
-        default="wall",
-        choices=sorted(CLOCKS),
-        help="wall: wall-clock time (default; use it on a quiet machine); process: CPU time of "
-        "this process, which leaves out the waits for a core on a busy machine (with --threads 1)",
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=DEFAULT_OUT,
-        help=f"output folder for {CSV_NAME}, {PLOT_NAME}, {ENV_NAME} (default {DEFAULT_OUT})",
-    )
-    parser.add_argument("--no-plot", action="store_true", help=f"do not write {PLOT_NAME}")
     parser.add_argument(
         "--strict",
         action="store_true",
         help="exit with status 1 if a parallel FD form misses its target",
     )
-    parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``jacfree bench sm``: benchmark, print the table and the target checks, write files."""
-    models = [m for group in args.models for m in group] if args.models else list(DEFAULT_MODELS)
-    if args.threads < 0:
-        raise ValueError(f"--threads must be >= 0 (0: torch's choice), got {args.threads}.")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    models = flatten(args.models, DEFAULT_MODELS)
     for value, flag in ((args.batch, "--batch"), (args.dim, "--dim"), (args.hidden, "--hidden")):
         if value < 1:
             raise ValueError(f"{flag} must be >= 1, got {value}.")
-    if args.repeats is not None and args.repeats < 1:
-        raise ValueError(f"--repeats must be >= 1, got {args.repeats}.")
-    if args.warmup < 0:
-        raise ValueError(f"--warmup must be >= 0, got {args.warmup}.")
-    if args.budget <= 0:
-        raise ValueError(f"--budget must be > 0 seconds, got {args.budget}.")
-    if args.min_repeats < 1 or args.max_repeats < args.min_repeats:
-        raise ValueError(
-            f"need 1 <= --min-repeats <= --max-repeats, got {args.min_repeats} and "
-            f"{args.max_repeats}."
-        )
-    if not args.no_plot:
-        _pyplot()  # fail now, not after minutes of timing
+    apply_timing_arguments(args)
     config = {
         "models": models,
         "dim": args.dim,
@@ -1308,14 +1245,13 @@ def run(args: argparse.Namespace) -> int:
         max_repeats=args.max_repeats,
         memory=not args.no_memory,
         device=args.device,
-        dtype=_DTYPES[args.dtype],
+        dtype=DTYPES[args.dtype],
         seed=args.seed,
         clock=args.clock,
         progress=not args.quiet,
     )
-    clock = "" if args.clock == "wall" else f", {args.clock} CPU time"
     print(
-        f"score matching, {args.device} {args.dtype}, {torch.get_num_threads()} threads{clock}: "
+        f"score matching, {describe_setup(args.device, args.dtype, args.clock)}: "
         "median ms per full training step (zero_grad, objective, backward, Adam); speed-up = "
         "baseline ms / variant ms; memory: peak MiB allocated by the step, MiB saved by autograd"
     )

@@ -63,7 +63,6 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
-import json
 import re
 import sys
 import time
@@ -77,16 +76,23 @@ import torch
 from ..flows import CNNFlow, FCFlow, Flow, GlowFlow, SelfNormConv2d, SquareAffine
 from ..flows.actnorm import initialize_actnorm
 from ..flows.core import ParameterStateCache
-from .scaling import (
-    _DTYPES,
-    TrainingStep,
-    _device,
-    _medians,
-    _pyplot,
+from ..plots import pyplot, save_figure
+from .common import (
+    DTYPES,
+    add_timing_arguments,
+    apply_timing_arguments,
+    describe_setup,
     environment_info,
     fit_loglog_slopes,
+    flatten,
+    plot_step_scaling,
+    positive_int_list,
+    resolve_device,
+    step_medians,
     write_csv,
+    write_json,
 )
+from .scaling import TrainingStep
 from .timing import CLOCKS, TimingStats, time_interleaved
 
 __all__ = [
@@ -464,12 +470,19 @@ def snf_benchmark(
     for name, value in (("batch", batch), ("sample_batch", sample_batch), ("n_batches", n_batches)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-    if dtype not in _DTYPES.values():
+    if dtype not in DTYPES.values():
         raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}.")
     if clock not in CLOCKS:
         raise ValueError(f"unknown clock {clock!r}; choose from {', '.join(CLOCKS)}.")
     timer = _Timer(
-        repeats, warmup, budget, sample_budget, min_repeats, max_repeats, _device(device), clock
+        repeats,
+        warmup,
+        budget,
+        sample_budget,
+        min_repeats,
+        max_repeats,
+        resolve_device(device),
+        clock,
     )
     common = {
         "timer": timer,
@@ -617,7 +630,7 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
 def format_scaling_table(rows: Sequence[dict[str, Any]], fit_points: int = 3) -> str:
     """Text table of the dense-layer sweep: D, ms per step in each mode, exact / selfnorm, and
     the log-log slopes over the largest D."""
-    med = _medians(rows)
+    med = step_medians(rows)
     dims = sorted({int(r["dim"]) for r in rows})
     variants = [v for v in STEP_VARIANTS if v in med]
     header = ["D", *(f"{v} ms" for v in variants)]
@@ -644,7 +657,7 @@ def format_scaling_table(rows: Sequence[dict[str, Any]], fit_points: int = 3) ->
 def plot_cases(rows: Sequence[dict[str, Any]], path: str | Path, title: str = "") -> Path:
     """Two panels of grouped horizontal bars (log scale): ms per step by mode, ms per sample by
     way of inverting, one group per case, with the speed-ups written next to the SNF bars."""
-    plt = _pyplot()
+    plt = pyplot("the benchmark plots need matplotlib (or pass --no-plot)")
     cases = list(dict.fromkeys(r["case"] for r in rows))
     get = {(r["case"], r["measure"], r["variant"]): r for r in rows}
     fig, axes = plt.subplots(1, 2, figsize=(11, 0.55 * len(cases) + 2.2), sharey=True)
@@ -680,50 +693,22 @@ def plot_cases(rows: Sequence[dict[str, Any]], path: str | Path, title: str = ""
     axes[0].invert_yaxis()
     fig.suptitle(title or "self-normalizing vs exact", fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 def plot_dense_scaling(
     rows: Sequence[dict[str, Any]], path: str | Path, fit_points: int = 3, title: str = ""
 ) -> Path:
     """Log-log plot of ms per step vs D of one dense layer, one line per mode, fitted slopes."""
-    plt = _pyplot()
-    med = _medians(rows)
-    slopes = fit_loglog_slopes(rows, fit_points)
-    dims = sorted({int(r["dim"]) for r in rows})
-    fig, ax = plt.subplots(figsize=(6.4, 4.6))
-    for v in (v for v in STEP_VARIANTS if v in med):
-        ds = sorted(med[v])
-        color, marker = STYLES[v]
-        label = v if v not in slopes else f"{v} (slope {slopes[v]:.2f})"
-        ax.plot(ds, [med[v][d] for d in ds], marker=marker, color=color, label=label)
-    if len(dims) >= 2:
-        for v, power, ls in (("selfnorm", 2, ":"), ("exact", 3, "--")):
-            if v in med:
-                d0 = max(med[v])
-                ys = [med[v][d0] * (d / d0) ** power for d in dims]
-                ax.plot(dims, ys, ls, color="0.6", lw=0.8, label="∝ D" + "²³"[power - 2])
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xticks(dims)
-    ax.set_xticklabels([str(d) for d in dims])
-    ax.minorticks_off()
-    ax.set_xlabel("D (features)")
-    ax.set_ylabel("ms per training step (median)")
-    ax.set_title(title or "one dense layer: training step time vs D", fontsize=10)
-    top = dims[-max(fit_points, 2) :]
-    ax.legend(title=f"slopes fitted over D ∈ {top}", fontsize=8, title_fontsize=8)
-    ax.grid(True, which="major", alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return plot_step_scaling(
+        rows,
+        path,
+        variants=STEP_VARIANTS,
+        styles=STYLES,
+        guides=(("selfnorm", 2), ("exact", 3)),
+        fit_points=fit_points,
+        title=title or "one dense layer: training step time vs D",
+    )
 
 
 def write_outputs(
@@ -739,7 +724,6 @@ def write_outputs(
 ) -> dict[str, Path]:
     """Write the CSVs, ``environment.json`` and (unless ``plot=False``) the two plots."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
     if rows:
         paths["csv"] = write_csv(rows, out / CSV_NAME, CSV_COLUMNS)
@@ -752,13 +736,10 @@ def write_outputs(
         "dense_loglog_slopes": fit_loglog_slopes(scaling_rows, fit_points) if scaling_rows else {},
         "elapsed_s": elapsed_s,
     }
-    paths["environment"] = out / ENV_NAME
-    paths["environment"].write_text(json.dumps(env, indent=2) + "\n")
+    paths["environment"] = write_json(env, out / ENV_NAME)
     if plot:
         first = (rows or scaling_rows or [{}])[0]
-        where = f"{first.get('device')} {first.get('dtype')}, threads={first.get('threads')}"
-        if first.get("clock", "wall") != "wall":
-            where += f", {first.get('clock')} CPU time"
+        where = describe_setup(first.get("device"), first.get("dtype"), first.get("clock", "wall"))
         if rows:
             paths["plot"] = plot_cases(
                 rows, out / PLOT_NAME, f"SNF vs exact, B={first.get('batch')}, {where}"
@@ -776,28 +757,14 @@ def write_outputs(
 # -- command line -----------------------------------------------------------------------------
 
 
-def _split(text: str) -> list[str]:
-    return [t for t in text.replace(",", " ").split() if t]
-
-
 def _case_list(text: str) -> list[str]:
-    names = _split(text)
+    names = [t for t in text.replace(",", " ").split() if t]
     try:
         for n in names:
             parse_case(n)
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from err
     return names
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(t) for t in _split(text)]
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"expected integers, got {text!r}") from err
-    if any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -818,7 +785,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--dims",
-        type=_int_list,
+        type=positive_int_list,
         nargs="*",
         default=None,
         help="D of the dense-layer sweep (default: "
@@ -831,65 +798,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-sample", action="store_true", help="do not time sampling")
     parser.add_argument(
-        "--repeats", type=int, default=None, help="timed rounds per case (default: adaptive)"
-    )
-    parser.add_argument("--warmup", type=int, default=2, help="untimed rounds first (2)")
-    parser.add_argument(
-        "--budget", type=float, default=8.0, help="adaptive: seconds of timed steps per case (8)"
-    )
-    parser.add_argument(
         "--sample-budget",
         type=float,
         default=4.0,
         help="adaptive: seconds of timed sampling per case (4)",
     )
-    parser.add_argument("--min-repeats", type=int, default=7, help="adaptive: at least (7)")
-    parser.add_argument("--max-repeats", type=int, default=200, help="adaptive: at most (200)")
-    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    parser.add_argument("--dtype", default="float32", choices=sorted(_DTYPES))
-    parser.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (1e-4)")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch.set_num_threads (default 1: see `jacfree bench snf` docs; 0 = torch's choice)",
+    add_timing_arguments(
+        parser,
+        budget=8.0,
+        per="case",
+        out=DEFAULT_OUT,
+        outputs=f"{CSV_NAME}, {SCALING_CSV_NAME}, {PLOT_NAME}, {SCALING_PLOT_NAME}, {ENV_NAME}",
+        lr=1e-4,
     )
-    parser.add_argument(
-        "--clock",
-        default="wall",
-        choices=sorted(CLOCKS),
-        help="wall: wall-clock time (default; use it on a quiet machine); process: CPU time of "
-        "this process, which leaves out the waits for a core on a busy machine (with --threads 1)",
-    )
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--fit-points", type=int, default=3, help="log-log slopes over this many largest D (3)"
     )
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=DEFAULT_OUT,
-        help=f"output folder (default {DEFAULT_OUT})",
-    )
-    parser.add_argument("--no-plot", action="store_true", help="do not write the PNG plots")
-    parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``jacfree bench snf``: benchmark, print the tables, write CSVs, JSON and plots."""
     t0 = time.perf_counter()
-    cases = [c for group in args.cases for c in group] if args.cases else list(DEFAULT_CASES)
-    dims = list(DEFAULT_DIMS) if args.dims is None else [d for group in args.dims for d in group]
-    if args.threads < 0:
-        raise ValueError(f"--threads must be >= 0 (0: torch's choice), got {args.threads}.")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.repeats is not None and args.repeats < 1:
-        raise ValueError(f"--repeats must be >= 1, got {args.repeats}.")
-    if args.warmup < 0:
-        raise ValueError(f"--warmup must be >= 0, got {args.warmup}.")
-    if not args.no_plot:
-        _pyplot()  # fail now, not after minutes of timing
+    cases = flatten(args.cases, DEFAULT_CASES)
+    dims = flatten(args.dims, DEFAULT_DIMS)
+    apply_timing_arguments(args)
     config = {
         "cases": cases,
         "dims": dims,
@@ -924,15 +856,13 @@ def run(args: argparse.Namespace) -> int:
         min_repeats=args.min_repeats,
         max_repeats=args.max_repeats,
         device=args.device,
-        dtype=_DTYPES[args.dtype],
+        dtype=DTYPES[args.dtype],
         seed=args.seed,
         lr=args.lr,
         clock=args.clock,
         progress=not args.quiet,
     )
-    where = f"{args.device} {args.dtype}, threads={torch.get_num_threads()}"
-    if args.clock != "wall":
-        where += f", {args.clock} CPU time"
+    where = describe_setup(args.device, args.dtype, args.clock)
     if rows:
         print(f"SNF vs exact, B={args.batch}, {args.sample_batch} samples per draw, {where}:")
         print(format_table(rows))
