@@ -121,52 +121,22 @@ def density_2d(
     density over the grid, a quick check that the model is normalised (≈ 1 when the grid covers
     the mass).
     """
-    plt = pyplot()
-    data = data.detach().float().cpu()
-    lo = data.min(0).values - 0.5
-    hi = data.max(0).values + 0.5
-    xs = torch.linspace(float(lo[0]), float(hi[0]), resolution)
-    ys = torch.linspace(float(lo[1]), float(hi[1]), resolution)
-    gx, gy = torch.meshgrid(xs, ys, indexing="xy")
-    pts = torch.stack([gx.flatten(), gy.flatten()], 1)
     param = next(model.parameters())
     was_training = model.training
     model.eval()
-    logp = torch.cat([model.log_prob(p.to(param)).cpu() for p in pts.split(10_000)])
-    model.train(was_training)
-    dens = logp.exp().reshape(resolution, resolution)
-    cell = float((xs[1] - xs[0]) * (ys[1] - ys[0]))
-    mass = float(dens.sum()) * cell
-    panels = 3 if samples is not None else 2
-    fig, axes = plt.subplots(1, panels, figsize=(4 * panels, 4))
-    extent = (float(lo[0]), float(hi[0]), float(lo[1]), float(hi[1]))
-    axes[0].hist2d(
-        data[:, 0].numpy(),
-        data[:, 1].numpy(),
-        bins=resolution // 2,
-        range=[[extent[0], extent[1]], [extent[2], extent[3]]],
-        cmap="viridis",
-    )
-    axes[0].set_title("data")
-    axes[1].imshow(dens.numpy(), origin="lower", extent=extent, cmap="viridis", aspect="auto")
-    axes[1].set_title(f"model density (mass on grid {mass:.3f})")
-    if samples is not None:
-        s = samples.detach().float().cpu()
-        axes[2].hist2d(
-            s[:, 0].numpy(),
-            s[:, 1].numpy(),
-            bins=resolution // 2,
-            range=[[extent[0], extent[1]], [extent[2], extent[3]]],
-            cmap="viridis",
+    try:
+        return _density_panels(
+            lambda p: model.log_prob(p.to(param)),
+            data,
+            path,
+            samples=samples,
+            resolution=resolution,
+            title=title,
+            normalise=False,
+            samples_title="model samples",
         )
-        axes[2].set_title("model samples")
-    for ax in axes:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return save_figure(fig, path)
+    finally:
+        model.train(was_training)
 
 
 def save_figure(fig: Any, path: str | Path, dpi: int = 110) -> Path:
@@ -197,6 +167,32 @@ def energy_density_2d(
     spans the data's range plus a margin of 0.5, so the normaliser is a Riemann sum over the
     panel (exact up to the mass outside the panel and the grid resolution).
     """
+    return _density_panels(
+        lambda p: log_density(p if like is None else p.to(like)),
+        data,
+        path,
+        samples=samples,
+        resolution=resolution,
+        title=title,
+        normalise=True,
+        samples_title="model samples (Langevin)",
+    )
+
+
+def _density_panels(
+    log_density: Any,
+    data: Tensor,
+    path: str | Path,
+    *,
+    samples: Tensor | None,
+    resolution: int,
+    title: str,
+    normalise: bool,
+    samples_title: str,
+) -> Path:
+    """The panels of :func:`density_2d` and :func:`energy_density_2d`: data, ``exp(log_density)``
+    on a grid over the data's range plus 0.5 (``normalise``: divided by its Riemann sum over the
+    grid; otherwise the sum is reported as the mass on the grid) and the samples if given."""
     plt = pyplot()
     data = data.detach().float().cpu()
     lo = data.min(0).values - 0.5
@@ -205,27 +201,31 @@ def energy_density_2d(
     ys = torch.linspace(float(lo[1]), float(hi[1]), resolution)
     gx, gy = torch.meshgrid(xs, ys, indexing="xy")
     pts = torch.stack([gx.flatten(), gy.flatten()], 1)
-    logp = torch.cat(
-        [
-            log_density(p if like is None else p.to(like)).detach().double().cpu()
-            for p in pts.split(10_000)
-        ]
-    )
-    cell = float((xs[1] - xs[0]) * (ys[1] - ys[0]))
-    log_z = float(torch.logsumexp(logp.double(), 0)) + math.log(cell)
-    dens = (logp.double() - log_z).exp().reshape(resolution, resolution)
+    logp = torch.cat([log_density(p).detach().double().cpu() for p in pts.split(10_000)])
+    log_cell = math.log(float((xs[1] - xs[0]) * (ys[1] - ys[0])))
+    log_mass = float(torch.logsumexp(logp, 0)) + log_cell
+    if normalise:
+        dens, density_title = (logp - log_mass).exp(), "exp(log p~), normalised on the grid"
+    else:
+        dens, density_title = logp.exp(), f"model density (mass on grid {math.exp(log_mass):.3f})"
     panels = 3 if samples is not None else 2
     fig, axes = plt.subplots(1, panels, figsize=(4 * panels, 4))
     extent = (float(lo[0]), float(hi[0]), float(lo[1]), float(hi[1]))
     box = [[extent[0], extent[1]], [extent[2], extent[3]]]
     axes[0].hist2d(data[:, 0].numpy(), data[:, 1].numpy(), bins=resolution // 2, range=box)
     axes[0].set_title("data")
-    axes[1].imshow(dens.numpy(), origin="lower", extent=extent, cmap="viridis", aspect="auto")
-    axes[1].set_title("exp(log p~), normalised on the grid")
+    axes[1].imshow(
+        dens.reshape(resolution, resolution).numpy(),
+        origin="lower",
+        extent=extent,
+        cmap="viridis",
+        aspect="auto",
+    )
+    axes[1].set_title(density_title)
     if samples is not None:
         s = samples.detach().float().cpu()
         axes[2].hist2d(s[:, 0].numpy(), s[:, 1].numpy(), bins=resolution // 2, range=box)
-        axes[2].set_title("model samples (Langevin)")
+        axes[2].set_title(samples_title)
     for ax in axes:
         ax.set_xticks([])
         ax.set_yticks([])
