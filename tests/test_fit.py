@@ -183,3 +183,59 @@ def test_fit_lowers_the_exact_nll_and_writes_metrics(tmp_path):
     rows = [json.loads(s) for s in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert {"epoch", "train_loss", "val_nll", "samples_per_s", "epoch_time_s"} <= rows[0].keys()
     assert all(r["samples_per_s"] > 0 for r in rows)
+
+
+class _LearningRates:
+    """Records the learning rate of every optimiser step (through the optimiser it is given)."""
+
+    def __init__(self, opt: torch.optim.Optimizer) -> None:
+        self.opt, self.lrs = opt, []
+
+    def on_step(self, model, loss, diagnostics) -> None:
+        self.lrs.append(self.opt.param_groups[0]["lr"])
+
+    def on_epoch_end(self, model, row) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+def test_warmup_raises_the_learning_rate_linearly_per_batch():
+    x = _digits_like(96)  # 3 batches of 32 per epoch
+    model = _model()
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    record = _LearningRates(opt)
+    fit(
+        model, x, epochs=3, batch_size=32, optimizer=opt, warmup_epochs=1.5, progress=False,
+        callbacks=[record],
+    )  # fmt: skip
+    expected = [0.01 * min(1.0, s / 4.5) for s in range(1, 10)]
+    assert record.lrs == pytest.approx(expected, rel=1e-12)
+    assert opt.param_groups[0]["initial_lr"] == 0.01
+
+
+def test_resume_in_the_middle_of_the_warmup_is_exact(tmp_path):
+    x = _digits_like(96)
+    kwargs = dict(batch_size=32, lr=3e-3, warmup_epochs=3, progress=False)
+    straight = _model()
+    full = fit(straight, x, epochs=4, out_dir=tmp_path / "a", **kwargs)
+    fit(_model(), x, epochs=2, out_dir=tmp_path / "b", restore_best=False, **kwargs)
+    resumed = _model()
+    res = fit(resumed, x, epochs=4, out_dir=tmp_path / "b", resume=True, **kwargs)
+    assert [r["lr"] for r in res.history] == pytest.approx([1e-3, 2e-3, 3e-3, 3e-3])
+    for a, b in zip(full.history, res.history, strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-6, abs=1e-6)
+    for p, q in zip(straight.parameters(), resumed.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    with pytest.raises(CheckpointError, match="warmup_epochs: saved 3, now 0"):
+        fit(_model(), x, epochs=5, out_dir=tmp_path / "b", resume=True, batch_size=32)
+
+
+@pytest.mark.parametrize("bad", [-1, float("nan"), "2"])
+def test_warmup_epochs_must_be_a_finite_non_negative_number(bad):
+    with pytest.raises(ValueError, match="warmup_epochs must be a finite number >= 0"):
+        fit(_model(), _digits_like(32), epochs=1, warmup_epochs=bad, progress=False)

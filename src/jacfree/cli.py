@@ -133,6 +133,12 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--patience", type=int, default=100, help="early-stopping patience (epochs)")
     p.add_argument("--clip", type=float, default=None, help="clip the gradient norm to this")
     p.add_argument(
+        "--warmup-epochs",
+        type=float,
+        default=0.0,
+        help="raise the learning rate linearly from 0 over this many epochs, per batch (0)",
+    )
+    p.add_argument(
         "--geco-target",
         type=float,
         default=None,
@@ -249,6 +255,7 @@ def _fit(
         lr=args.lr,
         patience=args.patience,
         clip_grad_norm=args.clip,
+        warmup_epochs=args.warmup_epochs,
         seed=args.seed,
         out_dir=out,
         resume=args.resume,

@@ -98,6 +98,7 @@ def fit(
     val_name: str = "nll",
     optimizer: torch.optim.Optimizer | None = None,
     clip_grad_norm: float | None = None,
+    warmup_epochs: float = 0.0,
     seed: int = 0,
     out_dir: str | Path | None = None,
     resume: bool = False,
@@ -124,6 +125,9 @@ def fit(
         val_name: name of the validation metric in the history (``val_<name>``).
         optimizer: an optimizer over ``model``'s parameters; default fused Adam.
         clip_grad_norm: clip the global gradient norm to this value.
+        warmup_epochs: raise the learning rate linearly from 0 to its value over this many
+            epochs, batch by batch: step s (from 1) uses ``lr · min(1, s / (warmup_epochs ·
+            batches per epoch))`` (Keller et al.'s code warms up over 10 epochs). 0: no warm-up.
         seed: seeds the shuffling and the global torch RNG (dequantisation noise).
         out_dir: folder for ``checkpoint.pt`` (last epoch, for resuming), ``best.pt`` (best
             validation epoch) and ``metrics.jsonl``. ``None`` keeps everything in memory.
@@ -143,6 +147,10 @@ def fit(
     batch_size = check_positive_int(batch_size, "batch_size")
     if patience is not None:
         check_positive_int(patience, "patience")
+    if not (isinstance(warmup_epochs, int | float) and math.isfinite(warmup_epochs)) or (
+        warmup_epochs < 0
+    ):
+        raise ValueError(f"warmup_epochs must be a finite number >= 0, got {warmup_epochs!r}.")
     if not isinstance(train, Tensor) or train.dim() < 2 or len(train) == 0:
         raise ValueError(
             "train must be a non-empty tensor with samples first, shape (n, ...); "
@@ -154,6 +162,8 @@ def fit(
     out = Path(out_dir) if out_dir is not None else None
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     opt = optimizer or make_adam(model.parameters(), lr)
+    for group in opt.param_groups:  # the learning rate the warm-up rises to
+        group.setdefault("initial_lr", group["lr"])
     shuffle = torch.Generator().manual_seed(seed)
     cluster = distributed.current()
     config = {
@@ -161,6 +171,7 @@ def fit(
         "seed": seed,
         "n_train": len(train),
         "world_size": cluster.world,
+        "warmup_epochs": warmup_epochs,
     }
     if cluster.active and batch_size < cluster.world:
         raise ValueError(
@@ -180,7 +191,7 @@ def fit(
         opt.load_state_dict(state["optimizer_state"])
         if optimizer is None:
             for group in opt.param_groups:
-                group["lr"] = lr
+                group["lr"] = group["initial_lr"] = lr
         rng = state["rng"]["ranks"][cluster.rank] if cluster.active else state["rng"]
         torch.set_rng_state(rng["torch"])
         if device.type == "cuda" and rng.get("cuda") is not None:
@@ -218,6 +229,7 @@ def fit(
     diagnose = getattr(model, "training_diagnostics", None)
     batches_per_epoch = _global_batches(len(train), batch_size, cluster.world)
     steps_per_epoch = batches_per_epoch
+    warmup_steps = warmup_epochs * steps_per_epoch
     bar = tqdm(
         total=epochs * steps_per_epoch,
         initial=start * steps_per_epoch,
@@ -236,7 +248,11 @@ def fit(
             total, count = 0.0, 0
             diag_sums: dict[str, Tensor] = {}
             order = torch.randperm(len(train), generator=shuffle)
-            for idx in order.split(batch_size)[:batches_per_epoch]:
+            for i, idx in enumerate(order.split(batch_size)[:batches_per_epoch]):
+                if warmup_steps:
+                    step = (epoch - 1) * steps_per_epoch + i + 1
+                    for group in opt.param_groups:
+                        group["lr"] = group["initial_lr"] * min(1.0, step / warmup_steps)
                 mine = idx[cluster.rank :: cluster.world]
                 x = train[mine].to(device, non_blocking=True)
                 opt.zero_grad(set_to_none=True)
@@ -399,7 +415,7 @@ def _write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
 
 
 def _check_resumable(state: dict[str, Any], config: dict[str, Any], path: Path) -> None:
-    saved = {"world_size": 1, **state.get("config", {})}
+    saved = {"world_size": 1, "warmup_epochs": 0, **state.get("config", {})}
     diff = {k: (saved.get(k), v) for k, v in config.items() if saved.get(k) != v}
     if diff:
         details = ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in diff.items())
