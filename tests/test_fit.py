@@ -220,7 +220,7 @@ def test_warmup_raises_the_learning_rate_linearly_per_batch():
 
 def test_resume_in_the_middle_of_the_warmup_is_exact(tmp_path):
     x = _digits_like(96)
-    kwargs = dict(batch_size=32, lr=3e-3, warmup_epochs=3, progress=False)
+    kwargs = {"batch_size": 32, "lr": 3e-3, "warmup_epochs": 3, "progress": False}
     straight = _model()
     full = fit(straight, x, epochs=4, out_dir=tmp_path / "a", **kwargs)
     fit(_model(), x, epochs=2, out_dir=tmp_path / "b", restore_best=False, **kwargs)
