@@ -259,4 +259,4 @@ def test_one_snf_layer_reaches_the_gaussian_mle() -> None:
     assert nll == pytest.approx(optimum, abs=2e-3)
     layer = flow.affine_layers[0]
     eye = torch.eye(2, dtype=F64)
-    assert float((layer.inverse_weight @ layer.weight - eye).norm()) < 1e-2
+    assert float((layer.inverse_weight @ layer.weight - eye).detach().norm()) < 1e-2
