@@ -1,4 +1,6 @@
-"""Print the result table of the SNF experiments (markdown) from runs/snf/*/results.json.
+"""Print the result table of the SNF experiments (markdown) from runs/snf/*/results.json, and
+per pair the validation NLL of both modes after every epoch with the training time so far
+(from runs/snf/*/metrics.jsonl).
 
 Run from the repository root after ``experiments/snf/run_all.sh`` (or the single commands)::
 
@@ -17,6 +19,32 @@ PAIRS = (("FCFlow-2L", "fc"), ("CNN-9L", "cnn"), ("Glow 2x8", "glow"))
 def _load(name: str) -> dict | None:
     path = RUNS / name / "results.json"
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _history(name: str) -> list[dict]:
+    path = RUNS / name / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _curves(label: str, stem: str) -> None:
+    """Validation NLL per epoch of both modes, the gap, and the cumulative training time."""
+    exact, snf = _history(f"{stem}-exact"), _history(f"{stem}-selfnorm")
+    if not exact or not snf:
+        return
+    print(f"\n{label}: validation NLL (nats) after each epoch, cumulative training hours\n")
+    print("| epoch | exact | selfnorm | selfnorm − exact | exact h | selfnorm h |")
+    print("|---|---|---|---|---|---|")
+    t_exact = t_snf = 0.0
+    for a, b in zip(exact, snf, strict=False):
+        t_exact += a["epoch_time_s"] / 3600
+        t_snf += b["epoch_time_s"] / 3600
+        gap = 100 * (b["val_nll"] - a["val_nll"]) / a["val_nll"]
+        print(
+            f"| {a['epoch']} | {a['val_nll']:.2f} | {b['val_nll']:.2f} | {gap:+.2f} % "
+            f"| {t_exact:.2f} | {t_snf:.2f} |"
+        )
 
 
 def main() -> int:
@@ -49,6 +77,8 @@ def main() -> int:
         print()
         for line in gaps:
             print(f"* {line}")
+    for label, stem in PAIRS:
+        _curves(label, stem)
     return 0
 
 

@@ -32,6 +32,7 @@ from .timing import CLOCKS
 
 __all__ = [
     "DTYPES",
+    "PLOT_HINT",
     "add_timing_arguments",
     "apply_timing_arguments",
     "choice_list",
@@ -52,7 +53,7 @@ __all__ = [
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64}
 
 #: what ``pyplot`` says when matplotlib is missing and a benchmark was asked for its plots
-_PLOT_HINT = "the benchmark plots need matplotlib (or pass --no-plot)"
+PLOT_HINT = "the benchmark plots need matplotlib (or pass --no-plot)"
 
 
 # -- where a benchmark runs -------------------------------------------------------------------
@@ -192,7 +193,7 @@ def plot_step_scaling(
     Each line's label carries its fitted slope (:func:`fit_loglog_slopes`); ``guides`` draws, for
     each ``(variant, power)``, a faint ∝ D^power line through that variant's largest-D point.
     """
-    plt = pyplot(_PLOT_HINT)
+    plt = pyplot(PLOT_HINT)
     med = step_medians(rows)
     slopes = fit_loglog_slopes(rows, fit_points)
     dims = sorted({int(r["dim"]) for r in rows})
@@ -344,4 +345,4 @@ def apply_timing_arguments(args: argparse.Namespace) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if not args.no_plot:
-        pyplot(_PLOT_HINT)
+        pyplot(PLOT_HINT)

@@ -122,6 +122,7 @@ from ..scorematching import DKEF, NCSN, NICE, MLPEnergy
 from ..scorematching.losses import dsm, fd_dsm, fd_ssm, fd_ssm_vr, ssm, ssm_scorenet
 from .common import (
     DTYPES,
+    PLOT_HINT,
     add_timing_arguments,
     apply_timing_arguments,
     choice_list,
@@ -1049,7 +1050,7 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
 
 def plot_sm(rows: Sequence[dict[str, Any]], path: str | Path, title: str = "") -> Path:
     """Horizontal bars: median ms per step (left) and peak MiB (right), one row per variant."""
-    plt = pyplot("the benchmark plots need matplotlib (or pass --no-plot)")
+    plt = pyplot(PLOT_HINT)
     n = len(rows)
     fig, (ax_t, ax_m) = plt.subplots(
         1, 2, figsize=(11, 0.32 * n + 1.6), sharey=True, layout="constrained"

@@ -79,6 +79,7 @@ from ..flows.core import ParameterStateCache
 from ..plots import pyplot, save_figure
 from .common import (
     DTYPES,
+    PLOT_HINT,
     add_timing_arguments,
     apply_timing_arguments,
     describe_setup,
@@ -657,7 +658,7 @@ def format_scaling_table(rows: Sequence[dict[str, Any]], fit_points: int = 3) ->
 def plot_cases(rows: Sequence[dict[str, Any]], path: str | Path, title: str = "") -> Path:
     """Two panels of grouped horizontal bars (log scale): ms per step by mode, ms per sample by
     way of inverting, one group per case, with the speed-ups written next to the SNF bars."""
-    plt = pyplot("the benchmark plots need matplotlib (or pass --no-plot)")
+    plt = pyplot(PLOT_HINT)
     cases = list(dict.fromkeys(r["case"] for r in rows))
     get = {(r["case"], r["measure"], r["variant"]): r for r in rows}
     fig, axes = plt.subplots(1, 2, figsize=(11, 0.55 * len(cases) + 2.2), sharey=True)
