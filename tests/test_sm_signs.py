@@ -126,7 +126,7 @@ def evaluate(name: str, energy, score_net, x: torch.Tensor) -> float:
         out = losses.fd_dsm(energy, x, SIGMA, generator=g)
     else:
         out = losses.dsm_scorenet(score_net, x, SIGMA, generator=g)
-    return float(out)
+    return float(out.detach())
 
 
 def scan(name: str, x: torch.Tensor, ps: list[float], flipped: bool = False) -> list[float]:
