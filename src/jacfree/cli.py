@@ -208,7 +208,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     print(f"jacfree {__version__}: {ds!r}")
     where = f", {cluster.world} processes (DDP)" if cluster.active else ""
-    print(f"model {args.model} ({n_params:,} parameters, {_describe(spec, kind)}{where}) -> {out}")
+    print(f"model {args.model} ({n_params:,} parameters, {_describe(spec)}{where}) -> {out}")
     t0 = time.perf_counter()
     result = _fit(args, model, ds, spec, kind, out, data_info)
     wall = time.perf_counter() - t0
@@ -281,7 +281,8 @@ def _callbacks(args: argparse.Namespace, model: torch.nn.Module) -> list[Any]:
     return callbacks
 
 
-def _describe(spec: dict[str, Any], kind: Any) -> str:
+def _describe(spec: dict[str, Any]) -> str:
+    """How the run is trained, for the start-up line: its objective if the spec names one."""
     if spec.get("objective"):
         return f"objective={spec['objective']}"
     return f"gradient={spec['gradient']}"
