@@ -185,4 +185,6 @@ def test_bad_arguments_name_the_problem():
     with pytest.raises(ValueError, match="features"):
         flow.log_prob(torch.randn(3, 5))
     with pytest.raises(ValueError, match="NaN"):
-        flow.energy(torch.full((2, 4), float("nan")))
+        flow.log_prob(torch.full((2, 4), float("nan")))
+    # the energy is on the training step's path: no value scan, the NaN propagates
+    assert torch.isnan(flow.energy(torch.full((2, 4), float("nan")))).all()

@@ -9,7 +9,14 @@ from .activations import (
 from .actnorm import ActNorm, initialize_actnorm
 from .cnn import CNNFlow
 from .conv import Conv1x1, SelfNormConv2d
-from .core import GRADIENT_MODES, Flow, FlowLayer, ParameterStateCache, StandardNormal
+from .core import (
+    GRADIENT_MODES,
+    Flow,
+    FlowLayer,
+    ParameterStateCache,
+    StandardNormal,
+    invalidate_caches,
+)
 from .coupling import AffineCoupling, ZeroConv2d
 from .fc import FCFlow
 from .glow_model import GlowFlow
@@ -43,6 +50,7 @@ __all__ = [
     "Unsqueeze",
     "ZeroConv2d",
     "initialize_actnorm",
+    "invalidate_caches",
     "rational_quadratic_spline",
     "relative_affine",
     "smooth_leaky_relu",

@@ -75,53 +75,55 @@ class SelfNormConv2dFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, h: Tensor, weight: Tensor, inv: Tensor, bias: Tensor, lam: float):
+    def forward(ctx: Any, h: Tensor, weight: Tensor, inv: Tensor, bias: Tensor, lam: Tensor):
         p = (weight.shape[-1] - 1) // 2
         u = F.conv2d(h, weight, padding=p)  # z' = w ⋆ h
         z = u + bias.view(1, -1, 1, 1)
         rho = F.conv2d(u, inv, padding=p).sub_(h)  # r ⋆ (w ⋆ h) − h
         recon = rho.square().sum((1, 2, 3))
-        ctx.save_for_backward(h, weight, inv, u, rho)
-        ctx.lam = lam
+        ctx.save_for_backward(h, weight, inv, u, rho, lam)
         ctx.mark_non_differentiable(recon)
         return z, recon * -lam, recon
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, g: Tensor, g_term: Tensor, _g_recon: Tensor | None):
-        h, weight, inv, u, rho = ctx.saved_tensors
+        h, weight, inv, u, rho, lam = ctx.saved_tensors
         p = (weight.shape[-1] - 1) // 2
         needs_h, needs_w, needs_r, needs_b = ctx.needs_input_grad[:4]
-        c = float(g_term.sum())  # coefficient of log|det T(w)| in the loss (−1 for the mean NLL)
+        # ½ c, c the coefficient of log|det T(w)| in the loss (−1 for the mean NLL): on the device
+        half_c = 0.5 * g_term.sum()
         m = multiplicity(weight.shape[-1], h.shape[-2:], dtype=weight.dtype, device=weight.device)
         # 2 a_n ρ_n with a_n = −λ ∂loss/∂term_n the weight of sample n's ‖ρ_n‖² in the loss
-        wrho = rho * (g_term * (-2.0 * ctx.lam)).view(-1, 1, 1, 1) if ctx.lam != 0 else None
+        wrho = rho * (g_term * (-2.0 * lam)).view(-1, 1, 1, 1)
         e = None
         if needs_h or needs_r:  # exact input gradient T(w)ᵀ g = flip(w) ⋆ g (same padding)
             e = F.conv2d(g, flip_kernel(weight), padding=p)
         grad_w = grad_r = grad_b = None
         if needs_w:
             # ½ conv_weight_grad(h, g) + conv_weight_grad(h, T(r)ᵀ 2aρ) + ½ c flip(r) ⊙ m
-            out = 0.5 * g
-            if wrho is not None:
-                out = out + F.conv2d(wrho, flip_kernel(inv), padding=p)  # T(r)ᵀ 2aρ
+            out = F.conv2d(wrho, flip_kernel(inv), padding=p).add_(g, alpha=0.5)  # + T(r)ᵀ 2aρ
             grad_w = torch.nn.grad.conv2d_weight(h, weight.shape, out, padding=p)
-            grad_w.add_(flip_kernel(inv) * m, alpha=0.5 * c)
+            grad_w = grad_w + flip_kernel(inv) * m * half_c
         if needs_r:
             # conv_weight_grad(z', 2aρ − ½ e) − ½ c flip(w) ⊙ m
-            out = -0.5 * e if wrho is None else wrho.sub_(e, alpha=0.5)
+            out = wrho.sub_(e, alpha=0.5)
             grad_r = torch.nn.grad.conv2d_weight(u, inv.shape, out, padding=p)
-            grad_r.add_(flip_kernel(weight) * m, alpha=-0.5 * c)
+            grad_r = grad_r - flip_kernel(weight) * m * half_c
         if needs_b:
             grad_b = g.sum((0, 2, 3))
         return (e if needs_h else None), grad_w, grad_r, grad_b, None
 
 
 def selfnorm_conv2d(
-    h: Tensor, weight: Tensor, inverse_weight: Tensor, bias: Tensor, recon_weight: float
+    h: Tensor, weight: Tensor, inverse_weight: Tensor, bias: Tensor, recon_weight: Tensor | float
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """SNF convolution: ``(z, term, recon)``, see :class:`SelfNormConv2dFunction`."""
-    return SelfNormConv2dFunction.apply(h, weight, inverse_weight, bias, recon_weight)
+    """SNF convolution: ``(z, term, recon)``, see :class:`SelfNormConv2dFunction`.
+
+    ``recon_weight`` (λ): a 0-d tensor (read on the device) or a number.
+    """
+    lam = torch.as_tensor(recon_weight, dtype=h.dtype, device=h.device)
+    return SelfNormConv2dFunction.apply(h, weight, inverse_weight, bias, lam)
 
 
 # -- shared pieces of the image layers --------------------------------------------------------
@@ -313,8 +315,9 @@ class SelfNormConv2d(SelfNormalizing, _ImageLayer, GradientModeMixin, FlowLayer)
         if self.gradient != "selfnorm":
             return self(x)  # exact: autograd through the float64 slogdet of T(w)
         self._check_image(x)
-        lam = float(self.recon_weight)
-        z, term, recon = selfnorm_conv2d(x, self.weight, self.inverse_weight, self.bias, lam)
+        z, term, recon = selfnorm_conv2d(
+            x, self.weight, self.inverse_weight, self.bias, self.recon_weight
+        )
         self._record_reconstruction(recon, x)
         return z, term
 
@@ -432,9 +435,8 @@ class Conv1x1(SelfNormalizing, InvertibleMatrix, _ImageLayer, GradientModeMixin,
             y, marker = relative_affine(rows, self.weight, bias)
             term = marker.view(B, H * W).sum(1)
         else:
-            lam = float(self.recon_weight)
             y, pixel_terms, recon = selfnorm_affine(
-                rows, self.weight, self.inverse_weight, bias, lam
+                rows, self.weight, self.inverse_weight, bias, self.recon_weight
             )
             term = pixel_terms.view(B, H * W).sum(1)
             self._record_reconstruction(recon.view(B, H * W).sum(1), x)

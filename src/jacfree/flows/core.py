@@ -19,16 +19,93 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from .._checks import check_choice, check_positive_int, check_samples
 
 GRADIENT_MODES = ("exact", "relative", "selfnorm")
 
 
-class FlowLayer(nn.Module):
+class ParameterStateCache:
+    """Cache of values derived from parameters, valid for exactly one parameter state.
+
+    A stored value is reused while every tensor it was computed from has the same *state key*:
+    its version counter (bumped by every in-place update autograd can see: ``copy_`` under
+    ``no_grad``, ``load_state_dict``, most optimisers), its storage address (changed by ``.to()``,
+    ``.double()`` and by assigning ``.data``), dtype, device and shape — and no
+    ``torch.optim`` optimiser has stepped since (fused kernels such as ``Adam(fused=True)`` update
+    parameters without bumping their version counters, so every optimiser step counts). Reading
+    the key costs no device work and no host synchronisation, so a cached ``log_prob`` on a GPU
+    never waits for the device to check it.
+
+    An in-place edit through ``.data`` (``p.data.mul_(2)``) bypasses the version counter; after
+    one, call :func:`invalidate_caches` on the module. Flows and layers also clear their caches
+    themselves when they are moved or cast (``.to``, ``.double``) and when a state is loaded.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[tuple[object, ...], object]] = {}
+
+    def get(self, name: str, tensors: Sequence[Tensor], compute: Callable[[], object]) -> object:
+        key = (_optimizer_steps, *(_state_key(t) for t in tensors))
+        entry = self._entries.get(name)
+        if entry is not None and entry[0] == key:
+            return entry[1]
+        value = compute()
+        self._entries[name] = (key, value)
+        return value
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+def _state_key(t: Tensor) -> tuple[object, ...]:
+    return (t._version, t.data_ptr(), t.dtype, t.device, tuple(t.shape))
+
+
+_optimizer_steps = 0  # optimiser steps taken in this process (any torch.optim optimiser)
+
+
+def _count_optimizer_step(optimizer: object, args: object, kwargs: object) -> None:
+    global _optimizer_steps
+    _optimizer_steps += 1
+
+
+register_optimizer_step_post_hook(_count_optimizer_step)
+
+
+def invalidate_caches(module: nn.Module) -> nn.Module:
+    """Forget every cached parameter-derived value (factorisations, log-dets) in ``module``.
+
+    Needed only after editing parameters in place through ``.data``, which hides the edit from
+    the version counters the caches are keyed on (see :class:`ParameterStateCache`).
+    """
+    for m in module.modules():
+        cache = getattr(m, "_cache", None)
+        if isinstance(cache, ParameterStateCache):
+            cache.clear()
+    return module
+
+
+class CachedStateModule(nn.Module):
+    """A module that clears its parameter caches when it is moved, cast or loaded."""
+
+    def _apply(self, *args: Any, **kwargs: Any) -> Any:
+        invalidate_caches(self)
+        return super()._apply(*args, **kwargs)
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        cache = getattr(self, "_cache", None)
+        if isinstance(cache, ParameterStateCache):
+            cache.clear()
+        super()._load_from_state_dict(*args, **kwargs)
+
+
+class FlowLayer(CachedStateModule):
     """Base class of an invertible layer (data → latent).
 
     Subclasses implement :meth:`forward` (exact log-det) and :meth:`inverse`; layers whose
@@ -54,37 +131,6 @@ class FlowLayer(nn.Module):
         By default the exact :meth:`inverse`; layers holding sub-layers forward the call.
         """
         return self.inverse(z)
-
-
-class ParameterStateCache:
-    """Cache of values derived from parameters, valid for exactly one parameter state.
-
-    A stored value is reused only while every tensor it was computed from is *equal* (bit for bit,
-    same dtype and device) to a snapshot taken at computation time. The snapshot comparison costs
-    O(numel) — negligible next to the O(D³) factorisations cached here — and, unlike version
-    counters, also catches updates made through ``.data`` or by ``load_state_dict``.
-    """
-
-    def __init__(self) -> None:
-        self._entries: dict[str, tuple[tuple[Tensor, ...], object]] = {}
-
-    def get(self, name: str, tensors: Sequence[Tensor], compute: Callable[[], object]) -> object:
-        entry = self._entries.get(name)
-        if entry is not None and _same_state(entry[0], tensors):
-            return entry[1]
-        value = compute()
-        self._entries[name] = (tuple(t.detach().clone() for t in tensors), value)
-        return value
-
-    def clear(self) -> None:
-        self._entries.clear()
-
-
-def _same_state(snapshot: Sequence[Tensor], tensors: Sequence[Tensor]) -> bool:
-    return all(
-        s.dtype == t.dtype and s.device == t.device and s.shape == t.shape and torch.equal(s, t)
-        for s, t in zip(snapshot, tensors, strict=True)
-    )
 
 
 _LOG_TWO_PI = math.log(2 * math.pi)
@@ -145,8 +191,26 @@ class Flow(nn.Module):
         """Number of scalar dimensions D of one sample (used for bits per dimension)."""
         return self.base.dim
 
-    def _check(self, x: Tensor, name: str = "x") -> Tensor:
-        return check_samples(x, self.event_shape, name=name) if self.validate else x
+    def _check(self, x: Tensor, name: str = "x", *, values: bool = True) -> Tensor:
+        """Shape and dtype checks, and (``values=True``) the finite-value scan (a host read)."""
+        if not self.validate:
+            return x
+        return check_samples(x, self.event_shape, name=name, finite=values)
+
+    def validate_data(self, x: Tensor, name: str = "x") -> Tensor:
+        """Check a whole dataset once, where it enters training: shape, dtype, finite values,
+        and the value range each leading pre-processing layer expects (e.g. ``Dequantize``).
+
+        :meth:`loss` only checks shapes and dtypes (a training step reads no value on the host),
+        so :func:`jacfree.fit` calls this on the training and validation data before epoch 1.
+        """
+        x = check_samples(x, self.event_shape, name=name)
+        for layer in self.layers:
+            check = getattr(layer, "check_input", None)
+            if check is None:
+                break
+            check(x)
+        return x
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Map data to latent: ``(z, logdet)`` with the exact log|det ∂z/∂x| per sample."""
@@ -183,8 +247,12 @@ class Flow(nn.Module):
         ``loss.backward()`` leaves in ``.grad`` the gradient of the layers' modes. In the
         ``relative`` mode the *value* leaves out Σ_k log|det W_k| (never evaluated in training);
         use :meth:`log_prob` for the exact value.
+
+        The step reads no tensor value on the host (no device synchronisation) and traces as one
+        graph under ``torch.compile(fullgraph=True)``: inputs get shape and dtype checks only;
+        check their values once with :meth:`validate_data`.
         """
-        z = self._check(x)
+        z = self._check(x, values=False)  # values: checked once per dataset (validate_data)
         logdet = z.new_zeros(z.shape[0])
         for layer in self.layers:
             z, ld = layer.training_forward(z)

@@ -135,8 +135,9 @@ class SquareAffine(SelfNormalizing, InvertibleMatrix, GradientModeMixin, FlowLay
         if self.gradient == "relative":
             return relative_affine(x, self.weight, self.bias, self.paper_bias_rule)
         if self.gradient == "selfnorm":
-            lam = float(self.recon_weight)
-            z, term, recon = selfnorm_affine(x, self.weight, self.inverse_weight, self.bias, lam)
+            z, term, recon = selfnorm_affine(
+                x, self.weight, self.inverse_weight, self.bias, self.recon_weight
+            )
             self._record_reconstruction(recon, x)
             return z, term
         # exact: autograd through slogdet in the parameters' own dtype (the O(D³) baseline)

@@ -205,15 +205,15 @@ class NICE(Flow):
         Stochastic layers (uniform dequantisation) draw fresh noise from the global RNG on every
         call. Returns ``x`` itself when there is no pre-processing.
         """
-        y = self._check(x)
+        y = self._check(x, values=False)
         for layer in self.preprocess_layers:
-            y, _ = layer(y)
+            y, _ = layer.training_forward(y)
         return y
 
     def body_log_prob(self, y: Tensor) -> Tensor:
         """Exact ``log p(y)`` of the NICE body at pre-processed points ``y``, shape ``(B,)``."""
         if self.validate:
-            check_samples(y, self.event_shape, name="y")
+            check_samples(y, self.event_shape, name="y", finite=False)
         z = y
         logdet = y.new_zeros(y.shape[0])
         for layer in self.body:

@@ -55,8 +55,16 @@ class Dequantize(FlowLayer):
     def extra_repr(self) -> str:
         return f"levels={self.levels}"
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def check_input(self, x: Tensor) -> None:
+        """Raise a clear error unless every value of ``x`` lies in [0, levels − 1] (a host read)."""
         _check_range(x, self.levels - 1, "Dequantize")
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        self.check_input(x)
+        return self.training_forward(x)
+
+    def training_forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The map without the range check (training data is checked once, where it enters)."""
         return x + torch.rand_like(x), x.new_zeros(x.shape[0])
 
     def inverse(self, z: Tensor) -> Tensor:
@@ -85,8 +93,16 @@ class LogitTransform(FlowLayer):
     def extra_repr(self) -> str:
         return f"levels={self.levels:g}, alpha={self.alpha:g}"
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def check_input(self, x: Tensor) -> None:
+        """Raise a clear error unless every value of ``x`` lies in [0, levels] (a host read)."""
         _check_range(x, self.levels, "LogitTransform")
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        self.check_input(x)
+        return self.training_forward(x)
+
+    def training_forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The map without the range check (training data is checked once, where it enters)."""
         a = self.alpha
         p = a + (1 - 2 * a) * x / self.levels
         y = torch.log(p) - torch.log1p(-p)

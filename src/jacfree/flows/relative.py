@@ -44,18 +44,21 @@ class RelativeAffineFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: Any, grad_y: Tensor, grad_logdet: Tensor):
         weight, bias, y = ctx.saved_tensors
-        # coefficient of log|det W| in the loss (−1 for the batch-mean NLL); one scalar sync.
-        c = float(grad_logdet.sum())
+        # coefficient of log|det W| in the loss (−1 for the batch-mean NLL): a 0-d tensor that
+        # stays on the device (no host read in the step)
+        c = grad_logdet.sum()
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
             grad_x = grad_y @ weight
         if ctx.needs_input_grad[1]:
-            # Δᵀ(YW) + c·W in two B·D² products and one fused addmm (no D×D temporaries).
-            grad_w = torch.addmm(weight, grad_y.t(), y @ weight, beta=c)
+            # Δᵀ(YW) + c·W: two B·D² products, accumulated into c·W by one addmm
+            grad_w = torch.addmm(weight * c, grad_y.t(), y @ weight)
         if ctx.needs_input_grad[2]:
             # Δᵀ(1 + Yb) + c·b  =  Σ_n Δ_n + Δᵀ(Yb) + c·b
-            c_b = 0.0 if ctx.paper_bias_rule else c
-            grad_b = torch.addmv(grad_y.sum(0).add_(bias, alpha=c_b), grad_y.t(), y @ bias)
+            base = grad_y.sum(0)
+            if not ctx.paper_bias_rule:
+                base = base + bias * c
+            grad_b = torch.addmv(base, grad_y.t(), y @ bias)
         return grad_x, grad_w, grad_b, None
 
 

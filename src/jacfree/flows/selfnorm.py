@@ -98,7 +98,8 @@ class SelfNormalizing:
 
 
 class SelfNormAffineFunction(torch.autograd.Function):
-    """``(h, W, R, b, λ) -> (z, term, recon)`` for a dense SNF layer ``z = h Wᵀ + b``.
+    """``(h, W, R, b, λ) -> (z, term, recon)`` for a dense SNF layer ``z = h Wᵀ + b`` (λ a 0-d
+    tensor, not differentiated).
 
     ``term`` (B,) is −λ‖h_n − R W h_n‖² (the training term, see the module docs) and ``recon``
     (B,) the non-differentiable ‖h_n − R W h_n‖². The backward pass leaves the SNF gradients in
@@ -106,40 +107,45 @@ class SelfNormAffineFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, h: Tensor, weight: Tensor, inv: Tensor, bias: Tensor, lam: float):
+    def forward(ctx: Any, h: Tensor, weight: Tensor, inv: Tensor, bias: Tensor, lam: Tensor):
         u = h @ weight.t()  # W h, rows
         z = u + bias
         rho = torch.addmm(h, u, inv.t(), beta=-1)  # R W h − h
         recon = rho.square().sum(1)
-        ctx.save_for_backward(h, weight, inv, u, rho)
-        ctx.lam = lam
+        ctx.save_for_backward(h, weight, inv, u, rho, lam)
         ctx.mark_non_differentiable(recon)
         return z, recon * -lam, recon
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, g: Tensor, g_term: Tensor, _g_recon: Tensor | None):
-        h, weight, inv, u, rho = ctx.saved_tensors
-        c = float(g_term.sum())  # coefficient of log|det W| in the loss (−1 for the mean NLL)
+        h, weight, inv, u, rho, lam = ctx.saved_tensors
+        # coefficient of log|det W| in the loss (−1 for the mean NLL), kept on the device
+        half_c = 0.5 * g_term.sum()
         # per-sample weight of ‖h_n − R W h_n‖² in the loss, applied to its residual, doubled
-        wrho = rho * (g_term * (-2.0 * ctx.lam)).unsqueeze(1)
+        wrho = rho * (g_term * (-2.0 * lam)).unsqueeze(1)
         e = g @ weight  # exact input gradient Wᵀg (rows), also used by the R rule
         grad_h = e if ctx.needs_input_grad[0] else None
         grad_w = grad_r = grad_b = None
         if ctx.needs_input_grad[1]:
             # ½(Σ g hᵀ + c Rᵀ) + Σ 2w (Rᵀρ) hᵀ  =  (½ g + 2w ρR)ᵀ h + ½ c Rᵀ
             a = torch.addmm(g, wrho, inv, beta=0.5)
-            grad_w = torch.addmm(inv.t(), a.t(), h, beta=0.5 * c)
+            grad_w = torch.addmm(inv.t() * half_c, a.t(), h)
         if ctx.needs_input_grad[2]:
             # ½(−Σ e (Wh)ᵀ − c Wᵀ) + Σ 2w ρ (Wh)ᵀ  =  (2w ρ − ½ e)ᵀ u − ½ c Wᵀ
-            grad_r = torch.addmm(weight.t(), wrho.sub_(e, alpha=0.5).t(), u, beta=-0.5 * c)
+            grad_r = torch.addmm(weight.t() * -half_c, wrho.sub_(e, alpha=0.5).t(), u)
         if ctx.needs_input_grad[3]:
             grad_b = g.sum(0)
         return grad_h, grad_w, grad_r, grad_b, None
 
 
 def selfnorm_affine(
-    h: Tensor, weight: Tensor, inverse_weight: Tensor, bias: Tensor, recon_weight: float
+    h: Tensor, weight: Tensor, inverse_weight: Tensor, bias: Tensor, recon_weight: Tensor | float
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Dense SNF layer: ``(z, term, recon)``, see :class:`SelfNormAffineFunction`."""
-    return SelfNormAffineFunction.apply(h, weight, inverse_weight, bias, recon_weight)
+    """Dense SNF layer: ``(z, term, recon)``, see :class:`SelfNormAffineFunction`.
+
+    ``recon_weight`` (λ) may be a 0-d tensor (the layer's buffer: read on the device, so an
+    adaptive λ never forces a host read) or a number.
+    """
+    lam = torch.as_tensor(recon_weight, dtype=h.dtype, device=h.device)
+    return SelfNormAffineFunction.apply(h, weight, inverse_weight, bias, lam)

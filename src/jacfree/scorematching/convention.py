@@ -13,8 +13,6 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .._checks import all_finite, values_visible
-
 __all__ = ["Energy", "ScoreNet", "log_density", "score"]
 
 Energy = Callable[..., Tensor]
@@ -41,8 +39,6 @@ def log_density(energy: Energy, x: Tensor, cond: Tensor | None = None) -> Tensor
             f"energy must return one value per sample, shape ({B},) (or ({B}, 1)); got "
             f"{tuple(e.shape)}. Sum over non-batch dimensions inside the energy."
         )
-    if values_visible(e) and not all_finite(e):
-        raise ValueError("energy returned NaN/Inf values; check the model and the input scale")
     return -e
 
 
@@ -58,11 +54,26 @@ def score(
     ``create_graph`` defaults to ``torch.is_grad_enabled()`` (keep the graph for a parameter
     gradient when training, not under ``torch.no_grad()``). Works under ``no_grad`` too. Samples
     must be independent rows (the gradient of the batch sum is taken).
+
+    Eager calls take ``torch.autograd.grad`` (with ``create_graph``: the double-backward graph of
+    the reference implementations); under ``torch.compile`` the same gradient comes from
+    ``torch.func.grad``, which the compiler traces as one graph.
     """
     if create_graph is None:
         create_graph = torch.is_grad_enabled()
+    if is_compiling():
+        s = torch.func.grad(lambda y: log_density(energy, y, cond).sum())(x)
+        return s if create_graph else s.detach()
     with torch.enable_grad():
         xr = x if x.requires_grad else x.detach().requires_grad_(True)
         f = log_density(energy, xr, cond)
         (s,) = torch.autograd.grad(f.sum(), xr, create_graph=create_graph)
     return s
+
+
+def is_compiling() -> bool:
+    """Whether the caller is being traced by ``torch.compile`` (a Python constant there)."""
+    compiler = getattr(torch, "compiler", None)
+    if compiler is not None and hasattr(compiler, "is_compiling"):
+        return compiler.is_compiling()
+    return torch._dynamo.is_compiling()  # torch < 2.3

@@ -55,7 +55,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._checks import check_choice, check_positive_int, check_samples
-from ..flows.core import ParameterStateCache
+from ..flows.core import CachedStateModule, ParameterStateCache
 
 __all__ = [
     "ALPHA_SOLVES",
@@ -177,9 +177,9 @@ def solve_alpha(G: Tensor, b: Tensor, lam: Tensor | float) -> Tensor:
     M = b.shape[-1]
     if G.shape != (M, M):
         raise ValueError(f"G must be ({M}, {M}) to match b {tuple(b.shape)}, got {tuple(G.shape)}")
+    if not isinstance(lam, Tensor) and not lam > 0:  # a tensor λ (10^log λ) is > 0 by design
+        raise ValueError(f"the ridge λ must be > 0, got {lam}")
     lam_t = torch.as_tensor(lam, device=G.device)
-    if not bool(lam_t > 0):
-        raise ValueError(f"the ridge λ must be > 0, got {float(lam_t)}")
     wide = torch.float64 if G.device.type != "mps" else G.dtype
     A = G.to(wide) + lam_t.to(wide) * torch.eye(M, dtype=wide, device=G.device)
     L = torch.linalg.cholesky(A)
@@ -196,7 +196,7 @@ class LogPartition:
     n: int
 
 
-class DKEF(nn.Module):
+class DKEF(CachedStateModule):
     r"""Deep kernel exponential family ``log p̃(x) = Σ_m α_m k(x, z_m) + log q0(x)``.
 
     Args:
@@ -266,6 +266,11 @@ class DKEF(nn.Module):
         self.register_buffer("alpha_count", torch.tensor(0))
         self.register_buffer("alpha_complete", torch.tensor(False))
         self._cache = ParameterStateCache()
+        # Python mirrors of the buffers ``remember`` branches on (no host read per step), kept in
+        # step by ``remember`` and by loading a state
+        self._initialised = inducing is not None
+        self._rows = 0
+        self.register_load_state_dict_post_hook(_sync_mirrors)
 
     def extra_repr(self) -> str:
         return (
@@ -329,7 +334,7 @@ class DKEF(nn.Module):
     def log_density(self, x: Tensor, alpha: Tensor | None = None) -> Tensor:
         """Unnormalised ``log p̃(x) = k(x)ᵀα + log q0(x)``, shape ``(N,)`` (``alpha`` default:
         :meth:`fitted_alpha`)."""
-        check_samples(x, self.event_shape)
+        check_samples(x, self.event_shape, finite=False)  # shapes only: a training-step call
         alpha = self.fitted_alpha() if alpha is None else alpha
         return self.kernel(x) @ alpha + self.log_q0(x)
 
@@ -352,7 +357,7 @@ class DKEF(nn.Module):
         one Rademacher direction per point (unbiased for the same ``G`` and ``b``).
         """
         check_choice(mode, "alpha solve mode", ALPHA_SOLVES)
-        check_samples(x, self.event_shape)
+        check_samples(x, self.event_shape, finite=False)
         if mode == "exact":
             dirs = torch.eye(self.dim, dtype=x.dtype, device=x.device)  # (P=d, d)
             dq = -x / self.q0_std**2  # D_{e_i} log q0 = −x_i/s0²
@@ -406,9 +411,14 @@ class DKEF(nn.Module):
         """Initialise the inducing points from ``x`` (first call) and store training points for
         the evaluation α. Called by the training objective with every batch: rows are stored
         until ``alpha_points`` are held or a row comes back (the second epoch), so that with
-        ``alpha_points ≥ n_train`` the evaluation α is solved on the whole training set once."""
+        ``alpha_points ≥ n_train`` the evaluation α is solved on the whole training set once.
+
+        Reads no tensor value on the host: the number of rows written is mirrored in Python,
+        and "a row came back" is a flag kept on the device (``alpha_complete``) that stops
+        ``alpha_count``; rows written after it are ignored.
+        """
         x = x.detach().to(self.alpha_x)
-        if not bool(self.initialised):
+        if not self._initialised:
             M = self.n_inducing
             if len(x) >= M:
                 z = x[:M]
@@ -417,19 +427,19 @@ class DKEF(nn.Module):
                 z = x[idx] + 0.1 * torch.randn(M, self.dim, dtype=x.dtype, device=x.device)
             self.inducing.copy_(z.to(self.inducing))
             self.initialised.fill_(True)
-        n, cap = int(self.alpha_count), self.alpha_x.shape[0]
-        if n >= cap or bool(self.alpha_complete):
+            self._initialised = True
+        n, cap = self._rows, self.alpha_x.shape[0]
+        if n >= cap:
             return
-        if n > 0:
-            # A row seen before means a second pass over the training set: stop remembering, so
-            # every training row counts once in the evaluation α.
-            seen = (x[:, None, :] == self.alpha_x[None, :n, :]).all(-1).any(-1)
-            if bool(seen.any()):
-                self.alpha_complete.fill_(True)
-                return
         take = x[: cap - n]
+        if n > 0:
+            # A row seen before means a second pass over the training set: stop counting, so
+            # every training row counts once in the evaluation α.
+            seen = (take[:, None, :] == self.alpha_x[None, :n, :]).all(-1).any()
+            self.alpha_complete.logical_or_(seen)
         self.alpha_x[n : n + len(take)] = take
-        self.alpha_count += len(take)
+        self.alpha_count.add_((~self.alpha_complete).long() * len(take))
+        self._rows = n + len(take)
 
     def set_alpha_points(self, x: Tensor) -> None:
         """Replace the remembered training points (for the evaluation α) by the rows of ``x``
@@ -437,8 +447,10 @@ class DKEF(nn.Module):
         check_samples(x, self.event_shape)
         self.alpha_count.zero_()
         self.alpha_complete.fill_(False)
+        self._rows = 0
         self.remember(x)
         self.alpha_complete.fill_(True)
+        self._rows = self.alpha_x.shape[0]
 
     # -- normalisation -----------------------------------------------------------------------
 
@@ -514,4 +526,11 @@ class DKEF(nn.Module):
     @property
     def needs_data_init(self) -> bool:
         """True until the inducing points were initialised from data (see :meth:`remember`)."""
-        return not bool(self.initialised)
+        return not self._initialised
+
+
+def _sync_mirrors(module: nn.Module, incompatible_keys: object) -> None:
+    assert isinstance(module, DKEF)
+    module._initialised = bool(module.initialised)
+    done = bool(module.alpha_complete) or int(module.alpha_count) >= module.alpha_x.shape[0]
+    module._rows = module.alpha_x.shape[0] if done else int(module.alpha_count)

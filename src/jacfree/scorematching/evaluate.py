@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from .._checks import all_finite
 from .convention import Energy, ScoreNet
 from .losses import exact_sm, exact_sm_scorenet
 
@@ -79,6 +80,8 @@ def evaluate_per_sample(
         )
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
+    if data.is_floating_point() and not all_finite(data):
+        raise ValueError("data contains NaN/Inf values; clean or impute it before evaluating.")
     if cond is not None and len(cond) != len(data):
         raise ValueError(f"cond must hold one row per data row ({len(data)}), got {len(cond)}.")
     if max_n is not None:

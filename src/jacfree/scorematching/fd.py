@@ -68,6 +68,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import lru_cache
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -87,6 +88,11 @@ __all__ = [
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 Offset = int | float | Fraction
+
+# Marks a pure-Python helper whose result ``torch.compile`` may take as a constant (torch ≥ 2.2).
+_constant_result: Callable[[Callable[..., Any]], Callable[..., Any]] = getattr(
+    torch.compiler, "assume_constant_result", lambda fn: fn
+)
 
 
 @dataclass(frozen=True)
@@ -455,22 +461,48 @@ def directional_derivatives(
     """
     check_fd_precision(x, v, what="finite-difference directional derivatives")
     check_batch_coupling(f, parallel)
-    if offsets is None:
-        stencils = [central_stencil(int(T), accuracy) for T in orders]
-    else:
-        stencils = [stencil(int(T), offsets) for T in orders]
-    union = sorted({a for s in stencils for a in s.offsets})
-    values = evaluate_on_line(f, x, v, [float(a) for a in union], parallel=parallel, cond=cond)
-    by_offset = dict(zip(union, values, strict=True))
+    key = None if offsets is None else tuple(offsets)
+    union, combos = _line_plan(tuple(int(T) for T in orders), accuracy, key)
+    values = evaluate_on_line(f, x, v, list(union), parallel=parallel, cond=cond)
     results = []
-    for s in stencils:
+    for combo in combos:
         total: Tensor | None = None
-        for a, w in zip(s.offsets, s.float_weights, strict=True):
-            term = by_offset[a] * w
+        for i, w in combo:
+            term = values[i] * w
             total = term if total is None else total + term
         assert total is not None
         results.append(total)
     return tuple(results)
+
+
+Plan = tuple[tuple[float, ...], tuple[tuple[tuple[int, float], ...], ...]]
+_PLANS: dict[tuple[object, ...], Plan] = {}
+
+
+@_constant_result
+def _line_plan(orders: tuple[int, ...], accuracy: int, offsets: tuple[Offset, ...] | None) -> Plan:
+    """The evaluation plan of :func:`directional_derivatives`, in plain floats: the sorted union
+    of the stencils' offsets, and for each order its ``(index into the union, weight)`` pairs.
+
+    Exact rational arithmetic happens here, once per configuration (cached); ``torch.compile``
+    calls it at trace time and takes the result as a constant, so a compiled loss never traces
+    the ``Fraction`` code.
+    """
+    key = (orders, accuracy, offsets)
+    plan = _PLANS.get(key)
+    if plan is None:
+        if offsets is None:
+            stencils = [central_stencil(T, accuracy) for T in orders]
+        else:
+            stencils = [stencil(T, offsets) for T in orders]
+        union = sorted({a for s in stencils for a in s.offsets})
+        index = {a: i for i, a in enumerate(union)}
+        combos = tuple(
+            tuple((index[a], w) for a, w in zip(s.offsets, s.float_weights, strict=True))
+            for s in stencils
+        )
+        plan = _PLANS[key] = (tuple(float(a) for a in union), combos)
+    return plan
 
 
 def directional_derivative(

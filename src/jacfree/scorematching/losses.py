@@ -55,8 +55,8 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor
 
-from .._checks import all_finite, values_visible
-from .convention import Energy, ScoreNet, log_density, score
+from .._checks import values_visible
+from .convention import Energy, ScoreNet, is_compiling, log_density, score
 from .fd import check_batch_coupling, check_fd_precision, directional_derivatives, sphere_directions
 
 __all__ = [
@@ -110,8 +110,8 @@ def _check_x(x: object, name: str = "x") -> Tensor:
             f"{name} must have shape (batch, *event) with batch >= 1, got {tuple(x.shape)}; "
             f"add a batch dimension with {name}.unsqueeze(0)"
         )
-    if values_visible(x) and not all_finite(x):
-        raise ValueError(f"{name} contains NaN/Inf values; clean the data first")
+    # No value scan here: an estimator reads no tensor value on the host, so that a training step
+    # never waits for the device; check data once where it enters (``jacfree.fit`` does).
     return x
 
 
@@ -382,6 +382,8 @@ def ssm(
 
     Both are unbiased for ``J(x)``. Computed with a ``create_graph`` backward for the score and a
     second backward for ``∇ₓ(vᵀs) = H v``; the parameter gradient is a gradient of a gradient.
+    Under ``torch.compile``, ``H v`` is a forward-mode derivative of the score (``torch.func``),
+    which the compiler traces as one graph.
 
     Args:
         vr: use the variance-reduced form (``½‖s‖²`` exactly).
@@ -458,7 +460,7 @@ def _sliced(
 ) -> Tensor | SMTerms:
     """SSM / SSM-VR by autograd for any ``score_of(x, cond)`` that is differentiable in x: the
     score (an energy's, with its graph kept, or a score network's output) and ``vᵀ(∂s/∂x)v`` from
-    one more backward of ``vᵀs``."""
+    one more backward of ``vᵀs`` (a forward-mode derivative along ``v`` under ``torch.compile``)."""
     _check_x(x)
     _check_reduction(reduction)
     n_particles = _check_particles(n_particles)
@@ -470,10 +472,17 @@ def _sliced(
     vf = vp.reshape(n * B, *x.shape[1:])
     grad_on = torch.is_grad_enabled()
     ev = x.dim() - 1
-    with torch.enable_grad():
-        xn = _autograd_input(x, n)
-        s = score_of(xn, _repeat_cond(cond, n))
-        (jv,) = torch.autograd.grad((s * vf).sum(), xn, create_graph=grad_on)
+    cn = _repeat_cond(cond, n)
+    if is_compiling():
+        # traced form: (s, J v) in one forward-mode pass over the score (J = ∇ₓs, the Hessian of
+        # log p̃ for an energy; vᵀJv = vᵀJᵀv), composing with autograd for the parameter gradient
+        xn = x if n == 1 else x.repeat(n, *([1] * (x.dim() - 1)))
+        s, jv = torch.func.jvp(lambda y: score_of(y, cn), (xn,), (vf,))
+    else:  # eager: the double backward of the reference implementations
+        with torch.enable_grad():
+            xn = _autograd_input(x, n)
+            s = score_of(xn, cn)
+            (jv,) = torch.autograd.grad((s * vf).sum(), xn, create_graph=grad_on)
     curvature = _event_sum(jv * vf, ev)
     norm = 0.5 * _event_sum(s * s, ev) if vr else 0.5 * _event_sum(s * vf, ev) ** 2
     if not grad_on:
@@ -615,6 +624,22 @@ def fd_ssm_vr(
 # denoising score matching
 
 
+def _check_sigma(sigma: Sigma) -> None:
+    """Noise levels given as numbers must be positive and finite (checked on the host, free).
+
+    A tensor of levels (a model's buffer) is trusted: checking it would read it from the device.
+    """
+    if isinstance(sigma, Tensor):
+        if sigma.numel() == 0:
+            raise ValueError("sigma must hold at least one noise level")
+        return
+    values = [sigma] if isinstance(sigma, int | float) else list(sigma)
+    if not values or not all(
+        isinstance(s, int | float) and math.isfinite(s) and s > 0 for s in values
+    ):
+        raise ValueError(f"sigma must be positive and finite, got {sigma!r}")
+
+
 def _perturb(
     x: Tensor,
     sigma: Sigma,
@@ -628,13 +653,8 @@ def _perturb(
     annealed = not isinstance(sigma, int | float) and not (
         isinstance(sigma, Tensor) and sigma.dim() == 0
     )
+    _check_sigma(sigma)
     levels_t = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).flatten()
-    if (
-        levels_t.numel() == 0
-        or not bool((levels_t > 0).all())
-        or not bool(torch.isfinite(levels_t).all())
-    ):
-        raise ValueError(f"sigma must be positive and finite, got {sigma!r}")
     if annealed:
         if levels is None:
             levels = torch.randint(levels_t.numel(), (B,), device=x.device, generator=generator)

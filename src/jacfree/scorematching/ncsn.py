@@ -185,8 +185,9 @@ class NCSN(nn.Module):
         return s
 
     def forward(self, x: Tensor, sigma: Tensor | float) -> Tensor:
-        """The score ``s(x, σ)``, shape ``x.shape``."""
-        check_samples(x, self.event_shape)
+        """The score ``s(x, σ)``, shape ``x.shape`` (shapes checked, values not: see
+        :meth:`jacfree.scorematching.MLPEnergy.forward`)."""
+        check_samples(x, self.event_shape, finite=False)
         s = self._sigma(sigma, x)
         e = self.embed(torch.log(s)[:, None])
         h1 = self.enc1(self.inp(x), e)

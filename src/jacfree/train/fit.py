@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .._checks import check_positive_int
+from .._checks import all_finite, check_positive_int
 from . import distributed
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .evaluate import evaluate_nll
@@ -74,6 +74,23 @@ class FitResult:
     best_val: float | None = None
     stopped_early: bool = False
     out_dir: Path | None = None
+
+
+def _validate_data(model: nn.Module, data: Tensor, name: str) -> None:
+    """Check a dataset once, before epoch 1: the training step itself reads no value on the host.
+
+    Uses the model's own ``validate_data`` (flows: shape, dtype, finite values, pre-processing
+    range) if it has one, else a finite-value scan of floating-point data.
+    """
+    check = getattr(model, "validate_data", None)
+    if check is not None:
+        for chunk in data.split(10_000):
+            check(chunk, name)
+    elif data.is_floating_point() and not all_finite(data):
+        bad = int((~torch.isfinite(data)).sum())
+        raise ValueError(
+            f"{name} contains {bad} NaN/Inf value(s); clean or impute the data before training."
+        )
 
 
 def _default_objective(model: nn.Module, x: Tensor) -> Tensor:
@@ -156,6 +173,9 @@ def fit(
             "train must be a non-empty tensor with samples first, shape (n, ...); "
             f"got {type(train).__name__} {tuple(getattr(train, 'shape', ()))}."
         )
+    _validate_data(model, train, "train")
+    if val is not None:
+        _validate_data(model, val, "val")
     objective = objective or _default_objective
     val_metric = val_metric or _default_val_metric
     val_key = f"val_{val_name}"
