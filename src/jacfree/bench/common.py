@@ -119,6 +119,27 @@ def describe_setup(device: object, dtype: object, clock: str = "wall") -> str:
 # -- output files -----------------------------------------------------------------------------
 
 
+#: columns every step benchmark adds to its CSV: the compile mode and the step's profile
+PROFILE_COLUMNS: tuple[str, ...] = (
+    "compile",
+    "ops_per_step",
+    "host_reads_per_step",
+    "kernels_per_step",
+    "device_ms",
+    "gpu_busy",
+)
+
+
+def profile_columns(
+    step: Callable[[], object], device: torch.device, compile: str | None
+) -> dict[str, Any]:
+    """The :data:`PROFILE_COLUMNS` of one training step (profiled after its timing)."""
+    from .profile import profile_step
+
+    prof = profile_step(step, device)
+    return {"compile": compile or "eager", **{k: prof.get(k) for k in PROFILE_COLUMNS[1:]}}
+
+
 def csv_cell(value: object) -> object:
     """A value as written to the CSV and JSON files: floats to 4 decimals, ``None`` empty."""
     if value is None:
@@ -318,6 +339,14 @@ def add_timing_arguments(
         "this process, which leaves out the waits for a core on a busy machine (with --threads 1)",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--compile",
+        default=None,
+        choices=("default", "reduce-overhead", "max-autotune"),
+        help="time the steps with the loss compiled by torch.compile(fullgraph=True) in this "
+        "mode (reduce-overhead: also a CUDA graph on a GPU); default: eager. The profile columns "
+        "(operations per step, host reads, GPU busy) are written either way",
+    )
     parser.add_argument(
         "--out", type=Path, default=out, help=f"output folder for {outputs} (default {out})"
     )

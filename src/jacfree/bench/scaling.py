@@ -63,6 +63,7 @@ from ..flows import FCFlow, Flow, SquareAffine
 from ..train import make_adam
 from .common import (
     DTYPES,
+    PROFILE_COLUMNS,
     add_timing_arguments,
     apply_timing_arguments,
     choice_list,
@@ -72,6 +73,7 @@ from .common import (
     flatten,
     plot_step_scaling,
     positive_int_list,
+    profile_columns,
     resolve_device,
     step_medians,
     write_csv,
@@ -107,6 +109,7 @@ CSV_COLUMNS: tuple[str, ...] = (
     "dtype",
     "threads",
     "clock",
+    *PROFILE_COLUMNS,
 )
 
 #: colour and marker of each variant in the plot
@@ -149,6 +152,20 @@ def variant_loss(flow: Flow, variant: str) -> Callable[[Tensor], Tensor]:
     raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}.")
 
 
+COMPILE_MODES: tuple[str, ...] = ("default", "reduce-overhead", "max-autotune")
+
+
+def compile_loss(loss_fn: Callable[[Tensor], Tensor], mode: str) -> Callable[[Tensor], Tensor]:
+    """``torch.compile(loss_fn, mode=mode, fullgraph=True)``: the whole loss and its backward as
+    one graph (jacfree's losses trace without a break). ``"reduce-overhead"`` also captures it as
+    a CUDA graph on a GPU (static shapes: the benchmarks' batches all have one size)."""
+    if mode not in COMPILE_MODES:
+        raise ValueError(
+            f"unknown compile mode {mode!r}; choose one of {', '.join(COMPILE_MODES)}."
+        )
+    return torch.compile(loss_fn, mode=mode, fullgraph=True)
+
+
 class TrainingStep:
     """One full training step of a model for one variant, and the reset that precedes it.
 
@@ -173,6 +190,7 @@ class TrainingStep:
         loss_fn: Callable[[Tensor], Tensor] | None = None,
         optimizer: torch.optim.Optimizer | None = None,
         initial: Sequence[Tensor] | None = None,
+        compile: str | None = None,
     ) -> None:
         if not batches:
             raise ValueError("TrainingStep needs at least one batch.")
@@ -185,7 +203,8 @@ class TrainingStep:
                     "the built-in scaling variants."
                 )
             loss_fn = variant_loss(flow, variant)
-        self.loss_fn = loss_fn
+        self.compile = compile
+        self.loss_fn = loss_fn if compile is None else compile_loss(loss_fn, compile)
         self.params = [p for p in flow.parameters() if p.requires_grad]
         self.optimizer = make_adam(self.params, lr=lr) if optimizer is None else optimizer
         if initial is None:
@@ -211,10 +230,12 @@ class TrainingStep:
         self.optimizer.zero_grad(set_to_none=True)
         x = self.batches[self.count % len(self.batches)]
         self.count += 1
+        if self.compile == "reduce-overhead":
+            torch.compiler.cudagraph_mark_step_begin()  # outputs of the last replay are done
         loss = self.loss_fn(x)
         loss.backward()
         self.optimizer.step()
-        self.last_loss = loss.detach()
+        self.last_loss = loss.detach() if self.compile is None else loss.detach().clone()
 
     @torch.no_grad()
     def reset(self) -> None:
@@ -243,6 +264,7 @@ def scaling_benchmark(
     n_batches: int = 4,
     clock: str = "wall",
     progress: bool = True,
+    compile: str | None = None,
 ) -> list[dict[str, Any]]:
     """Time one full training step of ``FCFlow(D, layers)`` per variant, for every D in ``dims``.
 
@@ -261,6 +283,8 @@ def scaling_benchmark(
         n_batches: number of pre-generated batches cycled through.
         clock: ``"wall"`` (wall-clock time) or ``"process"`` (CPU time of this process).
         progress: print one line per D to stderr.
+        compile: ``torch.compile`` mode of every variant's loss (:func:`compile_loss`), or
+            ``None`` for eager steps.
 
     Returns:
         One dict per (D, variant) with the columns of :data:`CSV_COLUMNS`; times in milliseconds.
@@ -294,7 +318,9 @@ def scaling_benchmark(
             torch.randn(batch, dim, generator=generator, dtype=torch.float64).to(device, dtype)
             for _ in range(n_batches)
         ]
-        steps = {v: TrainingStep(copy.deepcopy(base), v, batches, lr) for v in variants}
+        steps = {
+            v: TrainingStep(copy.deepcopy(base), v, batches, lr, compile=compile) for v in variants
+        }
         del base
         if progress:
             print(f"[scaling] D={dim}: timing {', '.join(variants)} ...", file=sys.stderr)
@@ -318,6 +344,7 @@ def scaling_benchmark(
         floor_median = stats["floor"].median if "floor" in stats else None
         for v in variants:
             summary = stats[v].summary("ms")
+            profiled = profile_columns(steps[v].step, device, compile)
             rows.append(
                 {
                     "dim": dim,
@@ -335,6 +362,7 @@ def scaling_benchmark(
                     "dtype": str(dtype).removeprefix("torch."),
                     "threads": torch.get_num_threads(),
                     "clock": clock,
+                    **profiled,
                 }
             )
         if progress:
@@ -509,9 +537,11 @@ def run(args: argparse.Namespace) -> int:
         max_repeats=args.max_repeats,
         clock=args.clock,
         progress=not args.quiet,
+        compile=args.compile,
     )
     where = describe_setup(args.device, args.dtype, args.clock)
-    print(f"FCFlow(D, layers={args.layers}), B={args.batch}, {where}: median ms per training step")
+    mode = f", compiled ({args.compile})" if args.compile else ""
+    print(f"FCFlow(D, layers={args.layers}), B={args.batch}, {where}{mode}: median ms per step")
     print(format_table(rows, args.fit_points))
     paths = write_outputs(
         rows,

@@ -80,6 +80,7 @@ from ..plots import pyplot, save_figure
 from .common import (
     DTYPES,
     PLOT_HINT,
+    PROFILE_COLUMNS,
     add_timing_arguments,
     apply_timing_arguments,
     describe_setup,
@@ -88,6 +89,7 @@ from .common import (
     flatten,
     plot_step_scaling,
     positive_int_list,
+    profile_columns,
     resolve_device,
     step_medians,
     write_csv,
@@ -151,6 +153,7 @@ CSV_COLUMNS: tuple[str, ...] = (
     "dtype",
     "threads",
     "clock",
+    *PROFILE_COLUMNS,
 )
 
 #: colour and marker of each variant in the plots
@@ -322,6 +325,7 @@ def _bench_case(
     lr: float,
     n_batches: int,
     progress: bool,
+    compile: str | None = None,
 ) -> list[dict[str, Any]]:
     device = timer.device
     generator = torch.Generator().manual_seed(seed)
@@ -336,7 +340,7 @@ def _bench_case(
     for v in variants:
         flow = copy.deepcopy(base)
         flow.set_gradient(v)
-        steps[v] = TrainingStep(flow, v, batches, lr, loss_fn=flow.loss)
+        steps[v] = TrainingStep(flow, v, batches, lr, loss_fn=flow.loss, compile=compile)
     del base
     if progress:
         print(
@@ -353,19 +357,18 @@ def _bench_case(
     rows: list[dict[str, Any]] = []
     exact = stats["exact"].median if "exact" in stats else None
     for v in variants:
-        rows.append(
-            _row(
-                case,
-                "step",
-                v,
-                stats[v],
-                scale=1.0,
-                speedup=None if exact is None else exact / stats[v].median,
-                batch=batch,
-                params=sum(p.numel() for p in steps[v].params),
-                **common,
-            )
+        row = _row(
+            case,
+            "step",
+            v,
+            stats[v],
+            scale=1.0,
+            speedup=None if exact is None else exact / stats[v].median,
+            batch=batch,
+            params=sum(p.numel() for p in steps[v].params),
+            **common,
         )
+        rows.append({**row, **profile_columns(steps[v].step, device, compile)})
     if progress:
         medians = ", ".join(f"{v} {stats[v].median * 1e3:.2f} ms" for v in variants)
         print(f"[snf] {case.name}: {stats[variants[0]].n} steps each; {medians}", file=sys.stderr)
@@ -432,6 +435,7 @@ def snf_benchmark(
     n_batches: int = 4,
     clock: str = "wall",
     progress: bool = True,
+    compile: str | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Time training steps (and sampling) of every case in both modes, and one dense layer vs D.
 
@@ -452,6 +456,7 @@ def snf_benchmark(
         clock: ``"wall"`` (wall-clock time) or ``"process"`` (CPU time of the process: on a
             shared machine, single-threaded, it leaves out the waits for a core).
         progress: progress lines on stderr.
+        compile: ``torch.compile`` mode of the training steps' losses, or ``None`` (eager).
 
     Returns:
         ``(rows, scaling_rows)``: dicts with the columns of :data:`CSV_COLUMNS`, times in ms
@@ -495,6 +500,7 @@ def snf_benchmark(
         "lr": lr,
         "n_batches": n_batches,
         "progress": progress,
+        "compile": compile,
     }
     rows: list[dict[str, Any]] = []
     for case in parsed:
@@ -862,8 +868,11 @@ def run(args: argparse.Namespace) -> int:
         lr=args.lr,
         clock=args.clock,
         progress=not args.quiet,
+        compile=args.compile,
     )
     where = describe_setup(args.device, args.dtype, args.clock)
+    if args.compile:
+        where += f", loss compiled ({args.compile})"
     if rows:
         print(f"SNF vs exact, B={args.batch}, {args.sample_batch} samples per draw, {where}:")
         print(format_table(rows))

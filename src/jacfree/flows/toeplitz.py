@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .._compile import is_compiling
+
 
 def _same_padding(kernel: Tensor) -> int:
     K = kernel.shape[-1]
@@ -95,6 +97,8 @@ def multiplicity(
     dtype = dtype if dtype is not None else torch.get_default_dtype()
     device = torch.device(device) if device is not None else torch.device("cpu")
     H, W = (int(s) for s in spatial_size)
+    if is_compiling():  # traced into the graph (a constant there); the cache is for eager calls
+        return _multiplicity.__wrapped__(int(kernel_size), H, W, dtype, device)
     return _multiplicity(int(kernel_size), H, W, dtype, device)
 
 

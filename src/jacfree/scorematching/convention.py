@@ -13,6 +13,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from .._compile import is_compiling
+
 __all__ = ["Energy", "ScoreNet", "log_density", "score"]
 
 Energy = Callable[..., Tensor]
@@ -69,11 +71,3 @@ def score(
         f = log_density(energy, xr, cond)
         (s,) = torch.autograd.grad(f.sum(), xr, create_graph=create_graph)
     return s
-
-
-def is_compiling() -> bool:
-    """Whether the caller is being traced by ``torch.compile`` (a Python constant there)."""
-    compiler = getattr(torch, "compiler", None)
-    if compiler is not None and hasattr(compiler, "is_compiling"):
-        return compiler.is_compiling()
-    return torch._dynamo.is_compiling()  # torch < 2.3

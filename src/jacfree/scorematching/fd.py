@@ -68,10 +68,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import lru_cache
-from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from .._compile import constant_result
 
 __all__ = [
     "Stencil",
@@ -88,11 +89,6 @@ __all__ = [
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 Offset = int | float | Fraction
-
-# Marks a pure-Python helper whose result ``torch.compile`` may take as a constant (torch ≥ 2.2).
-_constant_result: Callable[[Callable[..., Any]], Callable[..., Any]] = getattr(
-    torch.compiler, "assume_constant_result", lambda fn: fn
-)
 
 
 @dataclass(frozen=True)
@@ -479,7 +475,7 @@ Plan = tuple[tuple[float, ...], tuple[tuple[tuple[int, float], ...], ...]]
 _PLANS: dict[tuple[object, ...], Plan] = {}
 
 
-@_constant_result
+@constant_result
 def _line_plan(orders: tuple[int, ...], accuracy: int, offsets: tuple[Offset, ...] | None) -> Plan:
     """The evaluation plan of :func:`directional_derivatives`, in plain floats: the sorted union
     of the stencils' offsets, and for each order its ``(index into the union, weight)`` pairs.

@@ -56,7 +56,8 @@ import torch
 from torch import Tensor
 
 from .._checks import values_visible
-from .convention import Energy, ScoreNet, is_compiling, log_density, score
+from .._compile import is_compiling
+from .convention import Energy, ScoreNet, log_density, score
 from .fd import check_batch_coupling, check_fd_precision, directional_derivatives, sphere_directions
 
 __all__ = [
