@@ -182,8 +182,11 @@ def solve_alpha(G: Tensor, b: Tensor, lam: Tensor | float) -> Tensor:
     lam_t = torch.as_tensor(lam, device=G.device)
     wide = torch.float64 if G.device.type != "mps" else G.dtype
     A = G.to(wide) + lam_t.to(wide) * torch.eye(M, dtype=wide, device=G.device)
-    L = torch.linalg.cholesky(A)
-    alpha = -torch.cholesky_solve(b.to(wide)[:, None], L)[:, 0]
+    # cholesky_ex and two triangular solves: no LAPACK/cuSOLVER error flag read back on the host
+    # (A is positive definite by construction), so the training step never synchronises here
+    L = torch.linalg.cholesky_ex(A).L
+    y = torch.linalg.solve_triangular(L, b.to(wide)[:, None], upper=False)
+    alpha = -torch.linalg.solve_triangular(L.mT, y, upper=True)[:, 0]
     return alpha.to(b.dtype)
 
 
