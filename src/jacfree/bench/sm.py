@@ -123,12 +123,14 @@ from ..scorematching.losses import dsm, fd_dsm, fd_ssm, fd_ssm_vr, ssm, ssm_scor
 from .common import (
     DTYPES,
     PLOT_HINT,
+    PROFILE_COLUMNS,
     add_timing_arguments,
     apply_timing_arguments,
     choice_list,
     describe_setup,
     environment_info,
     flatten,
+    profile_columns,
     resolve_device,
     write_csv,
     write_json,
@@ -280,6 +282,7 @@ CSV_COLUMNS: tuple[str, ...] = (
     "threads",
     "clock",
     "description",
+    *PROFILE_COLUMNS,
 )
 
 
@@ -771,6 +774,7 @@ def sm_benchmark(
     n_batches: int = 4,
     clock: str = "wall",
     progress: bool = True,
+    compile: str | None = None,
 ) -> list[dict[str, Any]]:
     """Time (and measure the memory of) one full training step per model and variant.
 
@@ -787,6 +791,8 @@ def sm_benchmark(
         seed: seeds the weights and the data.
         clock: ``"wall"`` (wall-clock time, for a quiet machine) or ``"process"`` (CPU time of
             the process: with one thread it leaves out the waits for a core on a busy machine).
+        compile: ``torch.compile`` mode of every variant's loss, or ``None`` (eager). Memory is
+            measured on eager steps only (its saved-tensor hooks see no compiled graph).
 
     Returns:
         One dict per (model, variant) with the columns of :data:`CSV_COLUMNS`; times in ms,
@@ -839,6 +845,7 @@ def sm_benchmark(
             dtype=dtype,
             clock=clock,
             progress=progress,
+            compile=compile,
         )
         del case
         gc.collect()
@@ -858,6 +865,7 @@ def _run_case(
     dtype: torch.dtype,
     clock: str,
     progress: bool,
+    compile: str | None = None,
 ) -> list[dict[str, Any]]:
     first: TrainingStep | None = None
     steps: dict[str, TrainingStep] = {}
@@ -870,6 +878,7 @@ def _run_case(
             loss_fn=case.losses[v.name],
             optimizer=None if first is None else first.optimizer,
             initial=None if first is None else first.initial,
+            compile=compile,
         )
         first = first or steps[v.name]
     if progress:
@@ -895,8 +904,9 @@ def _run_case(
                 f"{k} on {case.name} produced a non-finite loss ({s.last_loss}); the timings "
                 "would be meaningless. Try --dtype float64 or a smaller --hidden."
             )
+    profiles = {k: profile_columns(s.step, device, compile) for k, s in steps.items()}
     mem: dict[str, MemoryStats] = {}
-    if memory:
+    if memory and compile is None:
         if progress:
             print(f"[sm] {case.name}: measuring memory ...", file=sys.stderr)
         mem = {k: measure_memory(s, device) for k, s in steps.items()}
@@ -942,6 +952,7 @@ def _run_case(
             "threads": torch.get_num_threads(),
             "clock": clock,
             "description": case.description,
+            **profiles[v.name],
         }
         if target is not None:
             ok = speedup >= target
@@ -1250,6 +1261,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         clock=args.clock,
         progress=not args.quiet,
+        compile=args.compile,
     )
     print(
         f"score matching, {describe_setup(args.device, args.dtype, args.clock)}: "

@@ -383,8 +383,8 @@ def ssm(
 
     Both are unbiased for ``J(x)``. Computed with a ``create_graph`` backward for the score and a
     second backward for ``∇ₓ(vᵀs) = H v``; the parameter gradient is a gradient of a gradient.
-    Under ``torch.compile``, ``H v`` is a forward-mode derivative of the score (``torch.func``),
-    which the compiler traces as one graph.
+    Under ``torch.compile`` the same products come from ``torch.func.vjp``, which the compiler
+    traces as one graph.
 
     Args:
         vr: use the variance-reduced form (``½‖s‖²`` exactly).
@@ -461,7 +461,7 @@ def _sliced(
 ) -> Tensor | SMTerms:
     """SSM / SSM-VR by autograd for any ``score_of(x, cond)`` that is differentiable in x: the
     score (an energy's, with its graph kept, or a score network's output) and ``vᵀ(∂s/∂x)v`` from
-    one more backward of ``vᵀs`` (a forward-mode derivative along ``v`` under ``torch.compile``)."""
+    one more backward of ``vᵀs`` (``torch.func.vjp`` under ``torch.compile``)."""
     _check_x(x)
     _check_reduction(reduction)
     n_particles = _check_particles(n_particles)
@@ -475,10 +475,11 @@ def _sliced(
     ev = x.dim() - 1
     cn = _repeat_cond(cond, n)
     if is_compiling():
-        # traced form: (s, J v) in one forward-mode pass over the score (J = ∇ₓs, the Hessian of
-        # log p̃ for an energy; vᵀJv = vᵀJᵀv), composing with autograd for the parameter gradient
+        # traced form: the score and its vector-Jacobian product Jᵀv with torch.func (J = ∇ₓs,
+        # the Hessian of log p̃ for an energy), composing with autograd for the parameter gradient
         xn = x if n == 1 else x.repeat(n, *([1] * (x.dim() - 1)))
-        s, jv = torch.func.jvp(lambda y: score_of(y, cn), (xn,), (vf,))
+        s, pullback = torch.func.vjp(lambda y: score_of(y, cn), xn)
+        (jv,) = pullback(vf)
     else:  # eager: the double backward of the reference implementations
         with torch.enable_grad():
             xn = _autograd_input(x, n)
