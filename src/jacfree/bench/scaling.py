@@ -163,6 +163,11 @@ def compile_loss(loss_fn: Callable[[Tensor], Tensor], mode: str) -> Callable[[Te
         raise ValueError(
             f"unknown compile mode {mode!r}; choose one of {', '.join(COMPILE_MODES)}."
         )
+    # a benchmark compiles one loss per variant, and variants built by one lambda share its code
+    # object: allow a graph per variant instead of torch's default of eight per code object
+    for name in ("recompile_limit", "cache_size_limit"):  # the name changed in torch 2.7
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), 64))
     return torch.compile(loss_fn, mode=mode, fullgraph=True)
 
 
