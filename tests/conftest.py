@@ -17,8 +17,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 @pytest.fixture
 def device(request: pytest.FixtureRequest) -> torch.device:
     dev = torch.device(request.config.getoption("--device"))
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        pytest.skip("CUDA requested with --device but not available")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            pytest.skip("CUDA requested with --device but not available")
+        # the tolerances are float32's: no TF32 in convolutions and matrix products
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
     return dev
 
 
