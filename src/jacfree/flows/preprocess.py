@@ -14,6 +14,7 @@ import numbers
 import torch
 from torch import Tensor
 
+from .. import sample_noise
 from .._checks import values_visible
 from .core import FlowLayer
 
@@ -41,6 +42,10 @@ class Dequantize(FlowLayer):
     The log-likelihood of the dequantised variable is a lower bound on the discrete
     log-probability (Theis et al. 2016); its log-det is 0. The inverse floors and clips back
     to {0, …, levels−1}. A fresh u is drawn on every call, in training and in evaluation.
+
+    In :func:`jacfree.fit` the noise of a sample is a function of the seed, the epoch and the
+    sample's index in the training set (:mod:`jacfree.sample_noise`), so data-parallel training
+    draws the same noise as one process; elsewhere it comes from torch's global generator.
     """
 
     def __init__(self, levels: int) -> None:
@@ -65,7 +70,7 @@ class Dequantize(FlowLayer):
 
     def training_forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """The map without the range check (training data is checked once, where it enters)."""
-        return x + torch.rand_like(x), x.new_zeros(x.shape[0])
+        return x + sample_noise.rand_like(x), x.new_zeros(x.shape[0])
 
     def inverse(self, z: Tensor) -> Tensor:
         return z.floor().clamp(0, self.levels - 1)

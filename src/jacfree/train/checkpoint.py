@@ -3,7 +3,9 @@
 A checkpoint is a ``torch.save`` dictionary of tensors and plain Python values (loadable with
 ``weights_only=True``), tagged with ``format = "jacfree-checkpoint"``. Writes go to a temporary
 file in the same folder that is then renamed over the target, so an interrupted or failed run
-never leaves a truncated file where a good checkpoint was.
+never leaves a truncated file where a good checkpoint was. The file gets the permissions of
+any new file under the user's umask (``0644`` under the usual ``022``), not the private ``0600``
+of a temporary file.
 """
 
 from __future__ import annotations
@@ -24,6 +26,13 @@ class CheckpointError(RuntimeError):
     """A checkpoint file is missing, unreadable, or not a jacfree checkpoint."""
 
 
+def file_mode() -> int:
+    """The permission bits of a new file under the current umask (``0o666 & ~umask``)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:
     """Atomically write ``payload`` (plus format tags) to ``path``."""
     path = Path(path)
@@ -35,6 +44,7 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:
             torch.save(payload, f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -20,7 +20,17 @@ import math
 import warnings
 from typing import Any
 
+import torch
 from torch import Tensor, nn
+
+
+def _recon_buffers(model: nn.Module) -> list[Tensor]:
+    """The ``recon_weight`` (λ) buffers of the model's self-normalizing layers."""
+    found = [b for name, b in model.named_buffers() if name.split(".")[-1] == "recon_weight"]
+    if not found:
+        _flow_recon_weight(model)  # raises the clear error
+        raise ValueError("GECO found no recon_weight buffer in the model.")
+    return found
 
 
 def _flow_recon_weight(model: nn.Module) -> float:
@@ -60,19 +70,29 @@ class GECO:
             raise ValueError(f"need 0 < min_weight <= max_weight, got {min_weight}, {max_weight}.")
         self.target, self.lr, self.ema = float(target), float(lr), float(ema)
         self.min_weight, self.max_weight = float(min_weight), float(max_weight)
-        self.average: float | None = None
+        self.average: Tensor | None = None
 
-    def on_step(self, model: nn.Module, loss: float, diagnostics: dict[str, Tensor]) -> None:
+    def on_step(self, model: nn.Module, loss: Tensor, diagnostics: dict[str, Tensor]) -> None:
+        """One GECO update of λ, with tensor operations on the device (no host read): the
+        moving average is a tensor and λ is written into the layers' ``recon_weight`` buffers."""
         if "recon" not in diagnostics:
             raise ValueError(
                 "GECO found no reconstruction error in the model's training diagnostics; it "
                 "needs a flow with layers in the selfnorm gradient mode."
             )
-        c = float(diagnostics["recon"])
-        self.average = c if self.average is None else self.ema * self.average + (1 - self.ema) * c
-        log_lam = math.log(_flow_recon_weight(model)) + self.lr * (self.average - self.target)
-        log_lam = min(max(log_lam, math.log(self.min_weight)), math.log(self.max_weight))
-        model.set_recon_weight(math.exp(log_lam))
+        buffers = _recon_buffers(model)
+        c = diagnostics["recon"].detach().to(buffers[0].device, torch.float64)
+        if self.average is None:
+            self.average = c
+        else:
+            self.average = self.ema * self.average.to(c) + (1 - self.ema) * c
+        lam = torch.stack([b.detach().double() for b in buffers]).max()
+        log_lam = (lam.log() + self.lr * (self.average - self.target)).clamp(
+            math.log(self.min_weight), math.log(self.max_weight)
+        )
+        new = log_lam.exp()
+        for b in buffers:
+            b.copy_(new)
 
     def on_epoch_end(self, model: nn.Module, row: dict[str, Any]) -> None:
         row["recon_weight"] = _flow_recon_weight(model)
@@ -81,7 +101,8 @@ class GECO:
         return {"average": self.average}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.average = state["average"]
+        average = state["average"]
+        self.average = None if average is None else torch.as_tensor(average, dtype=torch.float64)
 
 
 class ReconstructionWatch:
@@ -102,7 +123,7 @@ class ReconstructionWatch:
         self.threshold = float(threshold)
         self.above = False
 
-    def on_step(self, model: nn.Module, loss: float, diagnostics: dict[str, Tensor]) -> None:
+    def on_step(self, model: nn.Module, loss: Tensor, diagnostics: dict[str, Tensor]) -> None:
         return None
 
     def on_epoch_end(self, model: nn.Module, row: dict[str, Any]) -> None:
