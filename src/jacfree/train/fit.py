@@ -572,11 +572,9 @@ def _check_data(x: object, name: str, model: nn.Module, dtype: torch.dtype | Non
             f"{name}.float() (or .double() for a float64 model)."
         )
     if dtype is not None and x.dtype != dtype:
-        fix = ".double()" if dtype == torch.float64 else ".float()" if dtype == torch.float32 else ""
         raise TypeError(
             f"{name} has dtype {x.dtype} but the model's parameters are {dtype}; convert the "
-            f"data with {name}.to({dtype}){f' ({name}{fix})' if fix else ''} or the model with "
-            f"model.to({x.dtype})."
+            f"data with {name}.to({dtype}) or the model with model.to({x.dtype})."
         )
     if not all_finite(x):
         bad = int((~torch.isfinite(x)).sum())
