@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import tomllib
 import torch
 from torch import Tensor
 
@@ -28,19 +28,27 @@ from . import __version__
 from .bench import cli as bench_cli
 from .data import DatasetUnavailableError, load
 from .data import cli as data_cli
-from .flows import GRADIENT_MODES
-from .models import build_model, data_output, kinds, model_input, model_kind
+from .models import (
+    build_model,
+    data_output,
+    kinds,
+    model_input,
+    model_kind,
+    option_type_name,
+    parse_option,
+)
 from .train import (
     GECO,
     NLL,
     CheckpointError,
     ReconstructionWatch,
+    TrainNLL,
     distributed,
     evaluate_nll,
     fit,
     load_checkpoint,
 )
-from .train.fit import BEST, LAST
+from .train.fit import BEST, COMPILE_MODES, LAST, METRICS
 
 RUNS = Path("runs")
 # Epochs for `jacfree train` when --epochs is not given: small data sets need many passes.
@@ -68,19 +76,47 @@ def _fresh_folder(base: Path) -> Path:
 # -- train --------------------------------------------------------------------------------------
 
 
-def _spec_value(text: str) -> tuple[str, Any]:
+def _spec_value(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key.strip(), value
+
+
+def _positive(kind: type) -> Any:
+    """An argparse type: a finite number > 0 of ``kind``."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not (math.isfinite(value) and value > 0):
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+
+    parse.__name__ = f"positive {kind.__name__}"
+    return parse
+
+
+def _non_negative(text: str) -> float:
     try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
 
 
-# Model options of `jacfree train`: each goes into the model spec when given; a model kind reads
-# the ones it knows and falls back to its own defaults for the rest.
-SPEC_OPTIONS: dict[str, tuple[type, str]] = {
+# Model options of `jacfree train` with an option of their own; each goes into the model spec
+# when given, and only for a model kind that reads it (`jacfree models` lists them per kind).
+SPEC_OPTIONS: dict[str, tuple[Any, str]] = {
+    "gradient": (
+        str,
+        "how a flow's log-det gradient is computed: exact, relative or selfnorm "
+        "(default: the model kind's, relative for fc, selfnorm for cnn and glow)",
+    ),
     "layers": (int, "number of layers / blocks of the model"),
     "alpha": (float, "smooth leaky ReLU slope (default 0.3)"),
     "hidden": (int, "hidden width of the model's networks"),
@@ -88,7 +124,16 @@ SPEC_OPTIONS: dict[str, tuple[type, str]] = {
     "eps": (float, "finite-difference step ε (norm of the direction)"),
     "sigma": (float, "noise level σ of denoising score matching"),
     "recon_weight": (float, "λ, the reconstruction weight of self-normalizing layers"),
+    "logit_alpha": (float, "margin α of the logit transform of quantised data (default 1e-6)"),
 }
+# Settings a resumed run may change freely; the others only with --allow-changes, and the data
+# and model never.
+FREE_ON_RESUME = (
+    "epochs", "patience", "recon_warn", "device", "threads", "compile", "no_progress",
+    "no_plots", "out", "resume", "overwrite", "allow_changes", "config",
+)  # fmt: skip
+NEVER_ON_RESUME = ("data", "data_seed", "root", "model")
+RUN_FILES = (LAST, BEST, METRICS, "results.json")
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -105,14 +150,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model",
         default="fc",
-        help="model kind: "
+        help="model kind (see `jacfree models` for each kind's options): "
         + "; ".join(f"{name}: {kind.description}" for name, kind in kinds().items()),
-    )
-    p.add_argument(
-        "--gradient",
-        default="relative",
-        choices=list(GRADIENT_MODES),
-        help="how a flow's log-det gradient is computed (default relative)",
     )
     for name, (kind, help_text) in SPEC_OPTIONS.items():
         p.add_argument("--" + name.replace("_", "-"), type=kind, default=None, help=help_text)
@@ -122,101 +161,217 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="any other model option (VALUE parsed as JSON), e.g. --set paper_bias_rule=true",
+        help="any other model option of the chosen kind (see `jacfree models`), typed by the "
+        "option, e.g. --set paper_bias_rule=true",
     )
-    p.add_argument("--logit-alpha", type=float, default=1e-6, help="logit transform margin")
     p.add_argument(
-        "--epochs", type=int, default=None, help="epochs (default: 1500 for digits, else 100)"
+        "--epochs",
+        type=_positive(int),
+        default=None,
+        help="epochs (default: 1500 for digits, else 100)",
     )
-    p.add_argument("--batch-size", type=int, default=100)
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
-    p.add_argument("--patience", type=int, default=100, help="early-stopping patience (epochs)")
-    p.add_argument("--clip", type=float, default=None, help="clip the gradient norm to this")
+    p.add_argument("--batch-size", type=_positive(int), default=100, help="mini-batch size")
+    p.add_argument("--lr", type=_positive(float), default=1e-3, help="Adam learning rate")
+    p.add_argument(
+        "--patience", type=_positive(int), default=100, help="early-stopping patience (epochs)"
+    )
+    p.add_argument(
+        "--clip", type=_positive(float), default=None, help="clip the gradient norm to this"
+    )
     p.add_argument(
         "--warmup-epochs",
-        type=float,
+        type=_non_negative,
         default=0.0,
-        help="raise the learning rate linearly from 0 over this many epochs, per batch (0)",
+        help="raise the learning rate linearly from 0 over this many epochs, per batch",
     )
     p.add_argument(
         "--geco-target",
-        type=float,
+        type=_non_negative,
         default=None,
         help="selfnorm: adapt λ by GECO to hold the reconstruction error near this value",
     )
-    p.add_argument("--geco-lr", type=float, default=1e-3, help="selfnorm: GECO step of log λ")
+    p.add_argument(
+        "--geco-lr", type=_positive(float), default=1e-3, help="selfnorm: GECO step of log λ"
+    )
     p.add_argument(
         "--recon-warn",
-        type=float,
+        type=_positive(float),
         default=1e-2,
         help="selfnorm: warn when an epoch's relative reconstruction error ‖RWh−h‖²/‖h‖² "
-        "exceeds this (default 0.01)",
+        "exceeds this",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of initialisation, shuffling, noise")
     p.add_argument("--data-seed", type=int, default=0, help="seed of the dataset split")
     p.add_argument("--out", type=Path, default=None, help="run folder (default runs/<data>-...)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument(
+        "--allow-changes",
+        action="store_true",
+        help="with --resume: continue although settings other than --epochs/--patience changed "
+        "(learning rate, batch size, ...; no longer an exact continuation)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace the run in --out")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: auto)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (auto: cuda if any)")
+    p.add_argument(
+        "--compile",
+        nargs="?",
+        const="default",
+        default=None,
+        choices=list(COMPILE_MODES),
+        help="compile the training objective with torch.compile in this mode (default mode "
+        "when given without one)",
+    )
     p.add_argument(
         "--threads",
-        type=int,
+        type=_positive(int),
         default=None,
-        help="CPU threads of torch (default: torch's choice; 1 is fastest for small models on a "
+        help="CPU threads of torch (default: torch's choice; use 1 per process on a shared or "
         "busy machine)",
     )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--no-plots", action="store_true", help="do not write PNG plots")
 
 
+def _given_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The model options given on the command line (their own options, then --set)."""
+    given = {k: getattr(args, k) for k in SPEC_OPTIONS if getattr(args, k) is not None}
+    for key, value in args.set:
+        if key in given:
+            raise ValueError(f"option {key} is given twice (as --{key} and in --set).")
+        given[key] = value
+    return given
+
+
+def _flag(key: str) -> str:
+    return "--" + key.replace("_", "-") if key in SPEC_OPTIONS else f"--set {key}=..."
+
+
 def train_spec(args: argparse.Namespace, ds: Any) -> dict[str, Any]:
-    """The model spec of a `jacfree train` run: data facts, the given options, then --set."""
-    spec: dict[str, Any] = {
-        "kind": args.model,
-        "data_shape": list(ds.shape),
-        "gradient": args.gradient,
-        "levels": ds.levels,
-        "logit_alpha": args.logit_alpha,
-    }
-    spec.update({k: getattr(args, k) for k in SPEC_OPTIONS if getattr(args, k) is not None})
-    spec.update(dict(args.set))
+    """The model spec of a `jacfree train` run: data facts and the given options, each checked
+    against the options the model kind reads and converted to its type."""
+    kind = model_kind(args.model)
+    spec: dict[str, Any] = {"kind": args.model, "data_shape": list(ds.shape), "levels": ds.levels}
+    given = _given_options(args)
+    if kind.options is None:  # a kind that declares no options: accept them unchecked
+        spec.update(given)
+        return spec
+    for key, value in given.items():
+        if key not in kind.options:
+            valid = ", ".join(sorted(kind.options)) or "none"
+            raise ValueError(
+                f"{_flag(key)} does not apply to model kind {args.model!r}, which would ignore "
+                f"it; its options are: {valid} (see `jacfree models`). Drop the option or choose "
+                "a model kind that has it."
+            )
+        spec[key] = parse_option(key, value, kind.options[key])
     return spec
+
+
+def train_settings(args: argparse.Namespace, spec: dict[str, Any]) -> dict[str, Any]:
+    """Every setting of a `jacfree train` run (stored in the checkpoint and results.json)."""
+    settings = {
+        k: (str(v) if isinstance(v, Path) else v)
+        for k, v in vars(args).items()
+        if k not in ("func", "command", "set", *SPEC_OPTIONS)
+    }
+    settings["epochs"] = _epochs(args)
+    settings["spec"] = spec
+    return settings
+
+
+def _epochs(args: argparse.Namespace) -> int:
+    return DEFAULT_EPOCHS.get(args.data, 100) if args.epochs is None else args.epochs
+
+
+def _check_resume(out: Path, settings: dict[str, Any], allow_changes: bool) -> None:
+    """Refuse to resume a run with another dataset or model, and name every changed setting."""
+    saved = load_checkpoint(out / LAST).get("settings")
+    if saved is None:
+        return  # written by an older jacfree: fit still checks the data and its own settings
+    old_spec, new_spec = saved.get("spec", {}), settings["spec"]
+    never = {k: (saved.get(k), settings.get(k)) for k in NEVER_ON_RESUME}
+    never.update({f"spec.{k}": (old_spec.get(k), new_spec.get(k)) for k in {*old_spec, *new_spec}})
+    never = {k: v for k, v in never.items() if v[0] != v[1]}
+    if never:
+        details = "; ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in sorted(never.items()))
+        raise CheckpointError(
+            f"cannot resume {out}: the data or the model differ from the saved run ({details}). "
+            "Resume with the saved data and model options, or start a new run (another --out, "
+            "or --overwrite)."
+        )
+    changed = {
+        k: (saved.get(k), v)
+        for k, v in settings.items()
+        if k not in (*FREE_ON_RESUME, *NEVER_ON_RESUME, "spec") and saved.get(k) != v
+    }
+    if changed and not allow_changes:
+        details = "; ".join(
+            f"--{k.replace('_', '-')}: saved {a!r}, now {b!r}"
+            for k, (a, b) in sorted(changed.items())
+        )
+        raise CheckpointError(
+            f"cannot resume {out} exactly: settings differ ({details}). Resume with the saved "
+            "settings (only --epochs and --patience may change), or pass --allow-changes to "
+            "continue with the new ones anyway."
+        )
+
+
+def _clear_run(out: Path) -> None:
+    """Remove what a previous run wrote into ``out`` (--overwrite): its checkpoints, metrics,
+    results and plots, so that nothing of it is mistaken for the new run's."""
+    for name in RUN_FILES:
+        (out / name).unlink(missing_ok=True)
+    for plot in out.glob("*.png"):
+        plot.unlink()
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {args.threads}.")
         torch.set_num_threads(args.threads)
+    if args.resume and args.out is None:
+        raise ValueError("--resume needs the run folder: pass --out RUN_FOLDER.")
+    if args.allow_changes and not args.resume:
+        raise ValueError("--allow-changes only applies with --resume.")
     # under torchrun: join the process group (DDP); only rank 0 prints and writes
     cluster = distributed.init_from_env(_device(args.device))
     device = distributed.local_device(_device(args.device))
     kind = model_kind(args.model)
     ds = load(args.data, root=args.root, seed=args.data_seed)
     spec = train_spec(args, ds)
+    data_info = {"name": args.data, "seed": args.data_seed, "root": args.root}
+    torch.manual_seed(args.seed)
+    model = build_model(spec).to(device)  # fills in the kind's defaults (e.g. the objective)
+    if kind.options is not None and "gradient" in kind.options:
+        spec["gradient"] = getattr(model, "gradient", None)
+    if args.geco_target is not None and spec.get("gradient") != "selfnorm":
+        raise ValueError("--geco-target needs a model trained with --gradient selfnorm.")
     if args.out is None:
         out = _fresh_folder(RUNS / f"{args.data}-{args.model}-{kind.run_tag(spec)}")
     else:
         out = args.out
     out = distributed.broadcast_object(out, cluster)
-    data_info = {"name": args.data, "seed": args.data_seed, "root": args.root}
-    torch.manual_seed(args.seed)
-    model = build_model(spec).to(device)
+    settings = train_settings(args, spec)
+    settings["out"] = str(out)
+    if args.resume:
+        _check_resume(out, settings, args.allow_changes)
+    elif args.overwrite and cluster.is_main and (out / LAST).exists():
+        _clear_run(out)
     n_params = sum(p.numel() for p in model.parameters())
     if not cluster.is_main:  # another DDP rank: train its shard, rank 0 reports
-        _fit(args, model, ds, spec, kind, out, data_info)
+        _fit(args, model, ds, spec, kind, out, data_info, settings)
         return 0
     print(f"jacfree {__version__}: {ds!r}")
     where = f", {cluster.world} processes (DDP)" if cluster.active else ""
     print(f"model {args.model} ({n_params:,} parameters, {_describe(spec)}{where}) -> {out}")
     t0 = time.perf_counter()
-    result = _fit(args, model, ds, spec, kind, out, data_info)
+    result = _fit(args, model, ds, spec, kind, out, data_info, settings)
     wall = time.perf_counter() - t0
     test = _report(model, ds, spec, "test")
     epoch_times = [row["epoch_time_s"] for row in result.history]
     summary = {
         "data": data_info,
         "spec": spec,
+        "settings": settings,
         "epochs_run": len(result.history),
         "best_epoch": result.best_epoch,
         "stopped_early": result.stopped_early,
@@ -245,12 +400,14 @@ def _fit(
     kind: Any,
     out: Path,
     data_info: dict[str, Any],
+    settings: dict[str, Any],
 ) -> Any:
+    train = model_input(ds.train, model)
     return fit(
         model,
-        model_input(ds.train, model),
+        train,
         model_input(ds.val, model),
-        epochs=DEFAULT_EPOCHS.get(args.data, 100) if args.epochs is None else args.epochs,
+        epochs=_epochs(args),
         batch_size=args.batch_size,
         lr=args.lr,
         patience=args.patience,
@@ -260,24 +417,29 @@ def _fit(
         out_dir=out,
         resume=args.resume,
         overwrite=args.overwrite,
+        allow_changes=args.allow_changes,
         progress=not args.no_progress,
-        checkpoint_extra={"spec": spec, "data": data_info},
+        compile=args.compile,
+        checkpoint_extra={"spec": spec, "data": data_info, "settings": settings},
         objective=kind.objective(spec) if kind.objective else None,
         val_metric=kind.val_metric(spec) if kind.val_metric else None,
         val_name=kind.validation_name(spec),
-        callbacks=_callbacks(args, model),
+        callbacks=_callbacks(args, model, spec, kind, train),
     )
 
 
-def _callbacks(args: argparse.Namespace, model: torch.nn.Module) -> list[Any]:
-    """GECO and the reconstruction watch, for models with self-normalizing layers."""
-    if getattr(model, "recon_weight", None) is None or args.gradient != "selfnorm":
+def _callbacks(
+    args: argparse.Namespace, model: torch.nn.Module, spec: dict, kind: Any, train: Tensor
+) -> list[Any]:
+    """The exact NLL of a training subset (comparable with the validation NLL) for density
+    models validated by their NLL; GECO and the reconstruction watch for selfnorm models."""
+    callbacks: list[Any] = []
+    if kind.has_density and kind.validation_name(spec) == "nll":
+        callbacks.append(TrainNLL(train))
+    if getattr(model, "recon_weight", None) is not None and spec.get("gradient") == "selfnorm":
+        callbacks.append(ReconstructionWatch(args.recon_warn))
         if args.geco_target is not None:
-            raise ValueError("--geco-target needs a model trained with --gradient selfnorm.")
-        return []
-    callbacks: list[Any] = [ReconstructionWatch(args.recon_warn)]
-    if args.geco_target is not None:
-        callbacks.append(GECO(args.geco_target, lr=args.geco_lr))
+            callbacks.append(GECO(args.geco_target, lr=args.geco_lr))
     return callbacks
 
 
@@ -285,7 +447,37 @@ def _describe(spec: dict[str, Any]) -> str:
     """How the run is trained, for the start-up line: its objective if the spec names one."""
     if spec.get("objective"):
         return f"objective={spec['objective']}"
-    return f"gradient={spec['gradient']}"
+    return f"gradient={spec.get('gradient')}"
+
+
+def _stat_table(split: str, metrics: dict[str, float]) -> str:
+    """The metrics of a model kind as a table: one row per quantity with its standard error and
+    sample count where the metrics hold them (``<name>_stderr``, ``<name>_n``)."""
+    used: set[str] = set()
+    rows = []
+    for key, value in metrics.items():
+        if key in used:
+            continue
+        base = key[: -len("_nats")] if key.endswith("_nats") else key
+        stderr_keys = (f"{key}_stderr", f"{base}_stderr_nats", f"{base}_stderr")
+        stderr_key = next((k for k in stderr_keys if k in metrics and k != key), None)
+        n_key = next(
+            (k for k in (f"{key}_n", f"{base}_n", f"{base}_samples") if k in metrics), None
+        )
+        used.update(k for k in (key, stderr_key, n_key) if k)
+        stderr = f"± {metrics[stderr_key]:.4g}" if stderr_key else ""
+        n = f"{int(metrics[n_key])}" if n_key else ""
+        rows.append((key, f"{value:.6g}", stderr, n))
+    head = (f"{split} metric", "value", "stderr", "n")
+    widths = [max(len(r[i]) for r in (head, *rows)) for i in range(4)]
+    lines = [
+        "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(r, widths, strict=True))
+        )
+        for r in (head, *rows)
+    ]
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def _report(
@@ -314,7 +506,7 @@ def _report(
         print(line)
     if kind.test_metrics:
         extra = kind.test_metrics(spec)(model, x)
-        print(f"{split} " + ", ".join(f"{k} {v:.4f}" for k, v in extra.items()))
+        print(_stat_table(split, extra))
         report.update(extra)
     return report
 
@@ -325,11 +517,16 @@ def _plots(model: torch.nn.Module, ds: Any, spec: dict, history: list, out: Path
         from . import plots
 
         objective = {
-            "relative": "training loss (leaves out Σ log|det W|)",
-            "selfnorm": "training loss (no SNF log|det W|; + λ·recon)",
-        }.get(kind.run_tag(spec), "training objective")
+            "relative": "relative-gradient training loss: not the NLL (Σ log|det W| left out)",
+            "selfnorm": "selfnorm training loss: not the NLL (no log|det W|; + λ·recon)",
+        }.get(kind.run_tag(spec), f"training objective ({kind.run_tag(spec)})")
+        unit = "nats per example" if kind.has_density else "per example"
         plots.loss_curve(
-            history, out / "loss.png", title=f"{ds.name}: {kind.run_tag(spec)}", objective=objective
+            history,
+            out / "loss.png",
+            title=f"{ds.name}: {args_tag(spec)}",
+            objective=objective,
+            unit=unit,
         )
         torch.manual_seed(0)
         if kind.plot is not None:
@@ -343,6 +540,11 @@ def _plots(model: torch.nn.Module, ds: Any, spec: dict, history: list, out: Path
             )
     except ImportError as err:
         print(f"plots skipped: {err}", file=sys.stderr)
+
+
+def args_tag(spec: dict[str, Any]) -> str:
+    """``<kind>, <objective or gradient mode>`` for plot titles."""
+    return f"{spec['kind']}, {model_kind(spec).run_tag(spec)}"
 
 
 # -- eval / sample ------------------------------------------------------------------------------
@@ -375,6 +577,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not name:
         raise ValueError("the checkpoint does not name its dataset; pass --data NAME.")
     ds = load(name, root=args.root or data.get("root"), seed=data.get("seed", 0))
+    if list(ds.shape) != list(spec["data_shape"]):
+        raise ValueError(
+            f"{args.run} was trained on data of per-sample shape {tuple(spec['data_shape'])} "
+            f"({data.get('name', 'its dataset')}), but {name} has shape {tuple(ds.shape)}; "
+            "evaluate it on data of the same shape (e.g. --data "
+            f"{data.get('name', 'NAME')})."
+        )
     for split in args.split:
         _report(model, ds, spec, split, seed=args.seed)
     return 0
@@ -384,8 +593,10 @@ def _sample_panels(
     model: torch.nn.Module, spec: dict[str, Any], n: int, *, seed: int, inverse: str
 ) -> dict[str, Tensor]:
     """Samples from the same latents through the exact inverse and/or, for self-normalizing
-    models, through the learned inverses R, keyed by a panel title (with the time per sample)."""
+    models, through the learned inverses R, keyed by a panel title (with the time per sample).
+    Models without an exact sampler (energies) are named by how they sample (Langevin)."""
     learned = spec.get("gradient") == "selfnorm"
+    sampler = model_kind(spec).sampler
     if inverse == "learned" and not learned:
         raise ValueError("--inverse learned needs a model trained with --gradient selfnorm.")
     ways = {"exact": False, "learned": True}
@@ -396,7 +607,7 @@ def _sample_panels(
         t0 = time.perf_counter()
         x = model.sample(n, generator=gen, approximate=ways[way])
         ms = 1e3 * (time.perf_counter() - t0) / n
-        name = "exact inverse" if way == "exact" else "learned inverse R"
+        name = sampler if way == "exact" else "through the learned inverse R"
         panels[f"{name} ({ms:.2f} ms/sample)"] = data_output(x, spec).cpu()
     return panels
 
@@ -406,11 +617,13 @@ def cmd_sample(args: argparse.Namespace) -> int:
     model, spec, _ = _load_run(args.run, args.which, device)
     panels = _sample_panels(model, spec, args.n, seed=args.seed, inverse=args.inverse)
     for name in panels:
-        print(f"sampled {args.n} through the {name}")
+        print(f"sampled {args.n} {name}")
     if len(panels) == 2:
         a, b = panels.values()
         print(f"mean |exact − learned| = {float((a - b).abs().mean()):.4g} (same latents)")
-    out = args.out or ((args.run if args.run.is_dir() else args.run.parent) / "samples.png")
+    # never the training run's own samples.png: a name that says what was drawn
+    folder = args.run if args.run.is_dir() else args.run.parent
+    out = args.out or folder / f"sampled-{args.which}-n{args.n}-seed{args.seed}.png"
     if len(spec["data_shape"]) == 3:
         from . import plots
 
@@ -434,6 +647,33 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling / dequantisation")
 
 
+# -- models -------------------------------------------------------------------------------------
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    """List the model kinds of `jacfree train --model`, with their options and types."""
+    for name, kind in kinds().items():
+        if args.kind and name not in args.kind:
+            continue
+        print(f"{name}: {kind.description}")
+        density = "exact NLL" if kind.has_density else "no normalised density"
+        print(f"  {density}; samples {kind.sampler}")
+        if kind.options is None:
+            print("  options: not declared (any --set KEY=VALUE is passed on)")
+        else:
+            opts = ", ".join(
+                f"{k} ({option_type_name(t)})" for k, t in sorted(kind.options.items())
+            )
+            print(f"  options: {opts}")
+        print()
+    print(
+        "Options with an option of their own: "
+        + ", ".join("--" + k.replace("_", "-") for k in SPEC_OPTIONS)
+        + "; the others: --set KEY=VALUE."
+    )
+    return 0
+
+
 # -- entry point --------------------------------------------------------------------------------
 
 
@@ -445,7 +685,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"jacfree {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="train a model; writes checkpoints, metrics and plots")
+    p = sub.add_parser(
+        "train",
+        help="train a model; writes checkpoints, metrics and plots",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     add_train_arguments(p)
     p.set_defaults(func=cmd_train)
 
@@ -468,6 +712,10 @@ def build_parser() -> argparse.ArgumentParser:
         "both from the same latents, side by side (default: both where R exists)",
     )
     p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("models", help="list the model kinds with their options")
+    p.add_argument("kind", nargs="*", help="only these kinds")
+    p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("bench", help="benchmarks that reproduce the papers' speed claims")
     bench_cli.add_arguments(p)
@@ -544,14 +792,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as err:
         print(f"jacfree: error: {err}", file=sys.stderr)
         return 2
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as done:  # --help, or a usage error argparse has printed
+        return int(done.code or 0)
     try:
         return int(args.func(args))
+    except KeyboardInterrupt as err:
+        print(f"\njacfree: {err.args[0] if err.args else 'interrupted.'}", file=sys.stderr)
+        return 130
     except (
         CheckpointError,
         DatasetUnavailableError,
         FileExistsError,
         FloatingPointError,
+        OSError,
+        TypeError,
         ValueError,
         KeyError,
         ImportError,

@@ -18,11 +18,13 @@ train`` / ``eval`` report. Register new kinds with :func:`register_model`; the C
 from __future__ import annotations
 
 import importlib
+import json
 import math
-from collections.abc import Callable
+import types
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Union, get_args, get_origin
 
 from torch import Tensor, nn
 
@@ -55,6 +57,13 @@ class ModelKind:
         plot: ``plot(model, dataset, spec, out_dir) -> paths`` writes the kind's own figures
             after training (``None``: sample grid for images, density for 2-D data, which
             needs ``model.sample`` and ``model.log_prob``).
+        options: the spec keys the kind reads (besides ``kind``, ``data_shape`` and
+            ``levels``), each with its type: ``int``, ``float``, ``bool``, ``str``, a tuple of
+            allowed strings, or a union with ``None`` (see :func:`parse_option`). ``jacfree
+            train`` refuses options a kind does not read and types ``--set`` values by it.
+            ``None``: not declared (every key is accepted unchecked).
+        sampler: how ``model.sample`` draws, for messages (``"through the exact inverse"``,
+            ``"by Langevin dynamics"``, ...).
     """
 
     build: Callable[[ModelSpec], nn.Module]
@@ -65,6 +74,8 @@ class ModelKind:
     test_metrics: Callable[[ModelSpec], TestMetrics] | None = None
     has_density: bool = True
     plot: Plotter | None = None
+    options: Mapping[str, Any] | None = None
+    sampler: str = "through the exact inverse"
 
     def validation_name(self, spec: ModelSpec) -> str:
         """The name of the validation metric for this spec (``val_<name>`` in the metrics)."""
@@ -121,6 +132,85 @@ def preprocess_layers(spec: ModelSpec) -> list[FlowLayer]:
     return [Dequantize(levels), LogitTransform(levels, spec.get("logit_alpha", 1e-6))]
 
 
+OptionType = Any  # int, float, bool, str, tuple of allowed strings, or ``T | None``
+
+
+def option_type_name(kind: OptionType) -> str:
+    """How an option type reads in help texts and messages."""
+    if isinstance(kind, tuple):
+        return "|".join(kind)
+    if get_origin(kind) in (Union, types.UnionType):
+        names = ("none" if a is type(None) else option_type_name(a) for a in get_args(kind))
+        return " or ".join(names)
+    return getattr(kind, "__name__", str(kind))
+
+
+def parse_option(name: str, value: Any, kind: OptionType) -> Any:
+    """The value of option ``name`` (text from the command line, or already typed, e.g. from a
+    TOML file) converted to its declared type, or a ``ValueError`` naming the expected type.
+
+    Booleans read ``true/false``, ``yes/no``, ``on/off``, ``1/0`` (any case); ``none``/``null``
+    is ``None`` for types that allow it; JSON-quoted strings are unquoted.
+    """
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            decoded = json.loads(text)
+        except json.JSONDecodeError:
+            decoded = text
+        if isinstance(decoded, str):
+            text = decoded
+    else:
+        text, decoded = value, value
+    if get_origin(kind) in (Union, types.UnionType):
+        is_none = text is None or (isinstance(text, str) and text.lower() in ("none", "null"))
+        if is_none and type(None) in get_args(kind):
+            return None
+        errors = []
+        for alternative in get_args(kind):
+            if alternative is type(None):
+                continue
+            try:
+                return parse_option(name, value, alternative)
+            except ValueError as err:
+                errors.append(err)
+        raise errors[0]
+    want = option_type_name(kind)
+    bad = ValueError(
+        f"option {name} must be {want}, got {value!r}; e.g. --set {name}="
+        + {"bool": "true", "int": "3", "float": "0.5"}.get(want, "VALUE")
+    )
+    if kind is bool:
+        if isinstance(decoded, bool):
+            return decoded
+        words = {"true": True, "yes": True, "on": True, "1": True}
+        words.update({"false": False, "no": False, "off": False, "0": False})
+        if isinstance(text, str) and text.lower() in words:
+            return words[text.lower()]
+        raise bad
+    if kind is int:
+        if isinstance(decoded, bool) or not isinstance(decoded, int):
+            raise bad
+        return decoded
+    if kind is float:
+        if isinstance(decoded, bool) or not isinstance(decoded, int | float):
+            raise bad
+        if not math.isfinite(decoded):
+            raise bad
+        return float(decoded)
+    if isinstance(kind, tuple):
+        if text not in kind:
+            raise ValueError(
+                f"option {name} must be one of {', '.join(map(repr, kind))}, got {value!r}."
+            )
+        return text
+    if kind is str:
+        if not isinstance(text, str):
+            return str(text)
+        return text
+    raise TypeError(f"unsupported option type {kind!r} for {name}.")
+
+
 def model_input(x: Tensor, model: nn.Module) -> Tensor:
     """Reshape data (samples first) to the model's event shape (fully connected flows flatten)."""
     return x.reshape(len(x), *model.event_shape)
@@ -143,11 +233,19 @@ def _build_fc(spec: ModelSpec) -> nn.Module:
     )
 
 
+# options of every flow with a gradient mode on quantised data
+FLOW_OPTIONS: dict[str, OptionType] = {
+    "gradient": ("exact", "relative", "selfnorm"),
+    "logit_alpha": float,
+    "recon_weight": float,
+}
+
 register_model(
     "fc",
     ModelKind(
         _build_fc,
         "fully connected flow of Gresele et al.: --layers square affine layers, smooth leaky "
         "ReLU (--alpha) between them",
+        options={**FLOW_OPTIONS, "layers": int, "alpha": float, "paper_bias_rule": bool},
     ),
 )

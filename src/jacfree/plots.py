@@ -32,22 +32,30 @@ def loss_curve(
     path: str | Path,
     title: str = "",
     objective: str = "training objective",
+    unit: str = "nats per example",
 ) -> Path:
-    """Training loss (left, titled ``objective``) and validation metric (right) per epoch."""
+    """Training objective per epoch (left, titled ``objective``) and the exact metrics (right):
+    the validation metric and, where the metrics hold it, the exact NLL of a training subset
+    (``train_nll``), in ``unit``. Short runs get a marker on every epoch."""
     plt = pyplot()
     epochs = [row["epoch"] for row in history]
-    val_keys = [
-        k
-        for k in (history[0] if history else {})
-        if k.startswith("val_") and not k.endswith("_time_s")
-    ]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    axes[0].plot(epochs, [row["train_loss"] for row in history], color="C0")
-    axes[0].set(xlabel="epoch", ylabel="training loss", title=objective)
-    for key in val_keys:
-        axes[1].plot(epochs, [row[key] for row in history], label=key, color="C1")
+    first = history[0] if history else {}
+    exact = [k for k in first if k.startswith("val_") and not k.endswith("_time_s")]
+    exact += [k for k in ("train_nll",) if k in first]
+    marker = "o" if len(epochs) <= 40 else None
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    axes[0].plot(epochs, [row["train_loss"] for row in history], color="C0", marker=marker)
+    axes[0].set(xlabel="epoch", ylabel=f"training objective ({unit})")
+    axes[0].set_title(objective, fontsize=9)
+    labels = {"train_nll": "exact NLL, training subset"}
+    for colour, key in zip(("C1", "C2", "C3"), exact, strict=False):
+        label = labels.get(key, f"{key[4:]}, validation (exact)")
+        axes[1].plot(
+            epochs, [row[key] for row in history], marker=marker, label=label, color=colour
+        )
+    if exact:
         axes[1].legend()
-    axes[1].set(xlabel="epoch", ylabel="validation", title="validation (exact)")
+    axes[1].set(xlabel="epoch", ylabel=unit, title="exact metrics")
     for ax in axes:
         ax.grid(alpha=0.3)
     if title:

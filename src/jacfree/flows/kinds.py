@@ -37,7 +37,7 @@ from typing import Any
 
 from torch import nn
 
-from ..models import ModelKind, ModelSpec, preprocess_layers, register_model
+from ..models import FLOW_OPTIONS, ModelKind, ModelSpec, preprocess_layers, register_model
 from .cnn import CNNFlow
 from .conv import SelfNormConv2d
 from .glow_model import GlowFlow
@@ -130,6 +130,18 @@ register_model(
         build_cnn,
         "9-layer convolutional SNF of Keller et al. (--layers SNF 3x3 convolutions in 3 "
         "blocks, spline activations, squeezes; --gradient selfnorm or exact)",
+        options={
+            **FLOW_OPTIONS,
+            "gradient": ("exact", "selfnorm"),
+            "layers": int,
+            "blocks": int,
+            "activation": ("spline", "slr"),
+            "alpha": float,
+            "spline_params": ("element", "channel", "shared"),
+            "spline_bins": int,
+            "spline_bound": float,
+            "kernel_size": int,
+        },
     ),
 )
 register_model(
@@ -138,5 +150,15 @@ register_model(
         build_glow,
         "Glow-like flow (2 blocks x --layers steps of ActNorm, 1x1 conv, affine coupling of "
         "width --hidden; split prior; --gradient selfnorm, exact or relative)",
+        options={
+            **FLOW_OPTIONS,
+            "layers": int,
+            "blocks": int,
+            "hidden": int,
+            "conv_kernel": int,
+            "coupling_kernel": int,
+            "split": bool,
+            "swap": bool,
+        },
     ),
 )

@@ -28,7 +28,8 @@ with the FD-SM paper's defaults (Pang et al., NeurIPS 2020):
   ``val_metric`` (``"exact_sm"``, ``"objective"`` or, for nice, ``"nll"``).
 * energy-mlp: ``hidden`` (128), ``layers`` (3 hidden layers), ``activation`` (softplus),
   ``base_std`` (none).
-* nice: ``layers`` = couplings (4), ``hidden`` (1000), ``hidden_layers`` (4), ``activation``.
+* nice: ``layers`` = couplings (4), ``hidden`` (8·D, between 64 and 1000), ``hidden_layers``
+  (4), ``activation``.
 * dkef: ``hidden`` (30), ``n_inducing`` (200), ``n_kernels`` (3), ``alpha_solve`` (sliced),
   ``alpha_points`` (4000), ``logz_samples`` (10⁶), ``q0_std`` (2), ``log_lambda`` (−2).
 * ncsn: ``hidden`` = channels (16), ``sigma_max`` (1), ``sigma_min`` (0.01), ``n_levels`` (10),
@@ -51,7 +52,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..models import ModelKind, ModelSpec, preprocess_layers, register_model
+from ..models import ModelKind, ModelSpec, OptionType, preprocess_layers, register_model
 from .dkef import DKEF
 from .energy import MLPEnergy
 from .evaluate import Estimate, evaluate_per_sample, exact_sm_loss
@@ -71,6 +72,18 @@ OBJECTIVES: dict[str, tuple[str, ...]] = {
     "nice": ("fd_ssm", "mle", "ssm", "ssm_vr", "sm", "dsm", "fd_dsm"),
     "dkef": ENERGY_OBJECTIVES,
     "ncsn": ("fd_ssm_vr", "dsm", "ssm", "ssm_vr"),
+}
+# spec options every score-matching kind reads (``jacfree train`` refuses others)
+SM_OPTIONS: dict[str, OptionType] = {
+    "objective": str,
+    "eps": float,
+    "sigma": float,
+    "projection": ("rademacher", "gaussian"),
+    "n_particles": int,
+    "parallel": bool,
+    "exact_sm_n": int | None,
+    "val_metric": str,
+    "val_n": int,
 }
 _SMALL_D = 100  # exact SM (d Hessian-vector products per row) is cheap up to this dimension
 
@@ -309,11 +322,27 @@ register_model(
         test_metrics=_energy_test,
         has_density=False,
         plot=_energy_plot,
+        options={
+            **SM_OPTIONS,
+            "hidden": int,
+            "layers": int,
+            "activation": str,
+            "base_std": float | None,
+            "plot_samples": int,
+            "sample_steps": int,
+        },
+        sampler="by Langevin dynamics",
     ),
 )
 
 
 # -- nice ---------------------------------------------------------------------------------------
+
+
+def _nice_width(dim: int) -> int:
+    """Default hidden width of NICE: 1000 as in the paper for MNIST-sized data, scaled down with
+    the data dimension (8·D, at least 64) so a 2-D toy does not get millions of parameters."""
+    return min(1000, max(64, 8 * dim))
 
 
 def _build_nice(spec: ModelSpec) -> nn.Module:
@@ -323,7 +352,7 @@ def _build_nice(spec: ModelSpec) -> nn.Module:
     return NICE(
         _dim(spec),
         couplings=int(spec.get("layers") or 4),
-        hidden=int(spec.get("hidden") or 1000),
+        hidden=int(spec.get("hidden") or _nice_width(_dim(spec))),
         hidden_layers=int(spec.get("hidden_layers", 4)),
         activation=spec.get("activation", "softplus"),
         preprocess=preprocess_layers(spec),
@@ -410,6 +439,14 @@ register_model(
         test_metrics=_nice_test,
         has_density=True,
         plot=_nice_plot,
+        options={
+            **SM_OPTIONS,
+            "layers": int,
+            "hidden": int,
+            "hidden_layers": int,
+            "activation": str,
+            "logit_alpha": float,
+        },
     ),
 )
 
@@ -502,6 +539,18 @@ register_model(
         test_metrics=_dkef_test,
         has_density=True,
         plot=_dkef_plot,
+        options={
+            **SM_OPTIONS,
+            "hidden": int,
+            "n_inducing": int,
+            "n_kernels": int,
+            "q0_std": float,
+            "log_lambda": float,
+            "alpha_solve": str,
+            "alpha_points": int,
+            "logz_samples": int,
+        },
+        sampler="by Langevin dynamics",
     ),
 )
 
@@ -592,5 +641,16 @@ register_model(
         test_metrics=_ncsn_test,
         has_density=False,
         plot=_ncsn_plot,
+        options={
+            **{k: v for k, v in SM_OPTIONS.items() if k not in ("sigma", "parallel")},
+            "hidden": int,
+            "sigma_max": float,
+            "sigma_min": float,
+            "n_levels": int,
+            "activation": str,
+            "sample_steps": int,
+            "step_lr": float,
+        },
+        sampler="by annealed Langevin dynamics",
     ),
 )

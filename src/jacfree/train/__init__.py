@@ -5,6 +5,7 @@ from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .evaluate import NLL, bits_per_dim, evaluate_nll, per_example_nll
 from .fit import Callback, FitResult, fit
 from .geco import GECO, ReconstructionWatch
+from .monitor import TrainNLL
 from .optim import make_adam
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "CheckpointError",
     "FitResult",
     "ReconstructionWatch",
+    "TrainNLL",
     "bits_per_dim",
     "distributed",
     "evaluate_nll",

@@ -124,7 +124,7 @@ def fit(
     restore_best: bool = True,
     progress: bool = True,
     log_every: int = 25,
-    divergence_factor: float | None = 1e3,
+    divergence_factor: float | None = 1e4,
     compile: str | None = None,
     checkpoint_extra: dict[str, Any] | None = None,
     callbacks: Sequence[Callback] = (),
@@ -164,9 +164,10 @@ def fit(
         progress: show a progress bar (periodic lines when stderr is not a terminal).
         log_every: read the accumulated loss, diagnostics and guards on the host every this many
             steps (and at the end of every epoch); a NaN/Inf stops training within that many.
-        divergence_factor: stop when a step's gradient norm exceeds this many times the mean of
-            the first ``log_every`` steps', or when the validation metric exceeds the best one by
-            more than ``divergence_factor / 100 · max(|best|, 1)``. ``None``: only NaN/Inf stop.
+        divergence_factor: stop when a step's gradient norm exceeds this many times the first
+            step's (measured: a diverging run exceeds it by 10¹³ and more, healthy runs grow
+            their norm by at most ~100×), or when the validation metric exceeds the best one by
+            more than ``10 · max(|best|, 1)``. ``None``: only NaN/Inf stop training.
         compile: compile the objective with ``torch.compile(objective, mode=compile)``:
             ``"default"``, ``"reduce-overhead"`` (CUDA graphs) or ``"max-autotune"``; ``None``
             runs it eagerly.
@@ -288,6 +289,8 @@ def fit(
     steps_per_epoch = batches_per_epoch
     warmup_steps = warmup_epochs * steps_per_epoch
     guard = _Guard(divergence_factor, out, saved_epoch=start if start else None)
+    if start:
+        guard.reference = state.get("reference_grad_norm")
     good_state = _cpu_state(model)  # what a divergence falls back to
     show = progress and cluster.is_main
     terminal = sys.stderr.isatty()
@@ -335,6 +338,8 @@ def fit(
                 if clip_grad_norm is not None:
                     nn.utils.clip_grads_with_norm_(params, clip_grad_norm, norm)
                 opt.step()
+                if guard.reference is None:
+                    guard.reference = norm.detach().double()  # read at the first check
                 sums.add(value, norm, diagnostics, len(idx))
                 for cb in callbacks:
                     cb.on_step(model, value, diagnostics)
@@ -398,7 +403,7 @@ def fit(
                         best_state,
                         bad_epochs,
                         config,
-                        checkpoint_extra,
+                        {"reference_grad_norm": guard.reference, **(checkpoint_extra or {})},
                         callbacks,
                     )
                 guard.saved_epoch = epoch
@@ -479,7 +484,7 @@ class _Guard:
 
     def __init__(self, factor: float | None, out: Path | None, saved_epoch: int | None) -> None:
         self.factor, self.out, self.saved_epoch = factor, out, saved_epoch
-        self.reference_norm: float | None = None
+        self.reference: Tensor | float | None = None  # the first step's gradient norm
 
     def _where(self) -> str:
         if self.out is None:
@@ -503,15 +508,15 @@ class _Guard:
             loss = sums["loss"]
             what = f"training loss became {loss}" if not math.isfinite(loss) else None
             raise self._fail(what or "the gradient norm became non-finite", epoch)
-        if self.factor is not None:
-            if self.reference_norm is None and sums["steps"]:
-                self.reference_norm = sums["norm_max"]
-            elif self.reference_norm and sums["norm_max"] > self.factor * self.reference_norm:
-                raise self._fail(
-                    f"training diverged: the gradient norm reached {sums['norm_max']:.3g}, "
-                    f"over {self.factor:g} times its {self.reference_norm:.3g} of the first steps",
-                    epoch,
-                )
+        if isinstance(self.reference, Tensor):
+            self.reference = float(self.reference)  # once per run
+        limit = self.factor * self.reference if self.factor and self.reference else math.inf
+        if sums["norm_max"] > limit:
+            raise self._fail(
+                f"training diverged: the gradient norm reached {sums['norm_max']:.3g}, "
+                f"over {self.factor:g} times the first step's {self.reference:.3g}",
+                epoch,
+            )
         return sums["loss"]
 
     def check_val(self, score: float, best: float | None, name: str, epoch: int) -> None:
@@ -520,7 +525,7 @@ class _Guard:
             raise self._fail(f"the validation metric {name} became {score}", epoch)
         if self.factor is None or best is None:
             return
-        limit = best + self.factor / 100 * max(abs(best), 1.0)
+        limit = best + 10 * max(abs(best), 1.0)
         if score > limit:
             raise self._fail(
                 f"training diverged: {name} rose to {score:.4g} from its best {best:.4g}", epoch
