@@ -277,6 +277,11 @@ def fit(
             )
         torch.manual_seed(seed + cluster.rank)  # other randomness: each rank its own stream
 
+    if start == 0:  # data-dependent initialisation on the first global batch, on every rank
+        first = order_batches(_copy(shuffle), len(train), batch_size, cluster.world)[0]
+        keys = sample_noise.row_keys(first.to(device), seed, 1)
+        _initialize_data_dependent(model, train[first].to(device), keys)
+
     step_model: Callable[[Tensor], Tensor]
     if cluster.active:
         step_model = distributed.data_parallel(model, objective, device)
@@ -433,6 +438,26 @@ def order_batches(
     rows (with several processes, a last batch smaller than their number is dropped)."""
     order = torch.randperm(n, generator=shuffle)
     return list(order.split(batch_size)[: _global_batches(n, batch_size, world)])
+
+
+def _copy(gen: torch.Generator) -> torch.Generator:
+    copy_ = torch.Generator()
+    copy_.set_state(gen.get_state())
+    return copy_
+
+
+def _initialize_data_dependent(model: nn.Module, x: Tensor, keys: Tensor) -> None:
+    """Initialise the model's ActNorm layers (Glow) on the first global batch before training.
+
+    They would otherwise initialise inside the first training step, on each process's own
+    shard, and data-parallel training would start from different parameters on every rank.
+    The same batch and noise make this the initialisation one-process training had anyway.
+    """
+    from ..flows.actnorm import ActNorm, initialize_actnorm
+
+    if any(isinstance(m, ActNorm) and not m.is_initialized for m in model.modules()):
+        with sample_noise.indexed(keys):
+            initialize_actnorm(model, x)
 
 
 def data_fingerprint(x: Tensor) -> str:
