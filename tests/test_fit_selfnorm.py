@@ -69,15 +69,15 @@ def test_geco_follows_its_update_rule_and_bounds() -> None:
     flow = _flow()
     flow.set_recon_weight(2.0)
     geco = GECO(target=0.5, lr=0.1, ema=0.5, min_weight=1.0, max_weight=3.0)
-    geco.on_step(flow, 0.0, {"recon": torch.tensor(1.5)})
+    geco.on_step(flow, torch.tensor(0.0), {"recon": torch.tensor(1.5)})
     assert geco.average == pytest.approx(1.5)
     assert flow.recon_weight == pytest.approx(2.0 * torch.tensor(0.1).exp().item(), rel=1e-6)
-    geco.on_step(flow, 0.0, {"recon": torch.tensor(0.5)})  # average 1.0
+    geco.on_step(flow, torch.tensor(0.0), {"recon": torch.tensor(0.5)})  # average 1.0
     assert geco.average == pytest.approx(1.0)
-    geco.on_step(flow, 0.0, {"recon": torch.tensor(1e6)})
+    geco.on_step(flow, torch.tensor(0.0), {"recon": torch.tensor(1e6)})
     assert flow.recon_weight == pytest.approx(3.0)  # clipped
     with pytest.raises(ValueError, match="needs a flow with layers in the selfnorm"):
-        geco.on_step(flow, 0.0, {})
+        geco.on_step(flow, torch.tensor(0.0), {})
     with pytest.raises(ValueError, match=r"target \(κ\) must be >= 0"):
         GECO(-1.0)
 

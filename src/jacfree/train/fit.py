@@ -54,6 +54,7 @@ LAST = "checkpoint.pt"
 BEST = "best.pt"
 METRICS = "metrics.jsonl"
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+LINE_EVERY_S = 10.0  # progress lines when stderr is no terminal: first, last, then this often
 # settings a resumed run may change without breaking the exact continuation
 RESUMABLE_CHANGES = ("epochs", "patience")
 
@@ -161,7 +162,8 @@ def fit(
         allow_changes: let a resumed run change other settings (learning rate, batch size,
             clipping, warm-up, seed, number of processes); it is then no exact continuation.
         restore_best: load the best parameters into ``model`` at the end.
-        progress: show a progress bar (periodic lines when stderr is not a terminal).
+        progress: show a progress bar; when stderr is not a terminal (a log file), a line for
+            the first and the last epoch and at most one every 10 s between them.
         log_every: read the accumulated loss, diagnostics and guards on the host every this many
             steps (and at the end of every epoch); a NaN/Inf stops training within that many.
         divergence_factor: stop when a step's gradient norm exceeds this many times the first
@@ -308,6 +310,7 @@ def fit(
         dynamic_ncols=True,
     )
     epoch = start
+    last_line = time.perf_counter()
     try:
         for epoch in range(start + 1, epochs + 1):
             if patience is not None and bad_epochs >= patience:
@@ -391,9 +394,12 @@ def fit(
                 "samples_s": f"{row['samples_per_s']:.0f}",
             }
             bar.set_postfix(**summary)
-            if show and not terminal:  # a log file: one line per epoch instead of a bar
+            now = time.perf_counter()
+            due = epoch in (start + 1, epochs) or now - last_line >= LINE_EVERY_S
+            if show and not terminal and due:  # a log file: periodic lines instead of a bar
                 line = ", ".join(f"{k} {v}" for k, v in summary.items() if k != "epoch")
                 print(f"epoch {epoch}/{epochs}: {line}", file=sys.stderr, flush=True)
+                last_line = now
             if out is not None:
                 rng = distributed.gather_objects(_rng_state(device), cluster)
                 if writes:
