@@ -227,3 +227,14 @@ def test_nice_width_follows_the_data_dimension():
     big = build_model({"kind": "nice", "data_shape": [1, 28, 28], "levels": None})
     first = next(m for m in big.modules() if isinstance(m, torch.nn.Linear))
     assert first.out_features == 1000  # the paper's width for MNIST
+
+
+@pytest.mark.slow
+def test_compiled_training_from_the_command_line_is_recorded(tmp_path, capsys):
+    run, eager = tmp_path / "compiled", tmp_path / "eager"
+    argv = ["train", "--epochs", "1", "--batch-size", "200", "--no-progress", "--no-plots"]
+    assert main([*argv, "--threads", "1", "--out", str(eager)]) == 0
+    assert main([*argv, "--threads", "1", "--compile", "--out", str(run)]) == 0
+    assert json.loads((run / "results.json").read_text())["settings"]["compile"] == "default"
+    a, b = (json.loads((r / "metrics.jsonl").read_text()) for r in (eager, run))
+    assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4)

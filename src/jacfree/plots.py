@@ -47,7 +47,7 @@ def loss_curve(
     axes[0].plot(epochs, [row["train_loss"] for row in history], color="C0", marker=marker)
     axes[0].set(xlabel="epoch", ylabel=f"training objective ({unit})")
     axes[0].set_title(objective, fontsize=9)
-    labels = {"train_nll": "exact NLL, training subset"}
+    labels = {"train_nll": "exact NLL, training subset", "val_nll": "exact NLL, validation"}
     for colour, key in zip(("C1", "C2", "C3"), exact, strict=False):
         label = labels.get(key, f"{key[4:]}, validation (exact)")
         axes[1].plot(
