@@ -97,6 +97,16 @@ def test_integer_dtype(flow: jf.FCFlow, entry: str, dtype: torch.dtype) -> None:
     assert "Dequantize" in message  # the fix for discrete data
 
 
+@pytest.mark.parametrize("entry", ENTRY_IDS)
+def test_float_dtype_other_than_the_flows(flow: jf.FCFlow, entry: str) -> None:
+    call, name = ENTRY_POINTS[entry]
+    with pytest.raises(TypeError, match=rf"{name} has dtype torch.float64 but the model's param"):
+        call(flow, torch.ones(8, D, dtype=torch.float64))
+    with pytest.raises(TypeError, match=r"model.to\(torch.float32\)"):
+        call(flow.double(), torch.ones(8, D))
+    call(flow, torch.ones(8, D, dtype=torch.float64))  # the float64 flow takes float64 data
+
+
 @pytest.mark.parametrize(
     "bad", [[[0.0] * D] * 3, np.zeros((3, D)), 3.0, None], ids=["list", "ndarray", "float", "None"]
 )

@@ -35,10 +35,26 @@ def all_finite(x: Tensor) -> bool:
     return bool(torch.isfinite(xd).all())
 
 
+def check_dtype(x: Tensor, dtype: torch.dtype | None, name: str = "x") -> Tensor:
+    """Check that ``x`` has the dtype of the model's parameters (``None``: any)."""
+    if dtype is not None and x.dtype != dtype:
+        raise TypeError(
+            f"{name} has dtype {x.dtype} but the model's parameters are {dtype}; convert the "
+            f"data with {name}.to({dtype}) or the model with model.to({x.dtype})."
+        )
+    return x
+
+
 def check_samples(
-    x: object, event_shape: tuple[int, ...], *, name: str = "x", finite: bool = True
+    x: object,
+    event_shape: tuple[int, ...],
+    *,
+    name: str = "x",
+    finite: bool = True,
+    dtype: torch.dtype | None = None,
 ) -> Tensor:
-    """Check that ``x`` is a floating tensor of shape ``(batch, *event_shape)`` with finite values.
+    """Check that ``x`` is a floating tensor of shape ``(batch, *event_shape)`` with finite values
+    (and, if ``dtype`` is given, of that dtype: the model's).
 
     Returns ``x`` unchanged so the call can be used inline.
     """
@@ -76,6 +92,7 @@ def check_samples(
             f"{name} has per-sample shape {got} but the model expects {tuple(event_shape)}; "
             "reshape the data or build the model for this shape."
         )
+    check_dtype(x, dtype, name)
     if finite and values_visible(x) and not all_finite(x):
         bad = int((~torch.isfinite(x)).sum())
         raise ValueError(

@@ -195,7 +195,8 @@ class Flow(nn.Module):
         """Shape and dtype checks, and (``values=True``) the finite-value scan (a host read)."""
         if not self.validate:
             return x
-        return check_samples(x, self.event_shape, name=name, finite=values)
+        dtype = next((p.dtype for p in self.parameters() if p.is_floating_point()), None)
+        return check_samples(x, self.event_shape, name=name, finite=values, dtype=dtype)
 
     def validate_data(self, x: Tensor, name: str = "x") -> Tensor:
         """Check a whole dataset once, where it enters training: shape, dtype, finite values,

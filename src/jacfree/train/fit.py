@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .. import sample_noise
-from .._checks import all_finite, check_choice, check_positive_int, check_samples
+from .._checks import all_finite, check_choice, check_dtype, check_positive_int, check_samples
 from . import distributed
 from .checkpoint import CheckpointError, file_mode, load_checkpoint, save_checkpoint
 from .evaluate import evaluate_nll
@@ -607,11 +607,7 @@ def _check_data(x: object, name: str, model: nn.Module, dtype: torch.dtype | Non
             f"{name} has dtype {x.dtype}; training needs floating-point data: convert it with "
             f"{name}.float() (or .double() for a float64 model)."
         )
-    if dtype is not None and x.dtype != dtype:
-        raise TypeError(
-            f"{name} has dtype {x.dtype} but the model's parameters are {dtype}; convert the "
-            f"data with {name}.to({dtype}) or the model with model.to({x.dtype})."
-        )
+    check_dtype(x, dtype, name)
     if not all_finite(x):
         bad = int((~torch.isfinite(x)).sum())
         raise ValueError(
