@@ -18,6 +18,7 @@ code) :func:`rand_like` is ``torch.rand_like``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["indexed", "rand_like", "row_keys"]
+__all__ = ["indexed", "rand_like", "randn_like", "row_keys"]
 
 _MASK = 0xFFFFFFFF
 
@@ -92,3 +93,15 @@ def rand_like(x: Tensor) -> Tensor:
     else:
         u = ((bits >> 8).to(torch.float32) * 2.0**-24).to(x.dtype)
     return u.reshape(x.shape)
+
+
+def randn_like(x: Tensor) -> Tensor:
+    """Standard normal numbers shaped like ``x``: per sample inside :func:`indexed` (Box–Muller
+    from two :func:`rand_like` draws, so the same function of the sample), else
+    ``torch.randn_like(x)``."""
+    keys = _STATE.keys
+    if keys is None or x.dim() == 0 or x.shape[0] != keys.shape[0]:
+        return torch.randn_like(x)
+    u1, u2 = rand_like(x), rand_like(x)
+    radius = torch.sqrt(-2.0 * torch.log1p(-u1))  # 1 − u1 ∈ (0, 1]: finite
+    return radius * torch.cos(2 * math.pi * u2)

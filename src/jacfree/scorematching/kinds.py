@@ -52,6 +52,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .. import sample_noise
 from ..models import ModelKind, ModelSpec, OptionType, preprocess_layers, register_model
 from .dkef import DKEF
 from .energy import MLPEnergy
@@ -178,7 +179,7 @@ def _report(prefix: str, est: Estimate) -> dict[str, float]:
 def _unit_dequantise(levels: int | None) -> Callable[[Tensor], Tensor]:
     if not levels:
         return lambda x: x
-    return lambda x: (x + torch.rand_like(x)) / levels
+    return lambda x: (x + sample_noise.rand_like(x)) / levels  # per sample in fit
 
 
 # -- 2-D grid normalisation ---------------------------------------------------------------------

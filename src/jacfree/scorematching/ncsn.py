@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import sample_noise
 from .._checks import check_choice, check_positive_int, check_samples
 from .losses import dsm_scorenet, exact_sm_scorenet, fd_ssm_vr, ssm_scorenet
 
@@ -203,11 +204,12 @@ class NCSN(nn.Module):
     # -- data scale --------------------------------------------------------------------------
 
     def preprocess(self, x: Tensor) -> Tensor:
-        """Quantised data ``{0..levels−1}`` → ``(x + u)/levels ∈ [0, 1)`` (fresh uniform ``u``
-        from the global RNG); unchanged when ``levels`` is ``None``."""
+        """Quantised data ``{0..levels−1}`` → ``(x + u)/levels ∈ [0, 1)`` (fresh uniform ``u``,
+        per sample in training: :mod:`jacfree.sample_noise`); unchanged when ``levels`` is
+        ``None``."""
         if self.levels is None:
             return x
-        return (x + torch.rand_like(x)) / self.levels
+        return (x + sample_noise.rand_like(x)) / self.levels
 
     def to_data(self, y: Tensor) -> Tensor:
         """Model-scale samples back to the data scale (``floor(y·levels)`` clipped)."""
