@@ -264,7 +264,7 @@ def test_train_selfnorm_cli_writes_bits_per_dim_and_both_sample_grids(
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--model", "cnn"], "supports --gradient exact / selfnorm, not 'relative'"),
+        (["--model", "cnn", "--gradient", "relative"], "supports --gradient exact / selfnorm"),
         (["--model", "cnn", "--gradient", "exact", "--layers", "4"], "multiple of the number"),
         (["--model", "glow", "--data", "moons", "--gradient", "exact"], "needs image data"),
     ],

@@ -132,7 +132,6 @@ register_model(
         "blocks, spline activations, squeezes; --gradient selfnorm or exact)",
         options={
             **FLOW_OPTIONS,
-            "gradient": ("exact", "selfnorm"),
             "layers": int,
             "blocks": int,
             "activation": ("spline", "slr"),
