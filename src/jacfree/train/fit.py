@@ -15,9 +15,12 @@ norm that explodes, or a validation metric that blows up stops training within o
 a :class:`FloatingPointError`; the parameters of the last good epoch are restored and no bad
 parameters reach ``best.pt`` or ``checkpoint.pt``.
 
-Models may report per-step quantities through ``model.training_diagnostics() -> {name: tensor}``
-(self-normalizing flows report their reconstruction error ``recon``); their batch-weighted epoch
-means appear in the metrics as ``train_<name>``. Callbacks (:class:`Callback`) see every step and
+Each epoch's metrics row holds the mean training loss, the time and throughput, the learning rate,
+the largest gradient norm of the epoch (``grad_norm_max``, before clipping) and the validation
+metric. Models may report per-step quantities through
+``model.training_diagnostics() -> {name: tensor}`` (self-normalizing flows report their
+reconstruction error ``recon``); their batch-weighted epoch means appear in the metrics as
+``train_<name>``. Callbacks (:class:`Callback`) see every step and
 every epoch, e.g. :class:`jacfree.train.GECO`, which adapts the reconstruction weight λ.
 """
 
