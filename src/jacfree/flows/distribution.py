@@ -138,9 +138,13 @@ class FlowDistribution(Distribution):
         return x
 
     def sample(self, sample_shape: Size | tuple[int, ...] = Size()) -> Tensor:
-        """Samples ``(*sample_shape, *batch, *event)``, no gradient recorded."""
+        """Samples ``(*sample_shape, *batch, *event)``, no gradient recorded (the inverse only,
+        no log-det)."""
+        sample_shape = Size(sample_shape)
         with torch.no_grad():
-            return self.rsample(sample_shape)
+            z = self._latent(sample_shape)
+            x = self.flow.inverse(z, context=self._contexts(sample_shape))
+        return self._shape(x, sample_shape)
 
     def rsample_and_log_prob(
         self, sample_shape: Size | tuple[int, ...] = Size()
