@@ -193,9 +193,7 @@ def _directional_check(flow: jf.Flow, context: Tensor | None) -> None:
         return (weights * x).sum() + 0.1 * lp.sum()
 
     grads = torch.autograd.grad(value(), params, allow_unused=True)
-    analytic = sum(
-        (g * v).sum() for g, v in zip(grads, direction, strict=True) if g is not None
-    )
+    analytic = sum((g * v).sum() for g, v in zip(grads, direction, strict=True) if g is not None)
     eps = 1e-5
     with torch.no_grad():
         for p, v in zip(params, direction, strict=True):

@@ -150,9 +150,7 @@ class CNNFlow(Flow):
                 body.append(Squeeze())
                 C, H, W = 4 * C, H // 2, W // 2
         body += [Unsqueeze() for _ in range(blocks - 1)]
-        super().__init__(
-            [*preprocess, *body], shape, validate=validate, context_encoder=encoder
-        )
+        super().__init__([*preprocess, *body], shape, validate=validate, context_encoder=encoder)
         self.blocks = blocks
         self.layers_per_block = layers_per_block
         self.activation = activation

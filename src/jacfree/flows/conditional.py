@@ -83,8 +83,9 @@ class ContextEncoder(nn.Module):
             self.net = nn.Embedding(classes, hidden)
 
     def extra_repr(self) -> str:
-        kind = f"features={self.features}" if self.features is not None else f"classes={self.classes}"
-        return f"{kind}, hidden={self.hidden}"
+        if self.features is not None:
+            return f"features={self.features}, hidden={self.hidden}"
+        return f"classes={self.classes}, hidden={self.hidden}"
 
     @property
     def event_shape(self) -> tuple[int, ...]:

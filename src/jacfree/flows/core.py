@@ -332,9 +332,7 @@ class Flow(nn.Module):
             x = layer.call(method, x, h)
         return x
 
-    def inverse_and_logdet(
-        self, z: Tensor, context: Tensor | None = None
-    ) -> tuple[Tensor, Tensor]:
+    def inverse_and_logdet(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``(x, logdet)``: x = flow⁻¹(z) and the exact log|det ∂z/∂x| at x, in one pass.
 
         So ``log p(x) = base.log_prob(z) + logdet``. Differentiable in ``z`` and in every

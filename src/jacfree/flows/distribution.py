@@ -132,12 +132,12 @@ class FlowDistribution(Distribution):
             context = self.context.expand(*outer, *event).reshape(-1, *event)
         return self.flow.log_prob(x, context=context).reshape(outer)
 
-    def rsample(self, sample_shape: Size | tuple[int, ...] = Size()) -> Tensor:
+    def rsample(self, sample_shape: Size | tuple[int, ...] = ()) -> Tensor:
         """Differentiable samples ``(*sample_shape, *batch, *event)``."""
         x, _ = self.rsample_and_log_prob(sample_shape)
         return x
 
-    def sample(self, sample_shape: Size | tuple[int, ...] = Size()) -> Tensor:
+    def sample(self, sample_shape: Size | tuple[int, ...] = ()) -> Tensor:
         """Samples ``(*sample_shape, *batch, *event)``, no gradient recorded (the inverse only,
         no log-det)."""
         sample_shape = Size(sample_shape)
@@ -147,7 +147,7 @@ class FlowDistribution(Distribution):
         return self._shape(x, sample_shape)
 
     def rsample_and_log_prob(
-        self, sample_shape: Size | tuple[int, ...] = Size()
+        self, sample_shape: Size | tuple[int, ...] = ()
     ) -> tuple[Tensor, Tensor]:
         """``(x, log p(x | c))`` in one pass through the inverse; both differentiable."""
         sample_shape = Size(sample_shape)

@@ -164,9 +164,7 @@ class GlowFlow(Flow):
             body.insert(0, ContextAffine(shape, encoder.hidden, per="element"))
         n_unsqueeze = 1 if split else blocks
         body += [Unsqueeze() for _ in range(n_unsqueeze)]
-        super().__init__(
-            [*preprocess, *body], shape, validate=validate, context_encoder=encoder
-        )
+        super().__init__([*preprocess, *body], shape, validate=validate, context_encoder=encoder)
         self.blocks = blocks
         self.steps = steps
         self.hidden = hidden

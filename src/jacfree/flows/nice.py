@@ -204,9 +204,7 @@ class NICE(Flow):
         encoder = context_encoder(context_features, context_classes, context_hidden)
         width = encoder.hidden if encoder is not None else 0
         body: list[FlowLayer] = [
-            AdditiveCoupling(
-                features, k % 2, hidden, hidden_layers, activation, context_dim=width
-            )
+            AdditiveCoupling(features, k % 2, hidden, hidden_layers, activation, context_dim=width)
             for k in range(couplings)
         ]
         body.append(DiagonalScaling(features))

@@ -76,13 +76,21 @@ class FitResult:
     out_dir: Path | None = None
 
 
-def _validate_data(model: nn.Module, data: Tensor, name: str) -> None:
+def _validate_data(model: nn.Module, data: Tensor | tuple[Tensor, Tensor], name: str) -> None:
     """Check a dataset once, before epoch 1: the training step itself reads no value on the host.
 
     Uses the model's own ``validate_data`` (flows: shape, dtype, finite values, pre-processing
-    range) if it has one, else a finite-value scan of floating-point data.
+    range; with ``(x, context)`` pairs also the contexts) if it has one, else a finite-value scan
+    of floating-point data.
     """
     check = getattr(model, "validate_data", None)
+    if isinstance(data, tuple):
+        x, context = data
+        if check is not None:
+            for chunk, c in zip(x.split(10_000), context.split(10_000), strict=True):
+                check(chunk, name, context=c)
+            return
+        data = x
     if check is not None:
         for chunk in data.split(10_000):
             check(chunk, name)
@@ -93,7 +101,9 @@ def _validate_data(model: nn.Module, data: Tensor, name: str) -> None:
         )
 
 
-def _default_objective(model: nn.Module, x: Tensor) -> Tensor:
+def _default_objective(model: nn.Module, x: Tensor | tuple[Tensor, Tensor]) -> Tensor:
+    if isinstance(x, tuple):  # (x, context) pairs: a conditional flow
+        return model.loss(x[0], context=x[1])
     return model.loss(x)
 
 
@@ -131,7 +141,9 @@ def fit(
         model: any module; by default trained on ``model.loss(x)`` and validated with the exact
             NLL from ``model.log_prob`` (in eval mode, under ``no_grad``).
         train, val: tensors with samples first (kept where they are; batches move to the
-            model's device).
+            model's device), or ``(x, context)`` pairs of such tensors for a conditional flow
+            (then the batches given to ``objective`` and ``val_metric`` are pairs too, and the
+            defaults use ``model.loss(x, context=c)`` and ``model.log_prob(x, context=c)``).
         epochs: total number of epochs (a resumed run continues up to this number).
         batch_size: mini-batch size; the last, smaller batch of an epoch is kept.
         lr: Adam learning rate (ignored if ``optimizer`` is given).
@@ -168,7 +180,12 @@ def fit(
         warmup_epochs < 0
     ):
         raise ValueError(f"warmup_epochs must be a finite number >= 0, got {warmup_epochs!r}.")
-    if not isinstance(train, Tensor) or train.dim() < 2 or len(train) == 0:
+    pairs = isinstance(train, tuple)
+    if pairs:
+        _check_pairs(train, "train")
+        if val is not None:
+            _check_pairs(val, "val")
+    elif not isinstance(train, Tensor) or train.dim() < 2 or len(train) == 0:
         raise ValueError(
             "train must be a non-empty tensor with samples first, shape (n, ...); "
             f"got {type(train).__name__} {tuple(getattr(train, 'shape', ()))}."
@@ -189,7 +206,7 @@ def fit(
     config = {
         "batch_size": batch_size,
         "seed": seed,
-        "n_train": len(train),
+        "n_train": len(train[0]) if pairs else len(train),
         "world_size": cluster.world,
         "warmup_epochs": warmup_epochs,
     }
@@ -247,7 +264,8 @@ def fit(
         step_model = lambda x: objective(model, x)  # noqa: E731
 
     diagnose = getattr(model, "training_diagnostics", None)
-    batches_per_epoch = _global_batches(len(train), batch_size, cluster.world)
+    n_train = len(train[0]) if pairs else len(train)
+    batches_per_epoch = _global_batches(n_train, batch_size, cluster.world)
     steps_per_epoch = batches_per_epoch
     warmup_steps = warmup_epochs * steps_per_epoch
     bar = tqdm(
@@ -267,14 +285,17 @@ def fit(
             t0 = time.perf_counter()
             total, count = 0.0, 0
             diag_sums: dict[str, Tensor] = {}
-            order = torch.randperm(len(train), generator=shuffle)
+            order = torch.randperm(n_train, generator=shuffle)
             for i, idx in enumerate(order.split(batch_size)[:batches_per_epoch]):
                 if warmup_steps:
                     step = (epoch - 1) * steps_per_epoch + i + 1
                     for group in opt.param_groups:
                         group["lr"] = group["initial_lr"] * min(1.0, step / warmup_steps)
                 mine = idx[cluster.rank :: cluster.world]
-                x = train[mine].to(device, non_blocking=True)
+                if pairs:
+                    x = tuple(t[mine].to(device, non_blocking=True) for t in train)
+                else:
+                    x = train[mine].to(device, non_blocking=True)
                 opt.zero_grad(set_to_none=True)
                 loss = step_model(x)
                 # this rank's share of the global batch; the global loss and diagnostics are the
@@ -369,6 +390,17 @@ def fit(
         )
     distributed.barrier(cluster)
     return result
+
+
+def _check_pairs(data: tuple, name: str) -> None:
+    """``(x, context)``: two tensors with samples first and the same number of samples."""
+    ok = len(data) == 2 and all(isinstance(t, Tensor) for t in data)
+    if not ok or data[0].dim() < 2 or len(data[0]) == 0 or len(data[0]) != len(data[1]):
+        shapes = [tuple(getattr(t, "shape", ())) for t in data]
+        raise ValueError(
+            f"{name} as a tuple must be an (x, context) pair of tensors with the same number "
+            f"of samples, x of shape (n, ...) with n > 0; got shapes {shapes}."
+        )
 
 
 def _global_batches(n: int, batch_size: int, world: int) -> int:
