@@ -270,8 +270,11 @@ def test_expand_broadcasts_the_context() -> None:
     assert e.batch_shape == (4,)
     x = torch.randn(4, 2, dtype=F64)
     torch.testing.assert_close(e.log_prob(x), d.log_prob(x))
-    with pytest.raises(NotImplementedError, match="batch shape"):
-        jf.FCFlow(2).distribution().expand(torch.Size([3]))
+    # an unconditional flow expands into independent copies
+    u = _perturbed(lambda: jf.FCFlow(2, layers=2)).distribution().expand(torch.Size([3]))
+    assert u.batch_shape == (3,) and u.sample((4,)).shape == (4, 3, 2)
+    y = torch.randn(5, 3, 2, dtype=F64)
+    torch.testing.assert_close(u.log_prob(y), u.flow.log_prob(y.flatten(0, 1)).view(5, 3))
 
 
 def test_context_errors_name_the_fix() -> None:

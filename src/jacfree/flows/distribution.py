@@ -27,6 +27,7 @@ bounded support that ``support`` does not describe; ``log_prob`` is then what th
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import Size, Tensor
@@ -45,18 +46,22 @@ class FlowDistribution(Distribution):
         context: ``None`` for an unconditional flow; for a conditional one, contexts of batch
             shape ``S`` (vectors ``(*S, F)``, class labels ``(*S,)``): the distribution then has
             batch shape ``S``.
+        batch_shape: for an unconditional flow, a batch of independent copies of p(x) (default
+            ``()``; :meth:`expand` sets it).
     """
 
     arg_constraints: dict = {}  # noqa: RUF012 - the torch.distributions convention
     has_rsample = True
 
-    def __init__(self, flow: Flow, context: Tensor | None = None) -> None:
+    def __init__(
+        self, flow: Flow, context: Tensor | None = None, *, batch_shape: Sequence[int] = ()
+    ) -> None:
         if not isinstance(flow, Flow):
             raise TypeError(f"flow must be a jacfree Flow, got {type(flow).__name__}.")
         encoder = flow.context_encoder
         if encoder is None:
             flow.encode_context(context, 1)  # raises if a context is given
-            batch_shape: tuple[int, ...] = ()
+            batch_shape = tuple(batch_shape)
         else:
             if context is None:
                 flow.encode_context(None, 1)  # raises: a conditional flow needs a context
@@ -70,15 +75,11 @@ class FlowDistribution(Distribution):
         return constraints.independent(constraints.real, len(self.event_shape))
 
     def expand(self, batch_shape: Size, _instance: object = None) -> FlowDistribution:
-        """The same flow with the context broadcast to ``batch_shape`` (conditional flows); an
-        unconditional flow's distribution has no batch dimensions to expand into."""
+        """The same flow over ``batch_shape``: the context broadcast to it (conditional flows),
+        or independent copies of p(x) (unconditional ones; what Pyro's plates ask for)."""
+        batch_shape = Size(batch_shape)
         if self.context is None:
-            if tuple(batch_shape) != ():
-                raise NotImplementedError(
-                    "an unconditional flow's distribution has batch shape (); draw several "
-                    "samples with sample((n,)) instead of expanding it."
-                )
-            return self
+            return FlowDistribution(self.flow, batch_shape=batch_shape)
         event = self.flow.context_encoder.event_shape  # type: ignore[union-attr]
         return FlowDistribution(self.flow, self.context.expand(*batch_shape, *event))
 
