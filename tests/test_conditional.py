@@ -165,21 +165,24 @@ def test_relative_loss_value_is_the_nll_without_weight_log_dets_with_a_context()
 @pytest.mark.parametrize(
     "build",
     [
-        lambda: jf.FCFlow(D, layers=2, gradient="exact", context_features=3, validate=False),
-        lambda: jf.NICE(D, hidden=8, hidden_layers=1, context_features=3, validate=False),
+        *[
+            lambda mode=mode: jf.FCFlow(D, layers=2, gradient=mode, context_features=3)
+            for mode in jf.GRADIENT_MODES
+        ],
+        lambda: jf.FCFlow(D, layers=2, context_classes=5),
+        lambda: jf.NICE(D, hidden=8, hidden_layers=1, context_features=3),
     ],
-    ids=["FCFlow", "NICE"],
+    ids=[*(f"FCFlow-{m}" for m in jf.GRADIENT_MODES), "FCFlow-labels", "NICE"],
 )
-def test_conditional_loss_and_log_prob_trace_under_torch_compile(build) -> None:
-    """The context path (encoder, context layers, conditional couplings) has no graph break."""
+def test_conditional_training_loss_traces_under_torch_compile(build) -> None:
+    """The training step's context path (encoder, context layers, conditional couplings) reads
+    no value on the host: ``loss(x, context=c)`` traces whole, validation on."""
     torch.manual_seed(0)
     flow = build()
-    x, c = torch.randn(B, D), torch.randn(B, 3)
-    for fn in (flow.loss, flow.log_prob):
-        compiled = torch.compile(
-            lambda x, c, fn=fn: fn(x, context=c), fullgraph=True, backend="eager"
-        )
-        torch.testing.assert_close(compiled(x, c), fn(x, context=c))
+    x = torch.randn(B, D)
+    c = torch.randint(0, 5, (B,)) if flow.context_encoder.classes else torch.randn(B, 3)
+    compiled = torch.compile(lambda x, c: flow.loss(x, context=c), fullgraph=True, backend="eager")
+    torch.testing.assert_close(compiled(x, c), flow.loss(x, context=c))
 
 
 # -- training ------------------------------------------------------------------------------------
