@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 import jacfree as jf
+from jacfree.flows import ContextAffine
 
 F64 = torch.float64
 D = 4
@@ -40,7 +41,7 @@ def _perturb(flow: jf.Flow, seed: int = 0, scale: float = 0.3, square: float = 0
 
 def _heads_moved(flow: jf.Flow) -> bool:
     return all(
-        m.head.weight.abs().sum() > 0 for m in flow.modules() if isinstance(m, jf.ContextAffine)
+        m.head.weight.abs().sum() > 0 for m in flow.modules() if isinstance(m, ContextAffine)
     )
 
 
@@ -76,6 +77,32 @@ def test_density_integrates_to_one_for_each_context(build, contexts: Tensor) -> 
     assert masses == pytest.approx([1.0, 1.0], abs=2e-3)
     # and the two contexts give different densities (the context is used)
     assert (densities[0] - densities[1]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize(
+    ("shape", "per"), [((3,), "feature"), ((2, 3, 2), "channel"), ((2, 3, 2), "element")]
+)
+def test_context_affine_round_trip_and_log_det(shape: tuple[int, ...], per: str) -> None:
+    """Inverse round trip, and the log-det against slogdet of the autograd Jacobian, per
+    sample (each sample has its own context)."""
+    torch.manual_seed(0)
+    layer = ContextAffine(shape, 5, per=per).double()
+    with torch.no_grad():
+        layer.head.weight.normal_(0, 0.5)
+        layer.head.bias.normal_(0, 0.5)
+    x, h = torch.randn(4, *shape, dtype=F64), torch.randn(4, 5, dtype=F64)
+    z, logdet = layer(x, h)
+    torch.testing.assert_close(layer.inverse(z, h), x)
+    for n in range(4):
+        jac = torch.autograd.functional.jacobian(
+            lambda v, n=n: layer(v[None], h[n : n + 1])[0], x[n]
+        )
+        d = x[n].numel()
+        torch.testing.assert_close(logdet[n], torch.linalg.slogdet(jac.reshape(d, d)).logabsdet)
+    # a fresh layer is the identity, whatever the context
+    fresh = ContextAffine(shape, 5, per=per).double()
+    z0, ld0 = fresh(x, h)
+    assert torch.equal(z0, x) and torch.equal(ld0, torch.zeros(4, dtype=F64))
 
 
 # -- the gradient rules with a context -----------------------------------------------------------
