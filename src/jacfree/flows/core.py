@@ -255,9 +255,7 @@ class Flow(nn.Module):
             return x
         return check_samples(x, self.event_shape, name=name, finite=values)
 
-    def validate_data(
-        self, x: Tensor, name: str = "x", *, context: Tensor | None = None
-    ) -> Tensor:
+    def validate_data(self, x: Tensor, name: str = "x", *, context: Tensor | None = None) -> Tensor:
         """Check a whole dataset once, where it enters training: shape, dtype, finite values,
         and the value range each leading pre-processing layer expects (e.g. ``Dequantize``);
         for a conditional flow also the contexts (one per sample: finite vectors, labels in
