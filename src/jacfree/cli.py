@@ -165,6 +165,14 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         "option, e.g. --set paper_bias_rule=true",
     )
     p.add_argument(
+        "--conditional",
+        default=None,
+        metavar="label|column:K",
+        help="train a conditional flow p(x | c): 'label' conditions on the class labels of the "
+        "data (digits, fashion-mnist, mnist-5k, ...), 'column:K' on column K of a table "
+        "(models fc, cnn, glow)",
+    )
+    p.add_argument(
         "--epochs",
         type=_positive(int),
         default=None,
@@ -252,6 +260,8 @@ def train_spec(args: argparse.Namespace, ds: Any) -> dict[str, Any]:
     kind = model_kind(args.model)
     spec: dict[str, Any] = {"kind": args.model, "data_shape": list(ds.shape), "levels": ds.levels}
     given = _given_options(args)
+    if args.conditional is not None:  # data facts of the context, not options of the kind
+        spec.update(conditional_spec(args.conditional, ds))
     if kind.options is None:  # a kind that declares no options: accept them unchecked
         spec.update(given)
         return spec
@@ -323,6 +333,49 @@ def _clear_run(out: Path) -> None:
         (out / name).unlink(missing_ok=True)
     for plot in out.glob("*.png"):
         plot.unlink()
+
+
+def conditional_spec(option: str, ds: Any) -> dict[str, Any]:
+    """The spec entries of ``--conditional label`` / ``--conditional column:K``."""
+    if option == "label":
+        if not ds.labels:
+            raise ValueError(
+                f"--conditional label needs class labels, but dataset {ds.name!r} has none; "
+                "use a labelled dataset (digits, fashion-mnist, mnist-5k, ...) or, for a "
+                "table, --conditional column:K."
+            )
+        classes = 1 + max(int(labels.max()) for labels in ds.labels.values() if len(labels))
+        return {"conditional": "label", "context_classes": classes}
+    kind, _, index = option.partition(":")
+    if kind != "column" or not index.lstrip("-").isdigit():
+        raise ValueError(
+            f"--conditional must be 'label' or 'column:K' (K a column index), got {option!r}."
+        )
+    k, shape = int(index), list(ds.shape)
+    if len(shape) != 1 or not -shape[0] <= k < shape[0] or shape[0] < 2:
+        raise ValueError(
+            f"--conditional column:{k} needs a table of at least 2 columns with column {k}; "
+            f"dataset {ds.name!r} has samples of shape {tuple(shape)}."
+        )
+    return {
+        "conditional": f"column:{k % shape[0]}",
+        "context_column": k % shape[0],
+        "context_features": 1,
+        "data_shape": [shape[0] - 1],
+    }
+
+
+def model_data(ds: Any, split: str, model: torch.nn.Module, spec: dict[str, Any]) -> Any:
+    """A split as the model takes it: the data, or ``(x, context)`` pairs for a conditional
+    flow (the class labels, or the context column taken out of the table)."""
+    x = ds.split(split)
+    if "context_column" in spec:
+        k = spec["context_column"]
+        rest = torch.cat([x[:, :k], x[:, k + 1 :]], 1)
+        return model_input(rest, model), x[:, k : k + 1]
+    if spec.get("conditional") == "label":
+        return model_input(x, model), ds.labels[split]
+    return model_input(x, model)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -402,11 +455,11 @@ def _fit(
     data_info: dict[str, Any],
     settings: dict[str, Any],
 ) -> Any:
-    train = model_input(ds.train, model)
+    train = model_data(ds, "train", model, spec)
     return fit(
         model,
         train,
-        model_input(ds.val, model),
+        model_data(ds, "val", model, spec),
         epochs=_epochs(args),
         batch_size=args.batch_size,
         lr=args.lr,
@@ -486,16 +539,18 @@ def _report(
     """Evaluate, print and return the test metrics: the NLL (nats, and bits/dim for images) on
     the data's original scale when the model has a density, and the model kind's own metrics."""
     kind = model_kind(spec)
-    x = model_input(ds.split(split), model)
+    x = model_data(ds, split, model, spec)
     report: dict[str, float] = {}
     if kind.has_density:
         nll = evaluate_nll(model, x, seed=seed)
         # back to the original scale of the data: the dataset's own pre-processing (e.g. the
         # standardisation of a table) has log-det ds.logdet
-        mean = nll.mean - ds.logdet
-        line = f"{split} NLL {mean:.3f} ± {nll.stderr:.3f} nats (n={nll.n})"
+        # (conditioning on a column of a standardised table: the NLL stays on the loaded scale)
+        mean = nll.mean - (0.0 if "context_column" in spec else ds.logdet)
+        conditional = f" given {spec['conditional']}" if spec.get("conditional") else ""
+        line = f"{split} NLL{conditional} {mean:.3f} ± {nll.stderr:.3f} nats (n={nll.n})"
         report.update(nll_nats=mean, nll_stderr_nats=nll.stderr, n=nll.n)
-        if ds.logdet:
+        if ds.logdet and "context_column" not in spec:
             line += f"; {nll.mean:.3f} on the pre-processed scale"
             report.update(nll_nats_preprocessed=nll.mean)
         if ds.bits_per_dim_applies:
@@ -529,7 +584,15 @@ def _plots(model: torch.nn.Module, ds: Any, spec: dict, history: list, out: Path
             unit=unit,
         )
         torch.manual_seed(0)
-        if kind.plot is not None:
+        if spec.get("conditional"):
+            if ds.is_image and "context_classes" in spec:
+                per_class = 10
+                panels = _class_panels(model, spec, per_class, seed=0)
+                plots.image_grids(
+                    panels, out / "samples.png", ds.levels, f"{ds.name}: one row per class",
+                    cols=per_class,
+                )  # fmt: skip
+        elif kind.plot is not None:
             kind.plot(model, ds, spec, out)
         elif ds.is_image:
             panels = _sample_panels(model, spec, 64, seed=0, inverse="both")
@@ -612,9 +675,27 @@ def _sample_panels(
     return panels
 
 
+def _class_panels(
+    model: torch.nn.Module, spec: dict[str, Any], per_class: int, *, seed: int
+) -> dict[str, Tensor]:
+    """``per_class`` samples of every class of a label-conditional model, class by class (one
+    row per class in a grid of ``per_class`` columns)."""
+    device = next(model.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(seed)
+    labels = torch.arange(spec["context_classes"], device=device)
+    t0 = time.perf_counter()
+    x = model.sample(per_class, generator=gen, context=labels)  # (per_class, classes, ...)
+    ms = 1e3 * (time.perf_counter() - t0) / (per_class * len(labels))
+    x = x.transpose(0, 1).flatten(0, 1)
+    title = f"classes 0..{len(labels) - 1}, one per row ({ms:.2f} ms/sample)"
+    return {title: data_output(x, spec).cpu()}
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     device = _device(args.device)
-    model, spec, _ = _load_run(args.run, args.which, device)
+    model, spec, data = _load_run(args.run, args.which, device)
+    if spec.get("conditional"):
+        return _sample_conditional(args, model, spec, data)
     panels = _sample_panels(model, spec, args.n, seed=args.seed, inverse=args.inverse)
     for name in panels:
         print(f"sampled {args.n} {name}")
@@ -637,6 +718,40 @@ def cmd_sample(args: argparse.Namespace) -> int:
             lines = [",".join(f"{v:.6g}" for v in row) for row in samples.flatten(1).tolist()]
             path.write_text("\n".join(lines) + "\n")
             print(f"wrote {path}")
+    return 0
+
+
+def _sample_conditional(
+    args: argparse.Namespace, model: torch.nn.Module, spec: dict[str, Any], data: dict
+) -> int:
+    """Class-conditional grid (one row per class, ``-n`` per class), or for a column context a
+    CSV of samples at the contexts of the first ``-n`` test rows (the column put back)."""
+    out = args.out or ((args.run if args.run.is_dir() else args.run.parent) / "samples.png")
+    if "context_classes" in spec:
+        panels = _class_panels(model, spec, args.n, seed=args.seed)
+        print(f"sampled {args.n} per class for {spec['context_classes']} classes")
+        if len(spec["data_shape"]) == 3:
+            from . import plots
+
+            plots.image_grids(panels, out, spec.get("levels"), title="", cols=args.n)
+            print(f"wrote {out} (one row per class)")
+            return 0
+        x = next(iter(panels.values())).flatten(1)
+        labels = torch.arange(spec["context_classes"]).repeat_interleave(args.n)[:, None]
+        rows = torch.cat([labels.to(x.dtype), x], 1)
+    else:
+        ds = load(data["name"], root=data.get("root"), seed=data.get("seed", 0))
+        context = ds.split("test")[: args.n, spec["context_column"]][:, None]
+        gen = torch.Generator(device=context.device).manual_seed(args.seed)
+        device = next(model.parameters()).device
+        x = model.sample(1, generator=gen, context=context.to(device))[0].cpu()
+        k = spec["context_column"]
+        rows = torch.cat([x[:, :k], context.to(x.dtype), x[:, k:]], 1)
+        print(f"sampled {len(rows)} at the column-{k} values of the first test rows")
+    out = out.with_suffix(".csv")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(",".join(f"{v:.6g}" for v in row) for row in rows.tolist()) + "\n")
+    print(f"wrote {out}")
     return 0
 
 

@@ -211,6 +211,13 @@ def parse_option(name: str, value: Any, kind: OptionType) -> Any:
     raise TypeError(f"unsupported option type {kind!r} for {name}.")
 
 
+def context_options(spec: ModelSpec) -> dict[str, int]:
+    """The context keywords of a conditional flow's spec (``context_features`` for a vector
+    context, ``context_classes`` for class labels; ``context_hidden``), or none."""
+    keys = ("context_features", "context_classes", "context_hidden")
+    return {k: int(spec[k]) for k in keys if spec.get(k) is not None}
+
+
 def model_input(x: Tensor, model: nn.Module) -> Tensor:
     """Reshape data (samples first) to the model's event shape (fully connected flows flatten)."""
     return x.reshape(len(x), *model.event_shape)
@@ -230,6 +237,7 @@ def _build_fc(spec: ModelSpec) -> nn.Module:
         preprocess=preprocess_layers(spec),
         paper_bias_rule=spec.get("paper_bias_rule", False),
         recon_weight=spec.get("recon_weight", 1.0),
+        **context_options(spec),
     )
 
 

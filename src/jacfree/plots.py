@@ -64,14 +64,15 @@ def loss_curve(
     return save_figure(fig, path)
 
 
-def _tile(images: Tensor, levels: int | None) -> Tensor:
-    """A square mosaic (C, rows·(H+1)+1, cols·(W+1)+1) of images ``(n, C, H, W)`` in [0, 1]."""
+def _tile(images: Tensor, levels: int | None, cols: int | None = None) -> Tensor:
+    """A mosaic (C, rows·(H+1)+1, cols·(W+1)+1) of images ``(n, C, H, W)`` in [0, 1], row by
+    row: square unless ``cols`` is given."""
     images = images.detach().float().cpu()
     if levels:
         images = images / (levels - 1)
     images = images.clamp(0, 1)
     n = len(images)
-    cols = math.ceil(math.sqrt(n))
+    cols = cols or math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)
     c, h, w = images.shape[1:]
     grid = torch.ones(c, rows * (h + 1) + 1, cols * (w + 1) + 1)
@@ -82,12 +83,17 @@ def _tile(images: Tensor, levels: int | None) -> Tensor:
 
 
 def image_grids(
-    panels: dict[str, Tensor], path: str | Path, levels: int | None = None, title: str = ""
+    panels: dict[str, Tensor],
+    path: str | Path,
+    levels: int | None = None,
+    title: str = "",
+    cols: int | None = None,
 ) -> Path:
     """Save grids of images side by side, one per ``{panel title: (n, C, H, W) images}``
-    (C = 1 or 3); e.g. samples through the exact and through the learned inverse."""
+    (C = 1 or 3); e.g. samples through the exact and through the learned inverse. ``cols``
+    images per row (default: square grids), e.g. one row per class."""
     plt = pyplot()
-    grids = [_tile(images, levels) for images in panels.values()]
+    grids = [_tile(images, levels, cols) for images in panels.values()]
     aspect = grids[0].shape[1] / grids[0].shape[2]
     fig, axes = plt.subplots(1, len(grids), figsize=(6 * len(grids), 6 * aspect), squeeze=False)
     for ax, name, grid in zip(axes[0], panels, grids, strict=True):

@@ -8,6 +8,7 @@ from .activations import (
 )
 from .actnorm import ActNorm, initialize_actnorm
 from .cnn import CNNFlow
+from .conditional import ContextAffine, ContextEncoder
 from .conv import Conv1x1, SelfNormConv2d
 from .core import (
     GRADIENT_MODES,
@@ -18,6 +19,7 @@ from .core import (
     invalidate_caches,
 )
 from .coupling import AffineCoupling, ZeroConv2d
+from .distribution import FlowDistribution
 from .fc import FCFlow
 from .glow_model import GlowFlow
 from .linear import SquareAffine
@@ -32,10 +34,13 @@ __all__ = [
     "ActNorm",
     "AffineCoupling",
     "CNNFlow",
+    "ContextAffine",
+    "ContextEncoder",
     "Conv1x1",
     "Dequantize",
     "FCFlow",
     "Flow",
+    "FlowDistribution",
     "FlowLayer",
     "GlowFlow",
     "LogitTransform",

@@ -41,6 +41,10 @@ def smooth_leaky_relu_inverse(z: Tensor, alpha: float, max_iter: int = 100) -> T
     [min(d, d/α), max(d, d/α)] (σ' ∈ (α, 1)); every iterate is clamped to that bracket and to the
     previous iterate, which guards against round-off. Converges to a relative tolerance of about
     1e-14 (float64), i.e. far below 1e-6 for float32 and 1e-10 for float64 inputs.
+
+    Differentiable in ``z`` by the implicit-function theorem, not through the iterations: the
+    root y* is returned as ``y* + (z − sg(z)) / σ'(y*)`` (sg: stop-gradient), whose value is y*
+    and whose derivative is dy/dz = 1/σ'(y*), the derivative of σ⁻¹.
     """
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must lie in (0, 1), got {alpha}.")
@@ -57,7 +61,11 @@ def smooth_leaky_relu_inverse(z: Tensor, alpha: float, max_iter: int = 100) -> T
             y = y_new
             break
         y = y_new
-    return y.to(z.dtype)
+    y = y.to(z.dtype)
+    if z.requires_grad:
+        slope = alpha + (1 - alpha) * torch.sigmoid(y)
+        y = y + (z - z.detach()) / slope
+    return y
 
 
 class SmoothLeakyReLU(FlowLayer):

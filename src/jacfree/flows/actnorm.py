@@ -192,13 +192,15 @@ def _sync_flag(module: nn.Module, incompatible_keys: Any) -> None:
     module._initialized = bool(module.initialized)
 
 
-def initialize_actnorm(module: nn.Module, x: Tensor, *, reinit: bool = False) -> int:
+def initialize_actnorm(
+    module: nn.Module, x: Tensor, *, reinit: bool = False, context: Tensor | None = None
+) -> int:
     """Run the data-dependent initialisation of every :class:`ActNorm` in ``module`` on ``x``.
 
     ``module`` is a :class:`~jacfree.flows.Flow` or a layer; one forward pass (no gradient) runs
     on ``x``, and each uninitialised ActNorm is initialised on its own input, in order, whatever
-    the train/eval mode. ``reinit=True`` re-initialises layers that already were.
-    Returns the number of layers initialised.
+    the train/eval mode (with ``context`` for a conditional flow). ``reinit=True``
+    re-initialises layers that already were. Returns the number of layers initialised.
     """
     layers = [m for m in module.modules() if isinstance(m, ActNorm)]
     if reinit:
@@ -206,5 +208,5 @@ def initialize_actnorm(module: nn.Module, x: Tensor, *, reinit: bool = False) ->
             m.mark_initialized(False)
     todo = sum(not m.is_initialized for m in layers)
     with _forcing_init(), torch.no_grad():
-        module(x)
+        module(x) if context is None else module(x, context=context)
     return todo

@@ -39,6 +39,7 @@ from collections.abc import Sequence
 
 from .._checks import check_choice, check_positive_int
 from .activations import SmoothLeakyReLU
+from .conditional import ContextAffine, context_encoder
 from .conv import SelfNormConv2d
 from .core import Flow, FlowLayer
 from .spline import RQSplineActivation
@@ -70,6 +71,12 @@ class CNNFlow(Flow):
             whose log-dets count in ``log_prob``.
         recon_weight: λ of the SNF reconstruction penalty (Keller et al.: 1).
         validate: check inputs for shape, dtype and finite values.
+        context_features / context_classes: model p(x | c) for a vector context of F features
+            or a class label in [0, K) (encoded once per batch,
+            :class:`~jacfree.flows.conditional.ContextEncoder` of width ``context_hidden``): a
+            per-pixel :class:`ContextAffine` ``x ⊙ e^{a(c)} + t(c)`` first (a class-dependent
+            mean image and scale), and a per-channel one after every convolution. The
+            convolutions keep their gradient modes (see :mod:`jacfree.flows.conditional`).
 
     Sizes with the defaults on (1, 28, 28): 9 convolutions with K²·C² kernel weights each
     (C = 1, 4, 16: 7,371 in all, and as many again in the learned inverses in selfnorm mode),
@@ -103,8 +110,12 @@ class CNNFlow(Flow):
         preprocess: Sequence[FlowLayer] = (),
         recon_weight: float = 1.0,
         validate: bool = True,
+        context_features: int | None = None,
+        context_classes: int | None = None,
+        context_hidden: int = 64,
     ) -> None:
         shape = _image_shape(shape, "CNNFlow")
+        encoder = context_encoder(context_features, context_classes, context_hidden)
         check_positive_int(blocks, "blocks")
         check_positive_int(layers_per_block, "layers_per_block")
         check_choice(activation, "activation", ACTIVATIONS)
@@ -126,16 +137,20 @@ class CNNFlow(Flow):
             return RQSplineActivation(grid, bins=spline_bins, bound=spline_bound)
 
         body: list[FlowLayer] = []
+        if encoder is not None:
+            body.append(ContextAffine(shape, encoder.hidden, per="element"))
         for b in range(blocks):
             for k in range(layers_per_block):
                 body.append(SelfNormConv2d(C, kernel_size, gradient, recon_weight=recon_weight))
+                if encoder is not None:
+                    body.append(ContextAffine((C, H, W), encoder.hidden, per="channel"))
                 if not (b == blocks - 1 and k == layers_per_block - 1):
                     body.append(act(C, H, W))
             if b < blocks - 1:
                 body.append(Squeeze())
                 C, H, W = 4 * C, H // 2, W // 2
         body += [Unsqueeze() for _ in range(blocks - 1)]
-        super().__init__([*preprocess, *body], shape, validate=validate)
+        super().__init__([*preprocess, *body], shape, validate=validate, context_encoder=encoder)
         self.blocks = blocks
         self.layers_per_block = layers_per_block
         self.activation = activation

@@ -153,6 +153,8 @@ class AffineCoupling(FlowLayer):
             the shift of transformed channel ``j``. Vectors are passed as 1×1 images.
     """
 
+    inverse_is_differentiable = True
+
     def __init__(
         self,
         channels: int,

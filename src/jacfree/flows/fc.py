@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from .._checks import check_positive_int
 from .activations import SmoothLeakyReLU
+from .conditional import ContextAffine, context_encoder
 from .core import Flow, FlowLayer
 from .linear import SquareAffine
 
@@ -32,6 +33,13 @@ class FCFlow(Flow):
         paper_bias_rule: reproduce the reference code's bias rule (no −b), see ``SquareAffine``.
         recon_weight: λ of the selfnorm mode's reconstruction penalty (Keller et al. use 1).
         validate: check inputs for shape, dtype and finite values.
+        context_features: F, to model p(x | c) for a vector context c of F features (a float
+            tensor ``(batch, F)``); context_classes: K, for a class-label context (integers in
+            ``[0, K)``). The context is encoded once per batch
+            (:class:`~jacfree.flows.conditional.ContextEncoder`, width ``context_hidden``) and an
+            element-wise affine map ``u ⊙ e^{a(c)} + t(c)`` (:class:`ContextAffine`, exact
+            log-det Σa) precedes every square layer; the square layers keep their gradient
+            modes unchanged (see :mod:`jacfree.flows.conditional`).
 
     Example:
         >>> import torch, jacfree as jf
@@ -53,19 +61,27 @@ class FCFlow(Flow):
         paper_bias_rule: bool = False,
         recon_weight: float = 1.0,
         validate: bool = True,
+        context_features: int | None = None,
+        context_classes: int | None = None,
+        context_hidden: int = 64,
     ) -> None:
         check_positive_int(features, "features")
         check_positive_int(layers, "layers")
+        encoder = context_encoder(context_features, context_classes, context_hidden)
         body: list[FlowLayer] = []
         for k in range(layers):
             if k > 0:
                 body.append(SmoothLeakyReLU(alpha))
+            if encoder is not None:
+                body.append(ContextAffine((features,), encoder.hidden))
             body.append(
                 SquareAffine(
                     features, gradient, paper_bias_rule=paper_bias_rule, recon_weight=recon_weight
                 )
             )
-        super().__init__([*preprocess, *body], (features,), validate=validate)
+        super().__init__(
+            [*preprocess, *body], (features,), validate=validate, context_encoder=encoder
+        )
         self.features = features
         self.alpha = alpha
 

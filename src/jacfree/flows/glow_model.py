@@ -42,6 +42,7 @@ from collections.abc import Sequence
 from .._checks import check_choice, check_positive_int
 from .actnorm import ActNorm
 from .cnn import _image_shape
+from .conditional import ContextAffine, context_encoder
 from .conv import Conv1x1, SelfNormConv2d
 from .core import GRADIENT_MODES, Flow, FlowLayer
 from .coupling import AffineCoupling
@@ -73,6 +74,13 @@ class GlowFlow(Flow):
         preprocess: flow layers applied to the data first (``Dequantize``, ``LogitTransform``).
         recon_weight: λ of the SNF penalty (Keller et al. use 100 for their Glow).
         validate: check inputs for shape, dtype and finite values.
+        context_features / context_classes: model p(x | c) for a vector context of F features
+            or a class label in [0, K) (encoded once per batch,
+            :class:`~jacfree.flows.conditional.ContextEncoder` of width ``context_hidden``): a
+            per-pixel :class:`ContextAffine` ``x ⊙ e^{a(c)} + t(c)`` on the data first, and a
+            per-channel one after the ActNorm of every step outside the split priors (with
+            ``split=True`` the levels inside a split prior see the context only through the
+            first layer). The convolutions keep their gradient modes.
 
     ActNorm layers initialise from the first training batch (``jf.flows.initialize_actnorm`` does
     it explicitly).
@@ -101,8 +109,12 @@ class GlowFlow(Flow):
         preprocess: Sequence[FlowLayer] = (),
         recon_weight: float = 100.0,
         validate: bool = True,
+        context_features: int | None = None,
+        context_classes: int | None = None,
+        context_hidden: int = 64,
     ) -> None:
         shape = _image_shape(shape, "GlowFlow")
+        encoder = context_encoder(context_features, context_classes, context_hidden)
         check_positive_int(blocks, "blocks")
         check_positive_int(steps, "steps")
         check_positive_int(hidden, "hidden")
@@ -128,25 +140,31 @@ class GlowFlow(Flow):
                 return Conv1x1(c, gradient, recon_weight=recon_weight)
             return SelfNormConv2d(c, conv_kernel, gradient, recon_weight=recon_weight)
 
-        def block(level: int, c: int) -> list[FlowLayer]:
+        def block(level: int, c: int, top: bool) -> list[FlowLayer]:
             c *= 4
+            size = (H >> (level + 1), W >> (level + 1))
             layers: list[FlowLayer] = [Squeeze()]
             for k in range(steps):
+                layers.append(ActNorm(c))
+                if encoder is not None and top:
+                    layers.append(ContextAffine((c, *size), encoder.hidden, per="channel"))
                 layers += [
-                    ActNorm(c),
                     conv(c),
                     AffineCoupling(c, hidden, coupling_kernel, swap=swap and k % 2 == 1),
                 ]
             if level == blocks - 1:
                 return layers
             if split:
-                return [*layers, SplitPrior(c, block(level + 1, c // 2), coupling_kernel)]
-            return layers + block(level + 1, c)
+                inner = block(level + 1, c // 2, top=False)
+                return [*layers, SplitPrior(c, inner, coupling_kernel)]
+            return layers + block(level + 1, c, top)
 
-        body = block(0, C)
+        body = block(0, C, top=True)
+        if encoder is not None:
+            body.insert(0, ContextAffine(shape, encoder.hidden, per="element"))
         n_unsqueeze = 1 if split else blocks
         body += [Unsqueeze() for _ in range(n_unsqueeze)]
-        super().__init__([*preprocess, *body], shape, validate=validate)
+        super().__init__([*preprocess, *body], shape, validate=validate, context_encoder=encoder)
         self.blocks = blocks
         self.steps = steps
         self.hidden = hidden

@@ -37,7 +37,14 @@ from typing import Any
 
 from torch import nn
 
-from ..models import FLOW_OPTIONS, ModelKind, ModelSpec, preprocess_layers, register_model
+from ..models import (
+    FLOW_OPTIONS,
+    ModelKind,
+    ModelSpec,
+    context_options,
+    preprocess_layers,
+    register_model,
+)
 from .cnn import CNNFlow
 from .conv import SelfNormConv2d
 from .glow_model import GlowFlow
@@ -100,6 +107,7 @@ def build_cnn(spec: ModelSpec) -> nn.Module:
         spline_bound=float(_option(spec, "spline_bound", 10.0)),
         preprocess=preprocess_layers(spec),
         recon_weight=float(_option(spec, "recon_weight", 1.0)),
+        **context_options(spec),
     )
 
 
@@ -121,6 +129,7 @@ def build_glow(spec: ModelSpec) -> nn.Module:
         swap=bool(_option(spec, "swap", False)),
         preprocess=preprocess_layers(spec),
         recon_weight=float(_option(spec, "recon_weight", 100.0)),
+        **context_options(spec),
     )
 
 

@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from .._checks import check_positive_int, check_samples
+from .conditional import context_encoder
 from .core import Flow, FlowLayer
 
 __all__ = ["NICE", "AdditiveCoupling", "DiagonalScaling"]
@@ -76,7 +77,11 @@ class AdditiveCoupling(FlowLayer):
             layers plus the output layer).
         activation: ``"softplus"`` (default, as in the FD-SM reference), ``"elu"``, ``"silu"`` or
             ``"tanh"``.
+        context_dim: width of an encoded context ``h`` that ``m`` reads next to ``x_I``
+            (``y_J = x_J + m(x_I, h)``: still log-det 0, still invertible in x); 0: none.
     """
+
+    inverse_is_differentiable = True
 
     def __init__(
         self,
@@ -85,6 +90,8 @@ class AdditiveCoupling(FlowLayer):
         hidden: int = 1000,
         hidden_layers: int = 4,
         activation: str = "softplus",
+        *,
+        context_dim: int = 0,
     ) -> None:
         super().__init__()
         check_positive_int(features, "features", minimum=2)
@@ -101,25 +108,34 @@ class AdditiveCoupling(FlowLayer):
         self.register_buffer("move", move, persistent=False)
         # y = cat([x_I, x_J + m(x_I)])[:, unsort] puts every coordinate back in its place.
         self.register_buffer("unsort", torch.argsort(torch.cat([keep, move])), persistent=False)
-        self.net = _coupling_net(len(keep), len(move), hidden, hidden_layers, activation)
+        check_positive_int(context_dim, "context_dim", minimum=0)
+        self.context_dim = context_dim
+        self.conditional = context_dim > 0
+        self.net = _coupling_net(
+            len(keep) + context_dim, len(move), hidden, hidden_layers, activation
+        )
 
     def extra_repr(self) -> str:
-        return f"features={self.features}, parity={self.parity}"
+        extra = f", context_dim={self.context_dim}" if self.context_dim else ""
+        return f"features={self.features}, parity={self.parity}{extra}"
 
-    def _couple(self, x: Tensor, sign: float) -> Tensor:
+    def _couple(self, x: Tensor, sign: float, h: Tensor | None = None) -> Tensor:
         kept = x[:, self.keep]
-        moved = x[:, self.move] + sign * self.net(kept)
+        inputs = kept if h is None else torch.cat([kept, h.to(kept.dtype)], 1)
+        moved = x[:, self.move] + sign * self.net(inputs)
         return torch.cat([kept, moved], 1)[:, self.unsort]
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return self._couple(x, 1.0), x.new_zeros(x.shape[0])
+    def forward(self, x: Tensor, h: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return self._couple(x, 1.0, h), x.new_zeros(x.shape[0])
 
-    def inverse(self, z: Tensor) -> Tensor:
-        return self._couple(z, -1.0)
+    def inverse(self, z: Tensor, h: Tensor | None = None) -> Tensor:
+        return self._couple(z, -1.0, h)
 
 
 class DiagonalScaling(FlowLayer):
     r"""``z = exp(s) ⊙ x`` with a learned log-scale ``s`` (initialised to 0); log-det ``Σ s``."""
+
+    inverse_is_differentiable = True
 
     def __init__(self, features: int) -> None:
         super().__init__()
@@ -149,6 +165,10 @@ class NICE(Flow):
         preprocess: flow layers applied to the data first (e.g. ``Dequantize`` and
             ``LogitTransform`` for 8-bit images); their log-dets count in :meth:`log_prob`.
         validate: check inputs for shape, dtype and finite values.
+        context_features / context_classes: model p(x | c) for a vector context of F features
+            or a class label in [0, K): the context is encoded once per batch
+            (:class:`~jacfree.flows.conditional.ContextEncoder`, width ``context_hidden``) and
+            every coupling network reads it next to its kept coordinates (log-det still 0).
 
     Exact ``log_prob`` (nats, data scale), ``inverse``, ``sample``, and ``loss`` (maximum
     likelihood) come from :class:`~jacfree.flows.Flow`. For score matching use :meth:`energy`
@@ -175,16 +195,23 @@ class NICE(Flow):
         *,
         preprocess: Sequence[FlowLayer] = (),
         validate: bool = True,
+        context_features: int | None = None,
+        context_classes: int | None = None,
+        context_hidden: int = 64,
     ) -> None:
         check_positive_int(features, "features", minimum=2)
         check_positive_int(couplings, "couplings")
+        encoder = context_encoder(context_features, context_classes, context_hidden)
+        width = encoder.hidden if encoder is not None else 0
         body: list[FlowLayer] = [
-            AdditiveCoupling(features, k % 2, hidden, hidden_layers, activation)
+            AdditiveCoupling(features, k % 2, hidden, hidden_layers, activation, context_dim=width)
             for k in range(couplings)
         ]
         body.append(DiagonalScaling(features))
         preprocess = list(preprocess)
-        super().__init__([*preprocess, *body], (features,), validate=validate)
+        super().__init__(
+            [*preprocess, *body], (features,), validate=validate, context_encoder=encoder
+        )
         self.features = features
         self.n_preprocess = len(preprocess)
 
@@ -210,21 +237,24 @@ class NICE(Flow):
             y, _ = layer.training_forward(y)
         return y
 
-    def body_log_prob(self, y: Tensor) -> Tensor:
-        """Exact ``log p(y)`` of the NICE body at pre-processed points ``y``, shape ``(B,)``."""
+    def body_log_prob(self, y: Tensor, context: Tensor | None = None) -> Tensor:
+        """Exact ``log p(y)`` (or ``log p(y | context)``) of the NICE body at pre-processed
+        points ``y``, shape ``(B,)``."""
         if self.validate:
             check_samples(y, self.event_shape, name="y", finite=False)
+        h = self.encode_context(context, y.shape[0], values=False)
         z = y
         logdet = y.new_zeros(y.shape[0])
         for layer in self.body:
-            z, ld = layer(z)
+            z, ld = layer.call("forward", z, h)
             logdet = logdet + ld
         return self.base.log_prob(z) + logdet
 
-    def energy(self, y: Tensor) -> Tensor:
+    def energy(self, y: Tensor, context: Tensor | None = None) -> Tensor:
         r"""``E(y) = −log p(y)`` of the NICE body, shape ``(B,)`` — the energy score matching
-        trains. Without pre-processing layers ``energy(x) == −log_prob(x)``."""
-        return -self.body_log_prob(y)
+        trains (for a conditional NICE, ``lambda y: flow.energy(y, context=c)``). Without
+        pre-processing layers ``energy(x) == −log_prob(x)``."""
+        return -self.body_log_prob(y, context)
 
     @property
     def log_scale(self) -> Tensor:

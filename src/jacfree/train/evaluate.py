@@ -32,7 +32,7 @@ def bits_per_dim(nll_nats: float, dim: int) -> float:
 @torch.no_grad()
 def per_example_nll(
     model: nn.Module,
-    data: Tensor,
+    data: Tensor | tuple[Tensor, Tensor],
     *,
     batch_size: int = 1000,
     seed: int = 0,
@@ -42,9 +42,14 @@ def per_example_nll(
 
     Stochastic layers (uniform dequantisation) draw their noise from a generator seeded with
     ``seed`` inside a forked RNG, so repeated evaluations agree and the caller's random stream
-    is untouched.
+    is untouched. ``data`` may be an ``(x, context)`` pair: then −log p(x | context).
     """
     log_prob = log_prob or model.log_prob
+    if isinstance(data, tuple):
+        x, context = data
+        batches = zip(x.split(batch_size), context.split(batch_size), strict=True)
+    else:
+        batches = ((batch, None) for batch in data.split(batch_size))
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     was_training = model.training
     model.eval()
@@ -52,14 +57,26 @@ def per_example_nll(
     try:
         with torch.random.fork_rng(devices=forked):
             torch.manual_seed(seed)
-            parts = [-log_prob(batch.to(device)).double().cpu() for batch in data.split(batch_size)]
+            parts = [
+                -_log_prob(log_prob, batch.to(device), c).double().cpu() for batch, c in batches
+            ]
     finally:
         model.train(was_training)
     return torch.cat(parts)
 
 
-def evaluate_nll(model: nn.Module, data: Tensor, *, batch_size: int = 1000, seed: int = 0) -> NLL:
-    """Mean NLL over ``data`` and its standard error (std / √n)."""
+def _log_prob(log_prob: Callable[..., Tensor], x: Tensor, context: Tensor | None) -> Tensor:
+    return log_prob(x) if context is None else log_prob(x, context=context.to(x.device))
+
+
+def evaluate_nll(
+    model: nn.Module,
+    data: Tensor | tuple[Tensor, Tensor],
+    *,
+    batch_size: int = 1000,
+    seed: int = 0,
+) -> NLL:
+    """Mean NLL over ``data`` (or ``(x, context)`` pairs) and its standard error (std / √n)."""
     values = per_example_nll(model, data, batch_size=batch_size, seed=seed)
     n = values.numel()
     stderr = float(values.std() / math.sqrt(n)) if n > 1 else float("nan")

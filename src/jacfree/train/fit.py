@@ -97,7 +97,9 @@ class FitResult:
     out_dir: Path | None = None
 
 
-def _default_objective(model: nn.Module, x: Tensor) -> Tensor:
+def _default_objective(model: nn.Module, x: Tensor | tuple[Tensor, Tensor]) -> Tensor:
+    if isinstance(x, tuple):  # (x, context) pairs: a conditional flow
+        return model.loss(x[0], context=x[1])
     return model.loss(x)
 
 
@@ -140,7 +142,10 @@ def fit(
             NLL from ``model.log_prob`` (in eval mode, under ``no_grad``).
         train, val: floating-point tensors with samples first, of the model's per-sample shape
             (``model.event_shape`` where it has one) and dtype, with finite values (checked once,
-            here). They stay where they are; batches move to the model's device.
+            here). They stay where they are; batches move to the model's device. For a
+            conditional flow, ``(x, context)`` pairs of such tensors (then the batches given to
+            ``objective`` and ``val_metric`` are pairs too, and the defaults use
+            ``model.loss(x, context=c)`` and ``model.log_prob(x, context=c)``).
         epochs: total number of epochs (a resumed run continues up to this number).
         batch_size: mini-batch size; the last, smaller batch of an epoch is kept.
         lr: Adam learning rate, > 0 (ignored if ``optimizer`` is given).
@@ -207,9 +212,14 @@ def fit(
         check_choice(compile, "compile mode", COMPILE_MODES)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
-    _check_data(train, "train", model, dtype)
-    if val is not None:
-        _check_data(val, "val", model, dtype)
+    pairs = isinstance(train, tuple)
+    for name, data in (("train", train), ("val", val)):
+        if data is None:
+            continue
+        if pairs:
+            _check_pairs(data, name)
+        _check_data(*(data if pairs else (data, None)), name, model, dtype)
+    rows = train[0] if pairs else train  # what indexes the samples
     objective = objective or _default_objective
     if compile is not None:
         objective = torch.compile(objective, mode=compile)
@@ -224,12 +234,14 @@ def fit(
     config = {
         "batch_size": batch_size,
         "seed": seed,
-        "n_train": len(train),
+        "n_train": len(train[0]) if pairs else len(train),
         "world_size": cluster.world,
         "warmup_epochs": warmup_epochs,
         "lr": lr if optimizer is None else None,
         "clip_grad_norm": clip_grad_norm,
-        "data_fingerprint": data_fingerprint(train),
+        "data_fingerprint": data_fingerprint(rows)
+        if not pairs
+        else "-".join(map(data_fingerprint, train)),
     }
     if cluster.active and batch_size < cluster.world:
         raise ValueError(
@@ -283,9 +295,9 @@ def fit(
         torch.manual_seed(seed + cluster.rank)  # other randomness: each rank its own stream
 
     if start == 0:  # data-dependent initialisation on the first global batch, on every rank
-        first = order_batches(_copy(shuffle), len(train), batch_size, cluster.world)[0]
+        first = order_batches(_copy(shuffle), len(rows), batch_size, cluster.world)[0]
         keys = sample_noise.row_keys(first.to(device), seed, 1)
-        _initialize_data_dependent(model, train[first].to(device), keys)
+        _initialize_data_dependent(model, _take(train, first, device), keys)
 
     step_model: Callable[[Tensor], Tensor]
     if cluster.active:
@@ -295,7 +307,7 @@ def fit(
 
     diagnose = getattr(model, "training_diagnostics", None)
     params = [p for p in model.parameters() if p.requires_grad]
-    batches_per_epoch = _global_batches(len(train), batch_size, cluster.world)
+    batches_per_epoch = _global_batches(len(rows), batch_size, cluster.world)
     steps_per_epoch = batches_per_epoch
     warmup_steps = warmup_epochs * steps_per_epoch
     guard = _Guard(divergence_factor, out, saved_epoch=start if start else None)
@@ -323,13 +335,13 @@ def fit(
             t0 = time.perf_counter()
             count = 0
             sums = _Sums(device)
-            for i, idx in enumerate(order_batches(shuffle, len(train), batch_size, cluster.world)):
+            for i, idx in enumerate(order_batches(shuffle, len(rows), batch_size, cluster.world)):
                 if warmup_steps:
                     step = (epoch - 1) * steps_per_epoch + i + 1
                     for group in opt.param_groups:
                         group["lr"] = group["initial_lr"] * min(1.0, step / warmup_steps)
                 mine = idx[cluster.rank :: cluster.world]
-                x = train[mine].to(device, non_blocking=True)
+                x = _take(train, mine, device)
                 keys = sample_noise.row_keys(mine.to(device, non_blocking=True), seed, epoch)
                 opt.zero_grad(set_to_none=True)
                 with sample_noise.indexed(keys):
@@ -455,7 +467,9 @@ def _copy(gen: torch.Generator) -> torch.Generator:
     return copy_
 
 
-def _initialize_data_dependent(model: nn.Module, x: Tensor, keys: Tensor) -> None:
+def _initialize_data_dependent(
+    model: nn.Module, x: Tensor | tuple[Tensor, Tensor], keys: Tensor
+) -> None:
     """Initialise the model's ActNorm layers (Glow) on the first global batch before training.
 
     They would otherwise initialise inside the first training step, on each process's own
@@ -465,8 +479,9 @@ def _initialize_data_dependent(model: nn.Module, x: Tensor, keys: Tensor) -> Non
     from ..flows.actnorm import ActNorm, initialize_actnorm
 
     if any(isinstance(m, ActNorm) and not m.is_initialized for m in model.modules()):
+        x, context = x if isinstance(x, tuple) else (x, None)
         with sample_noise.indexed(keys):
-            initialize_actnorm(model, x)
+            initialize_actnorm(model, x, context=context)
 
 
 def data_fingerprint(x: Tensor) -> str:
@@ -591,7 +606,9 @@ def _check_positive(value: object, name: str, meaning: str) -> None:
         raise ValueError(f"{name} must be a finite number > 0 ({meaning}), got {value!r}.")
 
 
-def _check_data(x: object, name: str, model: nn.Module, dtype: torch.dtype | None) -> None:
+def _check_data(
+    x: object, context: Tensor | None, name: str, model: nn.Module, dtype: torch.dtype | None
+) -> None:
     """Shape, dtype and finite values of a data set, once, before training (the training step
     itself reads no value on the host), then the model's own ``validate_data`` if it has one
     (flows: the value range each leading pre-processing layer expects, e.g. ``Dequantize``)."""
@@ -619,8 +636,30 @@ def _check_data(x: object, name: str, model: nn.Module, dtype: torch.dtype | Non
         )
     check = getattr(model, "validate_data", None)  # flows: also the pre-processing's range
     if check is not None:
-        for chunk in x.split(10_000):
-            check(chunk, name)
+        if context is None:
+            for chunk in x.split(10_000):
+                check(chunk, name)
+        else:
+            for chunk, c in zip(x.split(10_000), context.split(10_000), strict=True):
+                check(chunk, name, context=c)
+
+
+def _take(data: Tensor | tuple[Tensor, ...], idx: Tensor, device: torch.device) -> Any:
+    """Rows ``idx`` of the data (of each tensor of an ``(x, context)`` pair) on ``device``."""
+    if isinstance(data, tuple):
+        return tuple(t[idx].to(device, non_blocking=True) for t in data)
+    return data[idx].to(device, non_blocking=True)
+
+
+def _check_pairs(data: object, name: str) -> None:
+    """``(x, context)``: two tensors with samples first and the same number of samples."""
+    ok = isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, Tensor) for t in data)
+    if not ok or data[0].dim() < 2 or len(data[0]) == 0 or len(data[0]) != len(data[1]):
+        shapes = [tuple(getattr(t, "shape", ())) for t in (data if isinstance(data, tuple) else ())]
+        raise ValueError(
+            f"{name} as a tuple must be an (x, context) pair of tensors with the same number "
+            f"of samples, x of shape (n, ...) with n > 0; got shapes {shapes}."
+        )
 
 
 def _check_writable(out: Path) -> None:

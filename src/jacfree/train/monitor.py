@@ -25,11 +25,15 @@ class TrainNLL:
         n: how many rows (cost: one evaluation of that many rows per epoch).
     """
 
-    def __init__(self, train: Tensor, n: int = 1000) -> None:
+    def __init__(self, train: Tensor | tuple[Tensor, Tensor], n: int = 1000) -> None:
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}.")
-        step = max(1, len(train) // n)
-        self.data = train[::step][:n]
+        rows = train[0] if isinstance(train, tuple) else train
+        step = max(1, len(rows) // n)
+        if isinstance(train, tuple):  # (x, context) pairs of a conditional flow
+            self.data: Tensor | tuple[Tensor, Tensor] = tuple(t[::step][:n] for t in train)
+        else:
+            self.data = train[::step][:n]
 
     def on_step(self, model: nn.Module, loss: Tensor, diagnostics: dict[str, Tensor]) -> None:
         return None
