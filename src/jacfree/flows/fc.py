@@ -12,11 +12,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
+from torch import Tensor
+
 from .._checks import check_positive_int
 from .activations import SmoothLeakyReLU
 from .conditional import ContextAffine, context_encoder
 from .core import Flow, FlowLayer
 from .linear import SquareAffine
+from .relative_stats import tap_row_stats
 
 
 class FCFlow(Flow):
@@ -84,8 +88,39 @@ class FCFlow(Flow):
         )
         self.features = features
         self.alpha = alpha
+        self._row_stats = False
 
     @property
     def affine_layers(self) -> list[SquareAffine]:
         """The square affine layers, in data → latent order."""
         return [m for m in self.layers if isinstance(m, SquareAffine)]
+
+    def enable_row_stats(self) -> list[SquareAffine]:
+        """Measure, in every training step, the row statistics of each relative layer's gradient.
+
+        After this call, :meth:`loss` taps the output of every square affine layer in
+        ``"relative"`` mode, and its backward pass writes into the layer's non-persistent buffer
+        ``relative_row_stats`` (D,) the row mean squares of the gradient in multiplicative
+        coordinates (:mod:`jacfree.flows.relative_stats`), at O(B·D·min(B, D)) per layer.
+        :class:`jacfree.train.RelativeAdam` calls it. Returns the square affine layers.
+        """
+        for m in self.affine_layers:
+            if not hasattr(m, "relative_row_stats"):
+                stats = m.bias.new_zeros(2, m.features, requires_grad=False)
+                m.register_buffer("relative_row_stats", stats, persistent=False)
+        self._row_stats = True
+        return self.affine_layers
+
+    def loss(self, x: Tensor) -> Tensor:
+        """Batch-mean NLL as in :meth:`Flow.loss`; with :meth:`enable_row_stats`, the relative
+        layers' outputs pass through the statistics tap (an identity)."""
+        if not self._row_stats:
+            return super().loss(x)
+        z = self._check(x)
+        logdet = z.new_zeros(z.shape[0])
+        for layer in self.layers:
+            z, ld = layer.training_forward(z)
+            if isinstance(layer, SquareAffine) and layer.gradient == "relative":
+                z, ld = tap_row_stats(z, ld, layer.relative_row_stats)
+            logdet = logdet + ld
+        return -(self.base.log_prob(z) + logdet).mean()

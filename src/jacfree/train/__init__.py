@@ -7,10 +7,12 @@ from .fit import Callback, FitResult, fit
 from .geco import GECO, ReconstructionWatch
 from .monitor import TrainNLL
 from .optim import make_adam
+from .relative_adam import RelativeAdam, make_optimizer
 
 __all__ = [
     "GECO",
     "NLL",
+    "RelativeAdam",
     "Callback",
     "CheckpointError",
     "FitResult",
@@ -22,6 +24,7 @@ __all__ = [
     "fit",
     "load_checkpoint",
     "make_adam",
+    "make_optimizer",
     "per_example_nll",
     "save_checkpoint",
 ]

@@ -1,0 +1,62 @@
+r"""Row statistics of the relative gradient in multiplicative coordinates.
+
+A relative-gradient step moves a square affine layer multiplicatively,
+Ŵ ← (I − η Ê) Ŵ for the augmented matrix Ŵ = [[W, b], [0, 1]]. The D×(D+1) matrix
+
+.. math::  Ê = [\,Δᵀ Y + c\,I,\;\; Δᵀ 1\,] ,\qquad [R_W,\ R_b] = Ê\,Ŵ ,
+
+is the gradient in those coordinates (Gresele et al., NeurIPS 2020: Δ = ∂ℓ/∂Y, Y the layer's
+output, c the coefficient of log|det W| in the loss, −1 for the batch-mean NLL). Row i of Ê is
+how strongly output unit i is pulled; its size does not depend on how large W is, while the same
+row of R_W = (ΔᵀY + cI) W does. :class:`jacfree.train.RelativeAdam` normalises each row of the
+relative gradient by the running root-mean-square of the row of Ê.
+
+:func:`tap_row_stats` is an identity on ``(y, logdet_marker)`` whose backward writes
+
+.. math::  q_i = \frac{1}{D+1} \sum_j Ê_{ij}^2
+
+into a buffer, at cost O(B·D·min(B, D)) (through Ê when B > D, through the B×B Gram matrix YYᵀ
+otherwise), never more than the O(B·D²) of the relative step itself. No value is read on the
+host.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+def row_stats(delta: Tensor, y: Tensor, c: Tensor) -> Tensor:
+    """``stack([q, e_b])``, shape ``(2, D)``: q_i = mean_j (ΔᵀY + cI)_ij² and e_b = Δᵀ1."""
+    b, d = y.shape
+    if b > d:  # form Ê's D×D block: O(B·D²) ≤ O(B²·D)
+        e = delta.t() @ y
+        e.diagonal().add_(c)
+        total = e.square().sum(1)
+    else:  # ‖Δ_iᵀ Y + c e_i‖² = Δ_iᵀ (YYᵀ) Δ_i + 2c Δ_iᵀ Y_i + c²: O(B²·D)
+        k_delta = y @ (y.t() @ delta)
+        total = (delta * k_delta).sum(0) + 2 * c * (delta * y).sum(0) + c * c
+    return torch.stack([total / d, delta.sum(0)])
+
+
+class _TapRowStats(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, y: Tensor, marker: Tensor, out: Tensor):
+        ctx.save_for_backward(y)
+        ctx.out = out
+        return y.view_as(y), marker.view_as(marker)
+
+    @staticmethod
+    def backward(ctx: Any, grad_y: Tensor, grad_marker: Tensor):
+        (y,) = ctx.saved_tensors
+        c = grad_marker.sum()  # coefficient of log|det W| in the loss (a device tensor)
+        with torch.no_grad():
+            ctx.out.copy_(row_stats(grad_y, y, c))
+        return grad_y, grad_marker, None
+
+
+def tap_row_stats(y: Tensor, marker: Tensor, out: Tensor) -> tuple[Tensor, Tensor]:
+    """Identity on a relative layer's ``(y, logdet_marker)``; the backward stores q in ``out``."""
+    return _TapRowStats.apply(y, marker, out)

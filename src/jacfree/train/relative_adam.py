@@ -1,0 +1,155 @@
+r"""RelativeAdam: Adam's statistics applied to the relative gradient in its own geometry.
+
+The relative gradient of a square affine layer is [R_W, R_b] = Ê Ŵ (Gresele et al., NeurIPS
+2020), with Ŵ = [[W, b], [0, 1]] and Ê = [ΔᵀY + cI, Δᵀ1] the gradient in multiplicative
+coordinates (:mod:`jacfree.flows.relative_stats`). Plain Adam divides every *entry* of R_W by its
+own running RMS. R_W's entries mix the rows of Ê through W, so this per-coordinate scaling
+partly undoes the WᵀW preconditioning: its steps have a fixed absolute size (≈ lr per entry)
+whatever the scale of W, where the relative geometry asks for steps proportional to W. A layer
+that must grow or shrink (data on another scale, a last layer that must stretch its input)
+therefore moves more slowly than exact training does with the same Adam.
+
+RelativeAdam keeps the relative direction and takes Adam's statistics where they belong, in the
+multiplicative coordinates. For each relative square affine layer, with q the row mean squares of
+Ê measured in the backward pass:
+
+.. math::
+    v &← β_2 v + (1-β_2)\, q ,\qquad a_i = 1/(\sqrt{v_i/(1-β_2^t)} + ε) ,\\
+    m &← β_1 m + (1-β_1)\, \mathrm{diag}(a)\,[R_W,\ R_b] ,\qquad
+    Ŵ ← Ŵ - \frac{η}{1-β_1^t}\, m .
+
+Each step is Ŵ ← (I − η N) Ŵ with N = diag(a) Ê: a multiplicative step of about η per unit, the
+same whatever W's scale. The cost is O(D²) per layer in the optimiser plus O(B·D·min(B, D)) for
+q in the backward, so the step stays O(B·D²), with no inverse, solve or determinant.
+
+**Fixed points.** diag(a) is positive definite, so the direction is the Euclidean gradient
+preconditioned by the positive-definite operator G ↦ diag(a) · G · ŴᵀŴ (a Kronecker product of
+two positive-definite matrices): it vanishes exactly where the Euclidean gradient does, and the
+momentum m settles at zero there. A stationary point of RelativeAdam is a stationary point of
+the exact likelihood, as for plain relative gradient descent. Every other parameter (a layer
+that is not a relative square affine layer) gets ordinary Adam.
+
+Use it with :func:`jacfree.fit` (``fit(flow, x, optimizer=RelativeAdam(flow, lr=1e-3))``) or
+through :func:`make_optimizer`. It turns on the statistics tap of the flow's relative layers; the
+flow must be a :class:`jacfree.FCFlow` whose layers are in ``"relative"`` mode when trained (in
+other modes those layers get ordinary Adam). Under ``torch.distributed`` the row statistics are
+averaged over the processes, so every replica takes the same step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from ..flows.linear import SquareAffine
+from .optim import make_adam
+
+
+class RelativeAdam(torch.optim.Optimizer):
+    """Adam with its second moment taken per unit in multiplicative coordinates (module docs).
+
+    Args:
+        flow: a :class:`jacfree.FCFlow` (or any module whose square affine layers are tapped by
+            its ``loss``; see :meth:`jacfree.FCFlow.enable_row_stats`).
+        lr: step size η (≈ the relative size of one step of a layer).
+        betas: (β₁, β₂) as in Adam.
+        eps: ε as in Adam.
+    """
+
+    def __init__(
+        self,
+        flow: nn.Module,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+    ) -> None:
+        if not lr > 0:
+            raise ValueError(f"lr must be > 0, got {lr!r}.")
+        if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
+            raise ValueError(f"betas must lie in [0, 1), got {betas!r}.")
+        enable = getattr(flow, "enable_row_stats", None)
+        if enable is None:
+            raise TypeError(
+                f"RelativeAdam needs a flow that measures the relative gradient's row statistics "
+                f"(jacfree.FCFlow); got {type(flow).__name__}. Use torch.optim.Adam for it."
+            )
+        self.layers: list[SquareAffine] = enable()
+        paired = {id(p) for m in self.layers for p in (m.weight, m.bias)}
+        others = [p for p in flow.parameters() if id(p) not in paired]
+        groups: list[dict] = [{"params": [p for m in self.layers for p in (m.weight, m.bias)]}]
+        super().__init__(groups, {"lr": lr, "betas": betas, "eps": eps})
+        # every other parameter (an R of selfnorm layers, ...) gets ordinary Adam
+        self.fallback = make_adam(others, lr, betas=betas, eps=eps) if others else None
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        loss = closure() if closure is not None else None
+        group = self.param_groups[0]
+        lr, (b1, b2), eps = group["lr"], group["betas"], group["eps"]
+        for layer in self.layers:
+            w, b = layer.weight, layer.bias
+            if w.grad is None or b.grad is None:
+                continue
+            if layer.gradient != "relative":
+                raise RuntimeError(
+                    "RelativeAdam steps relative-gradient layers; this layer is in "
+                    f"{layer.gradient!r} mode. Build torch.optim.Adam for that mode instead."
+                )
+            stats = layer.relative_row_stats
+            _average_over_processes(stats)
+            q, e_b = stats
+            state = self.state[w]
+            if not state:
+                state["step"] = torch.zeros((), device=w.device, dtype=w.dtype)
+                state["v"] = torch.zeros_like(stats)
+                state["m_w"] = torch.zeros_like(w)
+                state["m_b"] = torch.zeros_like(b)
+            state["step"] += 1
+            t = state["step"]
+            state["v"].lerp_(torch.stack([q, e_b.square()]), 1 - b2)
+            a, a_b = ((state["v"] / (1 - b2**t)).sqrt_().add_(eps)).reciprocal_()
+            state["m_w"].lerp_(w.grad * a[:, None], 1 - b1)
+            # R_b = E_W b + e_b: the E_W part is scaled by its row, e_b by its own running RMS
+            state["m_b"].lerp_((b.grad - e_b) * a + e_b * a_b, 1 - b1)
+            step = lr / (1 - b1**t)
+            w.sub_(state["m_w"] * step)
+            b.sub_(state["m_b"] * step)
+        if self.fallback is not None:
+            self.fallback.param_groups[0]["lr"] = lr
+            self.fallback.step()
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        super().zero_grad(set_to_none)
+        if self.fallback is not None:
+            self.fallback.zero_grad(set_to_none)
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        state["fallback"] = self.fallback.state_dict() if self.fallback is not None else None
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        state_dict = dict(state_dict)
+        fallback = state_dict.pop("fallback", None)
+        super().load_state_dict(state_dict)
+        if self.fallback is not None and fallback is not None:
+            self.fallback.load_state_dict(fallback)
+
+
+def _average_over_processes(q: Tensor) -> None:
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(q)
+        q.div_(dist.get_world_size())
+
+
+def make_optimizer(name: str, model: nn.Module, lr: float) -> torch.optim.Optimizer:
+    """The optimiser called ``name`` for ``model``: ``"adam"`` or ``"relative-adam"``."""
+    if name == "adam":
+        return make_adam(model.parameters(), lr)
+    if name == "relative-adam":
+        return RelativeAdam(model, lr=lr)
+    raise ValueError(f"unknown optimizer {name!r}; choose 'adam' or 'relative-adam'.")
