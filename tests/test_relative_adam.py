@@ -170,7 +170,9 @@ def test_other_parameters_get_adam_and_the_state_round_trips():
         torch.testing.assert_close(m.inverse_weight.detach() - r0, torch.full_like(r0, -1e-3))
     clone = RelativeAdam(copy.deepcopy(flow), lr=1e-3)
     clone.load_state_dict(opt.state_dict())
-    assert clone.state_dict()["fallback"]["state"].keys() == opt.fallback.state_dict()["state"].keys()
+    assert (
+        clone.state_dict()["fallback"]["state"].keys() == opt.fallback.state_dict()["state"].keys()
+    )
 
 
 def test_errors_name_the_problem():

@@ -19,7 +19,9 @@ import torch
 def main(paths: list[str]) -> None:
     ref = Path(paths[0])
     a = torch.load(ref / "test_nll.pt")
-    print(f"{'run':<40} {'test NLL':>9} {'± se':>7} {'B − A':>9} {'± se':>7} {'%':>7} {'train s':>8}")
+    print(
+        f"{'run':<40} {'test NLL':>9} {'± se':>7} {'B − A':>9} {'± se':>7} {'%':>7} {'train s':>8}"
+    )
     for p in map(Path, paths):
         b = torch.load(p / "test_nll.pt")
         res = json.loads((p / "result.json").read_text())

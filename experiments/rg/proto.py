@@ -37,7 +37,7 @@ class ScalarAdam(torch.optim.Optimizer):
     """Adam whose second moment is one scalar per tensor (keeps the gradient's direction)."""
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8):
-        super().__init__(params, dict(lr=lr, betas=betas, eps=eps))
+        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps})
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -66,7 +66,7 @@ class MultAdam(torch.optim.Optimizer):
     """
 
     def __init__(self, params, weights, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, exact=False):
-        super().__init__(params, dict(lr=lr, betas=betas, eps=eps))
+        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps})
         self.weights = {id(w) for w in weights}
         self.exact = exact
 
@@ -139,7 +139,7 @@ class RelScalarAdam(torch.optim.Optimizer):
     """Prototype: momentum on R, one second moment per layer of ‖R‖²/‖W‖² (multiplicative step)."""
 
     def __init__(self, params, pairs, lr=1e-3, betas=(0.9, 0.999), eps=1e-8):
-        super().__init__(params, dict(lr=lr, betas=betas, eps=eps))
+        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps})
         self.pairs = pairs
 
     @torch.no_grad()
@@ -157,7 +157,9 @@ class RelScalarAdam(torch.optim.Optimizer):
             t = st["step"]
             st["mw"].lerp_(w.grad, 1 - b1)
             st["mb"].lerp_(b.grad, 1 - b1)
-            e2 = (w.grad.square().sum() + b.grad.square().sum()) / (w.square().sum() + b.square().sum() + 1)
+            e2 = (w.grad.square().sum() + b.grad.square().sum()) / (
+                w.square().sum() + b.square().sum() + 1
+            )
             st["v"].lerp_(e2 / w.shape[0], 1 - b2)
             denom = (st["v"] / (1 - b2**t)).sqrt().add_(g["eps"]) * (1 - b1**t)
             w.sub_(st["mw"] * g["lr"] / denom)
@@ -169,8 +171,10 @@ class EAdam(torch.optim.Optimizer):
     ("factored"), direction (E/√v)·W, momentum on that direction in W-space; bias: E_b = Σδ,
     direction N_b + N_W b (augmented matrix)."""
 
-    def __init__(self, params, pairs, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, factored=False, rows_only=False):
-        super().__init__(params, dict(lr=lr, betas=betas, eps=eps))
+    def __init__(
+        self, params, pairs, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, factored=False, rows_only=False
+    ):
+        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps})
         self.pairs = pairs
         self.factored = factored
         self.rows_only = rows_only
@@ -220,7 +224,7 @@ class RowAdam(torch.optim.Optimizer):
     (running mean), s = ‖W‖_F/√D."""
 
     def __init__(self, params, pairs, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, scale=True):
-        super().__init__(params, dict(lr=lr, betas=betas, eps=eps))
+        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps})
         self.pairs = pairs
         self.scale = scale
 

@@ -16,6 +16,7 @@ import math
 import time
 from pathlib import Path
 
+import proto
 import torch
 from torch import Tensor
 
@@ -25,8 +26,6 @@ from jacfree.flows.core import FlowLayer
 from jacfree.models import preprocess_layers
 from jacfree.train.evaluate import per_example_nll
 from jacfree.train.optim import make_adam
-
-import proto
 
 
 class Scale(FlowLayer):
@@ -82,7 +81,9 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--batch-size", type=int, default=100)
-    p.add_argument("--optimizer", default="adam", help="adam | sgdm | any name make_optimizer takes")
+    p.add_argument(
+        "--optimizer", default="adam", help="adam | sgdm | any name make_optimizer takes"
+    )
     p.add_argument("--init", default="orthogonal", help="orthogonal | data")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
@@ -118,7 +119,13 @@ def main() -> None:
             opt = proto.ScaledAdam(params, pairs, lr=a.lr, bias=a.optimizer == "scaledadam")
     elif a.optimizer in ("eadam", "eadam-f", "eadam-r"):
         pairs = [(m.weight, m.bias) for m in flow.affine_layers]
-        opt = proto.EAdam(params, pairs, lr=a.lr, factored=a.optimizer != "eadam", rows_only=a.optimizer == "eadam-r")
+        opt = proto.EAdam(
+            params,
+            pairs,
+            lr=a.lr,
+            factored=a.optimizer != "eadam",
+            rows_only=a.optimizer == "eadam-r",
+        )
     elif a.optimizer in ("rowadam", "rowadam-ns"):
         pairs = [(m.weight, m.bias) for m in flow.affine_layers]
         opt = proto.RowAdam(params, pairs, lr=a.lr, scale=a.optimizer == "rowadam")
@@ -131,8 +138,17 @@ def main() -> None:
     stats = WeightStats(flow)
     t0 = time.perf_counter()
     res = jf.fit(
-        flow, train, val, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, patience=None,
-        optimizer=opt, seed=a.seed, progress=False, callbacks=[stats],
+        flow,
+        train,
+        val,
+        epochs=a.epochs,
+        batch_size=a.batch_size,
+        lr=a.lr,
+        patience=None,
+        optimizer=opt,
+        seed=a.seed,
+        progress=False,
+        callbacks=[stats],
     )
     wall = time.perf_counter() - t0
     nll = per_example_nll(flow, test)  # on the loaded (standardised) scale

@@ -12,11 +12,11 @@ from .relative_adam import RelativeAdam, make_optimizer
 __all__ = [
     "GECO",
     "NLL",
-    "RelativeAdam",
     "Callback",
     "CheckpointError",
     "FitResult",
     "ReconstructionWatch",
+    "RelativeAdam",
     "TrainNLL",
     "bits_per_dim",
     "distributed",
