@@ -94,19 +94,21 @@ class FCFlow(Flow):
         """The square affine layers, in data → latent order."""
         return [m for m in self.layers if isinstance(m, SquareAffine)]
 
-    def enable_row_stats(self) -> list[SquareAffine]:
+    def enable_row_stats(self, whole: bool = False) -> list[SquareAffine]:
         """Measure, in every training step, the row statistics of each relative layer's gradient.
 
         After this call, :meth:`loss` taps the output of every square affine layer in
         ``"relative"`` mode, and its backward pass writes into the layer's non-persistent buffer
         ``relative_row_stats`` (D,) the row mean squares of the gradient in multiplicative
-        coordinates (:mod:`jacfree.flows.relative_stats`), at O(B·D·min(B, D)) per layer.
-        :class:`jacfree.train.RelativeAdam` calls it. Returns the square affine layers.
+        coordinates (:mod:`jacfree.flows.relative_stats`), at O(B·D·min(B, D)) per layer;
+        with ``whole=True`` the buffer is the whole multiplicative gradient Ê (D, D+1) instead,
+        for data-parallel training. :class:`jacfree.train.RelativeAdam` calls it. Returns the
+        square affine layers.
         """
         for m in self.affine_layers:
-            if not hasattr(m, "relative_row_stats"):
-                stats = m.bias.new_zeros(2, m.features, requires_grad=False)
-                m.register_buffer("relative_row_stats", stats, persistent=False)
+            shape = (m.features, m.features + 1) if whole else (2, m.features)
+            stats = m.bias.detach().new_zeros(shape)
+            m.register_buffer("relative_row_stats", stats, persistent=False)
         self._row_stats = True
         return self.affine_layers
 

@@ -16,8 +16,9 @@ relative gradient by the running root-mean-square of the row of Ê.
 .. math::  q_i = \frac{1}{D+1} \sum_j Ê_{ij}^2
 
 into a buffer, at cost O(B·D·min(B, D)) (through Ê when B > D, through the B×B Gram matrix YYᵀ
-otherwise), never more than the O(B·D²) of the relative step itself. No value is read on the
-host.
+otherwise), never more than the O(B·D²) of the relative step itself. Under ``torch.distributed``
+it stores Ê itself (O(B·D²)), which the processes average exactly as they average gradients.
+No value is read on the host.
 """
 
 from __future__ import annotations
@@ -41,6 +42,20 @@ def row_stats(delta: Tensor, y: Tensor, c: Tensor) -> Tensor:
     return torch.stack([total / d, delta.sum(0)])
 
 
+def multiplicative_grad(delta: Tensor, y: Tensor, c: Tensor) -> Tensor:
+    """Ê = [ΔᵀY + cI, Δᵀ1], shape ``(D, D+1)``: O(B·D²). Linear in the loss, so the Ê of
+    data-parallel processes average to the Ê of the whole batch, as their gradients do."""
+    e = torch.cat([delta.t() @ y, delta.sum(0)[:, None]], 1)
+    e.diagonal().add_(c)
+    return e
+
+
+def stats_of(e: Tensor) -> Tensor:
+    """:func:`row_stats` from a formed Ê ``(D, D+1)``."""
+    d = e.shape[0]
+    return torch.stack([e[:, :d].square().mean(1), e[:, d]])
+
+
 class _TapRowStats(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, y: Tensor, marker: Tensor, out: Tensor):
@@ -52,11 +67,20 @@ class _TapRowStats(torch.autograd.Function):
     def backward(ctx: Any, grad_y: Tensor, grad_marker: Tensor):
         (y,) = ctx.saved_tensors
         c = grad_marker.sum()  # coefficient of log|det W| in the loss (a device tensor)
+        out = ctx.out
         with torch.no_grad():
-            ctx.out.copy_(row_stats(grad_y, y, c))
+            if out.shape[1] == y.shape[1] + 1:  # the whole Ê, to be averaged over processes
+                out.copy_(multiplicative_grad(grad_y, y, c))
+            else:
+                out.copy_(row_stats(grad_y, y, c))
         return grad_y, grad_marker, None
 
 
 def tap_row_stats(y: Tensor, marker: Tensor, out: Tensor) -> tuple[Tensor, Tensor]:
-    """Identity on a relative layer's ``(y, logdet_marker)``; the backward stores q in ``out``."""
+    """Identity on a relative layer's ``(y, logdet_marker)``; the backward fills ``out``.
+
+    ``out`` of shape ``(2, D)`` receives ``[q, e_b]`` (:func:`row_stats`); of shape ``(D, D+1)``
+    it receives Ê itself (:func:`multiplicative_grad`), for a data-parallel run whose processes
+    must average Ê before taking its row statistics.
+    """
     return _TapRowStats.apply(y, marker, out)

@@ -32,8 +32,9 @@ that is not a relative square affine layer) gets ordinary Adam.
 Use it with :func:`jacfree.fit` (``fit(flow, x, optimizer=RelativeAdam(flow, lr=1e-3))``) or
 through :func:`make_optimizer`. It turns on the statistics tap of the flow's relative layers; the
 flow must be a :class:`jacfree.FCFlow` whose layers are in ``"relative"`` mode when trained (in
-other modes those layers get ordinary Adam). Under ``torch.distributed`` the row statistics are
-averaged over the processes, so every replica takes the same step.
+other modes they raise). Under ``torch.distributed`` each process records its share of Ê and
+the processes average it, exactly as DDP averages gradients, so a data-parallel run takes the same
+steps as one process on the whole batch.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ import torch
 from torch import Tensor, nn
 
 from ..flows.linear import SquareAffine
+from ..flows.relative_stats import stats_of
 from .optim import make_adam
 
 
@@ -75,7 +77,7 @@ class RelativeAdam(torch.optim.Optimizer):
                 f"RelativeAdam needs a flow that measures the relative gradient's row statistics "
                 f"(jacfree.FCFlow); got {type(flow).__name__}. Use torch.optim.Adam for it."
             )
-        self.layers: list[SquareAffine] = enable()
+        self.layers: list[SquareAffine] = enable(whole=_world_size() > 1)
         paired = {id(p) for m in self.layers for p in (m.weight, m.bias)}
         others = [p for p in flow.parameters() if id(p) not in paired]
         groups: list[dict] = [{"params": [p for m in self.layers for p in (m.weight, m.bias)]}]
@@ -98,7 +100,8 @@ class RelativeAdam(torch.optim.Optimizer):
                     f"{layer.gradient!r} mode. Build torch.optim.Adam for that mode instead."
                 )
             stats = layer.relative_row_stats
-            _average_over_processes(stats)
+            if stats.shape[0] != 2:  # Ê of this process's share: average, then its statistics
+                stats = stats_of(_average_over_processes(stats))
             q, e_b = stats
             state = self.state[w]
             if not state:
@@ -139,17 +142,39 @@ class RelativeAdam(torch.optim.Optimizer):
             self.fallback.load_state_dict(fallback)
 
 
-def _average_over_processes(q: Tensor) -> None:
+def _world_size() -> int:
     dist = torch.distributed
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(q)
-        q.div_(dist.get_world_size())
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _average_over_processes(t: Tensor) -> Tensor:
+    world = _world_size()
+    if world > 1:
+        torch.distributed.all_reduce(t)
+        t.div_(world)
+    return t
+
+
+def default_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
+    """:class:`RelativeAdam` for a fully connected flow whose square layers are all in
+    ``"relative"`` mode (where it matches or beats exact training epoch for epoch), else Adam."""
+    layers = getattr(model, "affine_layers", None)
+    if (
+        hasattr(model, "enable_row_stats")
+        and layers
+        and all(m.gradient == "relative" for m in layers)
+    ):
+        return RelativeAdam(model, lr=lr)
+    return make_adam(model.parameters(), lr)
 
 
 def make_optimizer(name: str, model: nn.Module, lr: float) -> torch.optim.Optimizer:
-    """The optimiser called ``name`` for ``model``: ``"adam"`` or ``"relative-adam"``."""
+    """The optimiser called ``name`` for ``model``: ``"adam"``, ``"relative-adam"`` or
+    ``"default"`` (:func:`default_optimizer`)."""
+    if name == "default":
+        return default_optimizer(model, lr)
     if name == "adam":
         return make_adam(model.parameters(), lr)
     if name == "relative-adam":
         return RelativeAdam(model, lr=lr)
-    raise ValueError(f"unknown optimizer {name!r}; choose 'adam' or 'relative-adam'.")
+    raise ValueError(f"unknown optimizer {name!r}; choose 'default', 'adam' or 'relative-adam'.")
