@@ -86,6 +86,7 @@ def main() -> None:
     )
     p.add_argument("--init", default="orthogonal", help="orthogonal | data")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--recon-weight", type=float, default=1.0, help="λ of selfnorm layers")
     p.add_argument("--out", required=True)
     a = p.parse_args()
     torch.set_num_threads(1)
@@ -97,7 +98,13 @@ def main() -> None:
     if a.scale != 1.0:
         pre.append(Scale(a.scale))
     torch.manual_seed(a.seed)
-    flow = jf.FCFlow(train.shape[1], layers=a.layers, gradient=a.gradient, preprocess=pre)
+    flow = jf.FCFlow(
+        train.shape[1],
+        layers=a.layers,
+        gradient=a.gradient,
+        preprocess=pre,
+        recon_weight=a.recon_weight,
+    )
     if a.init != "orthogonal":
         proto.layer_init(flow, train[torch.randperm(len(train))[:1000]], a.init)
     params = list(flow.parameters())

@@ -47,6 +47,7 @@ from .train import (
     evaluate_nll,
     fit,
     load_checkpoint,
+    make_optimizer,
 )
 from .train.fit import BEST, COMPILE_MODES, LAST, METRICS
 
@@ -185,6 +186,13 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--clip", type=_positive(float), default=None, help="clip the gradient norm to this"
+    )
+    p.add_argument(
+        "--optimizer",
+        choices=("adam", "relative-adam"),
+        default="adam",
+        help="adam, or relative-adam (RelativeAdam: Adam's statistics in the relative "
+        "gradient's multiplicative coordinates; fully connected flows in relative mode)",
     )
     p.add_argument(
         "--warmup-epochs",
@@ -463,6 +471,7 @@ def _fit(
         epochs=_epochs(args),
         batch_size=args.batch_size,
         lr=args.lr,
+        optimizer=make_optimizer(args.optimizer, model, args.lr),
         patience=args.patience,
         clip_grad_norm=args.clip,
         warmup_epochs=args.warmup_epochs,

@@ -37,7 +37,7 @@ def row_stats(delta: Tensor, y: Tensor, c: Tensor) -> Tensor:
         e.diagonal().add_(c)
         total = e.square().sum(1)
     else:  # ‖Δ_iᵀ Y + c e_i‖² = Δ_iᵀ (YYᵀ) Δ_i + 2c Δ_iᵀ Y_i + c²: O(B²·D)
-        k_delta = y @ (y.t() @ delta)
+        k_delta = (y @ y.t()) @ delta
         total = (delta * k_delta).sum(0) + 2 * c * (delta * y).sum(0) + c * c
     return torch.stack([total / d, delta.sum(0)])
 

@@ -105,20 +105,19 @@ class RelativeAdam(torch.optim.Optimizer):
             q, e_b = stats
             state = self.state[w]
             if not state:
-                state["step"] = torch.zeros((), device=w.device, dtype=w.dtype)
+                state["step"] = 0  # a host counter, as in Adam's default (non-capturable) mode
                 state["v"] = torch.zeros_like(stats)
                 state["m_w"] = torch.zeros_like(w)
                 state["m_b"] = torch.zeros_like(b)
             state["step"] += 1
             t = state["step"]
             state["v"].lerp_(torch.stack([q, e_b.square()]), 1 - b2)
-            a, a_b = ((state["v"] / (1 - b2**t)).sqrt_().add_(eps)).reciprocal_()
-            state["m_w"].lerp_(w.grad * a[:, None], 1 - b1)
+            a, a_b = (state["v"] / (1 - b2**t)).sqrt_().add_(eps).reciprocal_()
+            state["m_w"].mul_(b1).addcmul_(w.grad, a[:, None], value=1 - b1)
             # R_b = E_W b + e_b: the E_W part is scaled by its row, e_b by its own running RMS
-            state["m_b"].lerp_((b.grad - e_b) * a + e_b * a_b, 1 - b1)
-            step = lr / (1 - b1**t)
-            w.sub_(state["m_w"] * step)
-            b.sub_(state["m_b"] * step)
+            state["m_b"].mul_(b1).add_((b.grad - e_b) * a + e_b * a_b, alpha=1 - b1)
+            w.add_(state["m_w"], alpha=-lr / (1 - b1**t))
+            b.add_(state["m_b"], alpha=-lr / (1 - b1**t))
         if self.fallback is not None:
             self.fallback.param_groups[0]["lr"] = lr
             self.fallback.step()
