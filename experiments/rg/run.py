@@ -50,6 +50,7 @@ class WeightStats:
         self.flow = flow
         self.prev = [m.weight.detach().clone() for m in flow.affine_layers]
         self.upd = [0.0] * len(self.prev)
+        self.history: list[dict] = []
 
     def on_step(self, model, loss, diagnostics) -> None:
         for k, m in enumerate(self.flow.affine_layers):
@@ -58,6 +59,7 @@ class WeightStats:
             self.prev[k].copy_(w)
 
     def on_epoch_end(self, model, row) -> None:
+        self.history.append(row)
         for k, m in enumerate(self.flow.affine_layers):
             s = torch.linalg.svdvals(m.weight.detach().double())
             row[f"w{k}_smax"], row[f"w{k}_smin"] = float(s[0]), float(s[-1])
@@ -144,19 +146,24 @@ def main() -> None:
         raise SystemExit(a.optimizer)
     stats = WeightStats(flow)
     t0 = time.perf_counter()
-    res = jf.fit(
-        flow,
-        train,
-        val,
-        epochs=a.epochs,
-        batch_size=a.batch_size,
-        lr=a.lr,
-        patience=None,
-        optimizer=opt,
-        seed=a.seed,
-        progress=False,
-        callbacks=[stats],
-    )
+    failed = None
+    try:
+        res = jf.fit(
+            flow,
+            train,
+            val,
+            epochs=a.epochs,
+            batch_size=a.batch_size,
+            lr=a.lr,
+            patience=None,
+            optimizer=opt,
+            seed=a.seed,
+            progress=False,
+            callbacks=[stats],
+        )
+    except FloatingPointError as err:  # keep the history up to the failure
+        failed = str(err)
+        res = jf.train.FitResult(history=stats.history)
     wall = time.perf_counter() - t0
     nll = per_example_nll(flow, test)  # on the loaded (standardised) scale
     out = Path(a.out)
@@ -170,6 +177,7 @@ def main() -> None:
         "train_time_s": sum(r["epoch_time_s"] for r in res.history),
         "wall_s": wall,
         "history": res.history,
+        "failed": failed,
     }
     (out / "result.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps({k: v for k, v in summary.items() if k != "history"}))
