@@ -190,6 +190,18 @@ def test_errors_name_the_problem():
         opt.step()
 
 
+def test_flow_loss_with_taps_traces_under_torch_compile():
+    """The tapped training loss compiles as one graph and records the same statistics."""
+    flow, ref = perturbed_flow(), perturbed_flow()
+    RelativeAdam(flow), RelativeAdam(ref)
+    x = data(8)
+    torch.compile(flow.loss, fullgraph=True, backend="eager")(x).backward()
+    ref.loss(x).backward()
+    for m, r in zip(flow.affine_layers, ref.affine_layers, strict=True):
+        torch.testing.assert_close(m.relative_row_stats, r.relative_row_stats)
+        torch.testing.assert_close(m.weight.grad, r.weight.grad)
+
+
 def test_tap_traces_under_torch_compile():
     """The statistics tap in a compiled step: identity forward, the same q as eager."""
 
