@@ -1,4 +1,11 @@
-"""Prototypes for the study (moved into the library once chosen)."""
+"""Prototypes of the relative-vs-exact study (docs/relative-gradient.md), selected in ``run.py``.
+
+``--init whiten|diag|scalar``: :func:`layer_init`; ``--optimizer``: ``multadam`` (:class:`MultAdam`,
+O(D³)), ``scalaradam``, ``ebadam`` (Euclidean bias gradient, by a solve), ``scaledadam`` /
+``scaledadam-w``, ``relscalar``, ``eadam`` / ``eadam-f`` / ``eadam-r`` (:class:`EAdam`, Ê by a
+solve; ``eadam-r`` is the prototype of :class:`jacfree.train.RelativeAdam`), ``rowadam``. They
+are kept to reproduce the diagnosis table; none is part of the library.
+"""
 
 from __future__ import annotations
 

@@ -84,7 +84,7 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument(
-        "--optimizer", default="adam", help="adam | sgdm | any name make_optimizer takes"
+        "--optimizer", default="adam", help="adam | relative-adam | sgdm | a prototype of proto.py"
     )
     p.add_argument("--init", default="orthogonal", help="orthogonal | data")
     p.add_argument("--seed", type=int, default=0)
