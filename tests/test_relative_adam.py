@@ -221,3 +221,41 @@ def test_tap_traces_under_torch_compile():
     y = x @ w.t()
     torch.testing.assert_close(outs[1], outs[0])
     torch.testing.assert_close(outs[0], row_stats(y / 8, y, torch.tensor(-1.0, dtype=F64)))
+
+
+DDP_WORKER = """
+import sys, torch, torch.distributed as dist
+from jacfree.train import RelativeAdam, fit
+
+sys.path.insert(0, {tests!r})
+from test_distributed import SETTINGS, data, model
+
+dist.init_process_group("gloo")
+flow = model("relative")
+x, v = data()
+res = fit(flow, x, v, optimizer=RelativeAdam(flow, lr=SETTINGS["lr"]), **SETTINGS)
+if dist.get_rank() == 0:
+    torch.save({{"state": flow.state_dict(), "history": res.history}}, {out!r})
+dist.destroy_process_group()
+"""
+
+
+def test_ddp_training_with_relative_adam_equals_single_process(tmp_path):
+    """Two processes average their shares of Ê, as DDP averages gradients: same parameters."""
+    import textwrap
+    from pathlib import Path
+
+    from test_distributed import SETTINGS, data, model, torchrun
+
+    out, script = tmp_path / "ddp.pt", tmp_path / "worker.py"
+    tests = str(Path(__file__).parent)
+    script.write_text(textwrap.dedent(DDP_WORKER.format(tests=tests, out=str(out))))
+    torchrun(str(script), cwd=tmp_path)
+    ddp = torch.load(out, weights_only=True)
+    flow = model("relative")
+    x, v = data()
+    ref = jf.fit(flow, x, v, optimizer=RelativeAdam(flow, lr=SETTINGS["lr"]), **SETTINGS)
+    for name, value in flow.state_dict().items():
+        torch.testing.assert_close(ddp["state"][name], value, rtol=1e-9, atol=1e-10, msg=name)
+    for a, b in zip(ref.history, ddp["history"], strict=True):
+        assert b["val_nll"] == pytest.approx(a["val_nll"], rel=1e-10)

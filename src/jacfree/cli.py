@@ -471,7 +471,9 @@ def _fit(
         epochs=_epochs(args),
         batch_size=args.batch_size,
         lr=args.lr,
-        optimizer=make_optimizer(args.optimizer, model, args.lr),
+        optimizer=None
+        if args.optimizer == "adam"
+        else make_optimizer(args.optimizer, model, args.lr),
         patience=args.patience,
         clip_grad_norm=args.clip,
         warmup_epochs=args.warmup_epochs,

@@ -154,7 +154,9 @@ def fit(
         objective: ``objective(model, x) -> scalar loss``; default ``model.loss(x)``.
         val_metric: ``val_metric(model, val) -> float`` (lower is better); default exact NLL.
         val_name: name of the validation metric in the history (``val_<name>``).
-        optimizer: an optimizer over ``model``'s parameters; default Adam (fused on CUDA).
+        optimizer: an optimizer over ``model``'s parameters; default Adam (fused on CUDA). For
+            a fully connected flow in relative mode, :class:`~jacfree.train.RelativeAdam` keeps
+            pace with exact training epoch for epoch.
         clip_grad_norm: clip the global gradient norm to this value (> 0).
         warmup_epochs: raise the learning rate linearly from 0 to its value over this many
             epochs, batch by batch: step s (from 1) uses ``lr · min(1, s / (warmup_epochs ·

@@ -154,24 +154,8 @@ def _average_over_processes(t: Tensor) -> Tensor:
     return t
 
 
-def default_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
-    """:class:`RelativeAdam` for a fully connected flow whose square layers are all in
-    ``"relative"`` mode (where it matches or beats exact training epoch for epoch), else Adam."""
-    layers = getattr(model, "affine_layers", None)
-    if (
-        hasattr(model, "enable_row_stats")
-        and layers
-        and all(m.gradient == "relative" for m in layers)
-    ):
-        return RelativeAdam(model, lr=lr)
-    return make_adam(model.parameters(), lr)
-
-
 def make_optimizer(name: str, model: nn.Module, lr: float) -> torch.optim.Optimizer:
-    """The optimiser called ``name`` for ``model``: ``"adam"``, ``"relative-adam"`` or
-    ``"default"`` (:func:`default_optimizer`)."""
-    if name == "default":
-        return default_optimizer(model, lr)
+    """The optimiser called ``name`` for ``model``: ``"adam"`` or ``"relative-adam"``."""
     if name == "adam":
         return make_adam(model.parameters(), lr)
     if name == "relative-adam":
