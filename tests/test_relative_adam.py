@@ -259,3 +259,22 @@ def test_ddp_training_with_relative_adam_equals_single_process(tmp_path):
         torch.testing.assert_close(ddp["state"][name], value, rtol=1e-9, atol=1e-10, msg=name)
     for a, b in zip(ref.history, ddp["history"], strict=True):
         assert b["val_nll"] == pytest.approx(a["val_nll"], rel=1e-10)
+
+
+def test_fit_with_relative_adam_resumes_exactly(tmp_path):
+    """A run stopped after 2 epochs and resumed to 3 equals an uninterrupted 3-epoch run."""
+    x, v = data(120), data(30, seed=2)
+    settings = {"batch_size": 25, "patience": None, "progress": False, "seed": 3}
+
+    def run(epochs: int, out=None, resume=False) -> jf.FCFlow:
+        flow = perturbed_flow(layers=2)
+        opt = RelativeAdam(flow, lr=1e-2)
+        jf.fit(flow, x, v, epochs=epochs, optimizer=opt, out_dir=out, resume=resume, **settings)
+        return flow
+
+    run(2, tmp_path)
+    resumed = run(3, tmp_path, resume=True)
+    straight = run(3)
+    expected = straight.state_dict()
+    for name, value in resumed.state_dict().items():
+        torch.testing.assert_close(value, expected[name], rtol=0, atol=0, msg=name)
