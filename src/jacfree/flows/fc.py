@@ -99,8 +99,9 @@ class FCFlow(Flow):
 
         After this call, :meth:`loss` taps the output of every square affine layer in
         ``"relative"`` mode, and its backward pass writes into the layer's non-persistent buffer
-        ``relative_row_stats`` (D,) the row mean squares of the gradient in multiplicative
-        coordinates (:mod:`jacfree.flows.relative_stats`), at O(B·D·min(B, D)) per layer;
+        ``relative_row_stats`` (2, D) the row mean squares and the bias column of the gradient in
+        multiplicative coordinates (:mod:`jacfree.flows.relative_stats`), at O(B·D·min(B, D))
+        per layer;
         with ``whole=True`` the buffer is the whole multiplicative gradient Ê (D, D+1) instead,
         for data-parallel training. :class:`jacfree.train.RelativeAdam` calls it. Returns the
         square affine layers.

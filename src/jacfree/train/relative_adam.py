@@ -10,24 +10,27 @@ that must grow or shrink (data on another scale, a last layer that must stretch 
 therefore moves more slowly than exact training does with the same Adam.
 
 RelativeAdam keeps the relative direction and takes Adam's statistics where they belong, in the
-multiplicative coordinates. For each relative square affine layer, with q the row mean squares of
-Ê measured in the backward pass:
+multiplicative coordinates. For each relative square affine layer, with q_i the mean square of row
+i of Ê's weight block and e_b = Δᵀ1 its bias column, both measured in the backward pass:
 
 .. math::
-    v &← β_2 v + (1-β_2)\, q ,\qquad a_i = 1/(\sqrt{v_i/(1-β_2^t)} + ε) ,\\
-    m &← β_1 m + (1-β_1)\, \mathrm{diag}(a)\,[R_W,\ R_b] ,\qquad
-    Ŵ ← Ŵ - \frac{η}{1-β_1^t}\, m .
+    v &← β_2 v + (1-β_2)\,[q,\ e_b^2] ,\qquad
+        [a, a_b] = 1/(\sqrt{v/(1-β_2^t)} + ε) ,\\
+    m_W &← β_1 m_W + (1-β_1)\, \mathrm{diag}(a)\, R_W ,\qquad
+    m_b ← β_1 m_b + (1-β_1)\,(\mathrm{diag}(a)(R_b - e_b) + \mathrm{diag}(a_b)\, e_b) ,\\
+    W &← W - \frac{η}{1-β_1^t}\, m_W ,\qquad b ← b - \frac{η}{1-β_1^t}\, m_b .
 
-Each step is Ŵ ← (I − η N) Ŵ with N = diag(a) Ê: a multiplicative step of about η per unit, the
-same whatever W's scale. The cost is O(D²) per layer in the optimiser plus O(B·D·min(B, D)) for
-q in the backward, so the step stays O(B·D²), with no inverse, solve or determinant.
+The direction is (S ∘ Ê) Ŵ with S > 0 entry by entry (S_ij = a_i in the weight columns, a_b,i in
+the bias column): each step is Ŵ ← (I − η N) Ŵ with N = S ∘ Ê, whose rows have an RMS of about 1
+whatever W's scale. The cost is O(D²) per layer in the optimiser plus O(B·D·min(B, D)) for the
+statistics in the backward, so the step stays O(B·D²), with no inverse, solve or determinant.
 
-**Fixed points.** diag(a) is positive definite, so the direction is the Euclidean gradient
-preconditioned by the positive-definite operator G ↦ diag(a) · G · ŴᵀŴ (a Kronecker product of
-two positive-definite matrices): it vanishes exactly where the Euclidean gradient does, and the
-momentum m settles at zero there. A stationary point of RelativeAdam is a stationary point of
-the exact likelihood, as for plain relative gradient descent. Every other parameter (a layer
-that is not a relative square affine layer) gets ordinary Adam.
+**Fixed points.** As a map of the Euclidean gradient G = [G_W, g_b] the direction is
+G ↦ (S ∘ (GŴᵀ)) Ŵ, and ⟨G, (S ∘ (GŴᵀ)) Ŵ⟩ = Σ_ij S_ij (GŴᵀ)_ij² > 0 unless G = 0: a symmetric
+positive-definite preconditioner. The direction vanishes exactly where the Euclidean gradient
+does, and the momentum settles at zero there: a stationary point of RelativeAdam is a stationary
+point of the exact likelihood, as for plain relative gradient descent. Every other parameter (a
+layer that is not a relative square affine layer) gets ordinary Adam.
 
 Use it with :func:`jacfree.fit` (``fit(flow, x, optimizer=RelativeAdam(flow, lr=1e-3))``) or
 through :func:`make_optimizer`. It turns on the statistics tap of the flow's relative layers; the
