@@ -13,12 +13,12 @@ relative gradient by the running root-mean-square of the row of Ê.
 
 :func:`tap_row_stats` is an identity on ``(y, logdet_marker)`` whose backward writes
 
-.. math::  q_i = \frac{1}{D+1} \sum_j Ê_{ij}^2
+.. math::  q_i = \frac{1}{D} \sum_{j \le D} Ê_{ij}^2 \quad\text{and}\quad e_b = Δᵀ1
 
-into a buffer, at cost O(B·D·min(B, D)) (through Ê when B > D, through the B×B Gram matrix YYᵀ
-otherwise), never more than the O(B·D²) of the relative step itself. Under ``torch.distributed``
-it stores Ê itself (O(B·D²)), which the processes average exactly as they average gradients.
-No value is read on the host.
+into a ``(2, D)`` buffer, at cost O(B·D·min(B, D)) (through Ê when B > D, through the B×B Gram
+matrix YYᵀ otherwise), never more than the O(B·D²) of the relative step itself. Under
+``torch.distributed`` it stores Ê itself (O(B·D²)), which the processes average exactly as they
+average gradients. No value is read on the host.
 """
 
 from __future__ import annotations
