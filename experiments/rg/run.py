@@ -88,6 +88,7 @@ def main() -> None:
     )
     p.add_argument("--init", default="orthogonal", help="orthogonal | data")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--patience", type=int, default=None, help="early stopping (default: none)")
     p.add_argument("--recon-weight", type=float, default=1.0, help="λ of selfnorm layers")
     p.add_argument("--out", required=True)
     a = p.parse_args()
@@ -155,7 +156,7 @@ def main() -> None:
             epochs=a.epochs,
             batch_size=a.batch_size,
             lr=a.lr,
-            patience=None,
+            patience=a.patience,
             optimizer=opt,
             seed=a.seed,
             progress=False,
