@@ -278,3 +278,22 @@ def test_fit_with_relative_adam_resumes_exactly(tmp_path):
     expected = straight.state_dict()
     for name, value in resumed.state_dict().items():
         torch.testing.assert_close(value, expected[name], rtol=0, atol=0, msg=name)
+
+
+def test_conditional_flow_taps_and_trains():
+    """With a context (ContextAffine layers between the square ones), the taps still measure the
+    square layers and RelativeAdam steps them; the context network gets ordinary Adam."""
+    torch.manual_seed(0)
+    flow = jf.FCFlow(3, layers=2, gradient="relative", context_features=2).double()
+    x, c = data(16, d=3), data(16, d=2, seed=5)
+    opt = RelativeAdam(flow, lr=1e-2)
+    assert opt.fallback is not None
+    with torch.no_grad():
+        before = -flow.log_prob(x, context=c).mean()
+    for _ in range(50):
+        opt.zero_grad()
+        flow.loss(x, context=c).backward()
+        opt.step()
+    assert all(float(m.relative_row_stats[0].sum()) > 0 for m in flow.affine_layers)
+    with torch.no_grad():
+        assert float(-flow.log_prob(x, context=c).mean()) < float(before) - 0.1

@@ -101,10 +101,9 @@ class FCFlow(Flow):
         ``"relative"`` mode, and its backward pass writes into the layer's non-persistent buffer
         ``relative_row_stats`` (2, D) the row mean squares and the bias column of the gradient in
         multiplicative coordinates (:mod:`jacfree.flows.relative_stats`), at O(B·D·min(B, D))
-        per layer;
-        with ``whole=True`` the buffer is the whole multiplicative gradient Ê (D, D+1) instead,
-        for data-parallel training. :class:`jacfree.train.RelativeAdam` calls it. Returns the
-        square affine layers.
+        per layer; with ``whole=True`` the buffer is the whole multiplicative gradient Ê
+        (D, D+1) instead, for data-parallel training. :class:`jacfree.train.RelativeAdam` calls
+        it. Returns the square affine layers.
         """
         for m in self.affine_layers:
             shape = (m.features, m.features + 1) if whole else (2, m.features)
@@ -113,15 +112,16 @@ class FCFlow(Flow):
         self._row_stats = True
         return self.affine_layers
 
-    def loss(self, x: Tensor) -> Tensor:
+    def loss(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """Batch-mean NLL as in :meth:`Flow.loss`; with :meth:`enable_row_stats`, the relative
         layers' outputs pass through the statistics tap (an identity)."""
         if not self._row_stats:
-            return super().loss(x)
+            return super().loss(x, context)
         z = self._check(x, values=False)  # values: checked once per dataset (validate_data)
+        h = self.encode_context(context, z.shape[0], values=False)
         logdet = z.new_zeros(z.shape[0])
         for layer in self.layers:
-            z, ld = layer.training_forward(z)
+            z, ld = layer.call("training_forward", z, h)
             if isinstance(layer, SquareAffine) and layer.gradient == "relative":
                 z, ld = tap_row_stats(z, ld, layer.relative_row_stats)
             logdet = logdet + ld
