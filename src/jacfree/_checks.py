@@ -12,11 +12,12 @@ from torch._C._functorch import is_functorch_wrapped_tensor
 
 
 def values_visible(x: Tensor) -> bool:
-    """False inside ``torch.func`` transforms (vmap, jacrev, ...), where values cannot be read.
+    """False inside ``torch.func`` transforms (vmap, jacrev, ...) and while ``torch.compile``
+    traces, where values cannot be read (or reading them would break the graph).
 
     Value checks (NaN/Inf, ranges) are skipped there; shape and dtype checks still run.
     """
-    return not is_functorch_wrapped_tensor(x)
+    return not (torch.compiler.is_compiling() or is_functorch_wrapped_tensor(x))
 
 
 def all_finite(x: Tensor) -> bool:
