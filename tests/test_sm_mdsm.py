@@ -113,9 +113,7 @@ def test_fd_mdsm_equals_autograd_per_sample_for_quadratics(eps):
     u = u / u.norm(dim=1, keepdim=True)
     sig = losses.mdsm_sigmas(x, (0.05, 1.2))
     sigma0 = 0.1
-    fd = losses.fd_mdsm(
-        model, x, sigma0=sigma0, eps=eps, noise=n, directions=u, reduction="none"
-    )
+    fd = losses.fd_mdsm(model, x, sigma0=sigma0, eps=eps, noise=n, directions=u, reduction="none")
     xt = x + sig[:, None] * n
     r = losses.score(model, xt) + (xt - x) / sigma0**2
     want = x.shape[1] * (u * r).sum(1) ** 2 / (2 * sig**2)
@@ -147,9 +145,8 @@ def test_fd_mdsm_parallel_equals_sequential_values_and_gradients():
 
 def flat_grad(net: nn.Module) -> torch.Tensor:
     # the output bias does not enter the score: no gradient there
-    return torch.cat(
-        [(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in net.parameters()]
-    )
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in net.parameters()]
+    return torch.cat([g.flatten() for g in grads])
 
 
 def test_fd_mdsm_gradient_approaches_mdsm_gradient():

@@ -73,9 +73,7 @@ class ResidualBlock(nn.Module):
         self.conv1 = nn.Conv2d(c_in, c_in, 3, padding=1, bias=False)
         self.conv2 = nn.Conv2d(c_in, c_out, 3, padding=1)
         self.down = down
-        self.shortcut = (
-            nn.Conv2d(c_in, c_out, 1) if (down or c_in != c_out) else nn.Identity()
-        )
+        self.shortcut = nn.Conv2d(c_in, c_out, 1) if (down or c_in != c_out) else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.conv2(self.act2(self.conv1(self.act1(x))))

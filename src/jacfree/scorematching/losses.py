@@ -830,7 +830,7 @@ def fd_dsm(
 
 def _check_mdsm_args(sigmas: object, sigma0: object) -> tuple[float, float, float]:
     ok = isinstance(sigmas, tuple | list) and len(sigmas) == 2
-    lo, hi = (sigmas if ok else (None, None))  # type: ignore[misc]
+    lo, hi = sigmas if ok else (None, None)  # type: ignore[misc]
     if not (
         ok
         and all(isinstance(s, int | float) and not isinstance(s, bool) for s in (lo, hi))
