@@ -20,6 +20,11 @@ Pairs (autograd baseline → FD forms; the FD objectives are §1.7 of the projec
     DSM ``½‖∇log p̃(x̃) + (x̃ − x)/σ²‖²`` — the score by a ``create_graph`` backward, so the
     parameter gradient is a gradient of a gradient (:func:`jacfree.sm.dsm`), vs FD-DSM
     ``(d/2ε²)(½(f(x̃+v) − f(x̃−v)) + vᵀ(x̃−x)/σ²)²`` on ``[x̃+v, x̃−v]`` (:func:`jacfree.sm.fd_dsm`).
+``mdsm`` (the deep energy model ``ebm``)
+    multiscale DSM ``½‖∇log p̃(x̃_b) + (x̃_b − x_b)/σ0²‖²/σ_b²`` with per-sample
+    ``σ_b = linspace(0.05, 1.2)`` and ``σ0 = 0.1`` (:func:`jacfree.sm.mdsm`, a gradient of a
+    gradient) vs FD-MDSM on ``[x̃+v, x̃−v]`` with ε = 0.05 (:func:`jacfree.sm.fd_mdsm`); the
+    paper's deep-EBM setting. No speed-up target.
 ``ssm_vr`` (score networks ``s(x) ≈ ∇log p``)
     SSM-VR ``E_v[vᵀ∇s v] + ½‖s‖²`` — one ``create_graph`` backward of ``vᵀs``
     (:func:`jacfree.sm.ssm_scorenet`), vs FD-SSM-VR ``⅛‖s₊ + s₋‖² + (d/2ε²)vᵀ(s₊ − s₋)`` on
@@ -41,6 +46,9 @@ Models (``--models``; widths and batches are the paper's)
 ``nice``      :class:`jacfree.NICE` at D = 784 (4 additive couplings, MLPs with 4 hidden layers
               of width H = 1000, softplus), trained on its energy ``−log p`` in logit space,
               B = 128; pairs ``ssm``, ``dsm``; Rademacher projections (the reference's choice).
+``ebm``       :class:`jacfree.ResEBM` on 28×28 images (base width 16, one residual block per
+              stage after each down-sampling block; the paper's Res18 has 128 and 2), B = 128;
+              pair ``mdsm``. Not in the default set (``--models ebm``).
 ``dkef``      :class:`jacfree.DKEF` on ``wine-red`` (D = 11; 200 inducing points, 3 kernels on
               width-30 feature nets), B = 200: each step solves α in closed form on one half of
               the batch and scores the other half (α's solve is the same for both forms, so only
@@ -119,7 +127,17 @@ from torch.utils.weak import WeakIdKeyDictionary
 from ..data import load
 from ..plots import pyplot, save_figure
 from ..scorematching import DKEF, NCSN, NICE, MLPEnergy
-from ..scorematching.losses import dsm, fd_dsm, fd_ssm, fd_ssm_vr, ssm, ssm_scorenet
+from ..scorematching.ebm import ResEBM
+from ..scorematching.losses import (
+    dsm,
+    fd_dsm,
+    fd_mdsm,
+    fd_ssm,
+    fd_ssm_vr,
+    mdsm,
+    ssm,
+    ssm_scorenet,
+)
 from .common import (
     DTYPES,
     PLOT_HINT,
@@ -175,6 +193,8 @@ MODELS: dict[str, str] = {
     "nice": "NICE energy -log p (4 additive couplings, 4 hidden layers of width H, softplus)",
     "dkef": "DKEF on wine-red (200 inducing points, 3 kernels, width-30 features), alpha solved "
     "per step",
+    "ebm": "ResEBM deep energy on 28x28 images (base width 16, 1 block per stage; the paper's "
+    "128 and 2), multiscale DSM",
 }
 DEFAULT_MODELS: tuple[str, ...] = ("mlp", "mlp-ref", "scorenet", "nice", "dkef", "ncsn")
 
@@ -183,6 +203,7 @@ PAIRS: dict[str, tuple[str, str]] = {
     "ssm": ("fd_ssm", "energy"),
     "dsm": ("fd_dsm", "energy"),
     "ssm_vr": ("fd_ssm_vr", "score"),
+    "mdsm": ("fd_mdsm", "ebm"),
 }
 #: minimum speed-up of the parallel FD form over the pair's baseline (issue 5)
 TARGETS: dict[str, float] = {"ssm": 1.7, "ssm_vr": 1.3, "dsm": 1.0}
@@ -194,6 +215,8 @@ _LABELS = {
     "fd_ssm": "FD-SSM",
     "fd_ssm_vr": "FD-SSM-VR",
     "fd_dsm": "FD-DSM",
+    "mdsm": "MDSM",
+    "fd_mdsm": "FD-MDSM",
 }
 
 
@@ -241,8 +264,13 @@ def _pair_variants(pair: str, extra: Sequence[str] = ()) -> tuple[Variant, ...]:
 
 ENERGY_VARIANTS = (*_pair_variants("ssm", ("ssm_vr",)), *_pair_variants("dsm"))
 SCORE_VARIANTS = _pair_variants("ssm_vr")
+EBM_VARIANTS = _pair_variants("mdsm")
 #: variants timed per model kind
-VARIANTS: dict[str, tuple[Variant, ...]] = {"energy": ENERGY_VARIANTS, "score": SCORE_VARIANTS}
+VARIANTS: dict[str, tuple[Variant, ...]] = {
+    "energy": ENERGY_VARIANTS,
+    "score": SCORE_VARIANTS,
+    "ebm": EBM_VARIANTS,
+}
 
 #: columns of ``sm.csv``, in order
 CSV_COLUMNS: tuple[str, ...] = (
@@ -545,6 +573,18 @@ def _score_losses(net: Callable[..., Tensor], annealed: Tensor | None = None) ->
     return {v.name: make(v) for v in SCORE_VARIANTS}
 
 
+def _mdsm_losses(energy: nn.Module) -> dict[str, Callable[[Tensor], Tensor]]:
+    """Losses of :data:`EBM_VARIANTS`: MDSM and FD-MDSM with the deep-EBM settings of the
+    paper (per-sample σ_b = linspace(0.05, 1.2), σ0 = 0.1, ε = 0.05)."""
+    out: dict[str, Callable[[Tensor], Tensor]] = {}
+    for v in EBM_VARIANTS:
+        if v.objective == "mdsm":
+            out[v.name] = lambda x: mdsm(energy, x)
+        else:
+            out[v.name] = lambda x, p=bool(v.parallel): fd_mdsm(energy, x, parallel=p)
+    return out
+
+
 # plain-PyTorch objectives, written as in the reference code (no checks, no library helpers)
 
 
@@ -721,6 +761,14 @@ def build_case(
             flat = [torch.logit(b.clamp(1e-3, 1 - 1e-3)) for b in flat]
         losses = _energy_losses(lambda y: (nice.energy, y), "rademacher")
         case = BenchCase(name, nice, flat, losses, ENERGY_VARIANTS, dim, batch, H, data)
+    elif name == "ebm":
+        side = math.isqrt(dim)
+        if side * side != dim or side < 8:
+            raise ValueError(f"ebm models square images: --dim must be a square >= 64, got {dim}.")
+        img = (1, side, side) if len(shape) != 3 else shape
+        ebm = ResEBM(img, width=16, depth=1)
+        imgs = [b.reshape(len(b), *img) for b in batches]
+        case = BenchCase(name, ebm, imgs, _mdsm_losses(ebm), EBM_VARIANTS, dim, batch, 16, data)
     else:  # ncsn
         side = math.isqrt(dim)
         if side * side != dim or side < 4:
@@ -919,7 +967,7 @@ def _run_case(
         base = v.pair
         summary = stats[v.name].summary("ms")
         m, mb = mem.get(v.name), mem.get(base)
-        target = TARGETS[v.pair] if v.fd and v.parallel else None
+        target = TARGETS.get(v.pair) if v.fd and v.parallel else None
         speedup = stats[base].median / stats[v.name].median
         row: dict[str, Any] = {
             "model": case.name,

@@ -16,6 +16,9 @@ dkef           fd_ssm, ssm, ssm_vr, sm, dsm, fd_dsm            exact SM         
 ncsn           fd_ssm_vr, dsm, ssm, ssm_vr                     annealed DSM      annealed DSM,
                                                                                  annealed exact
                                                                                  SM
+ebm            fd_mdsm, mdsm, fd_ssm, ssm                      MDSM (mdsm        exact SM, MDSM
+                                                               objectives), else
+                                                               the objective
 =============  ==============================================  ================  ==============
 
 Spec options read here (``--eps``, ``--sigma``, ``--hidden``, ``--layers``, ``--set KEY=VALUE``),
@@ -32,6 +35,13 @@ with the FD-SM paper's defaults (Pang et al., NeurIPS 2020):
   (4), ``activation``.
 * dkef: ``hidden`` (30), ``n_inducing`` (200), ``n_kernels`` (3), ``alpha_solve`` (sliced),
   ``alpha_points`` (4000), ``logz_samples`` (10⁶), ``q0_std`` (2), ``log_lambda`` (−2).
+* ebm (:class:`~jacfree.scorematching.ebm.ResEBM`): ``hidden`` = base width (16; the paper
+  128), ``layers`` = extra residual blocks per stage (1; the paper 2), ``activation``
+  (nsoftplus), ``eps`` (0.05, the paper's deep-EBM FD step), ``sigmas`` ([0.05, 1.2], the
+  per-sample MDSM noise range), ``sigma0`` (0.1), ``random_sigmas`` (false: batch linspace),
+  ``projection`` (gaussian); samples: ``sample_step`` (0.02), ``t_max`` (100), ``t_min`` (1),
+  ``sample_hold`` / ``sample_anneal`` / ``sample_tail`` (500 / 2000 / 200 Langevin steps, the
+  reference schedule), ``n_samples`` (64).
 * ncsn: ``hidden`` = channels (16), ``sigma_max`` (1), ``sigma_min`` (0.01), ``n_levels`` (10),
   ``activation`` (elu), ``sample_steps`` (Langevin steps per level of the plot, 20),
   ``step_lr`` (2e-5).
@@ -57,7 +67,7 @@ from ..models import ModelKind, ModelSpec, OptionType, preprocess_layers, regist
 from .dkef import DKEF
 from .energy import MLPEnergy
 from .evaluate import Estimate, evaluate_per_sample, exact_sm_loss
-from .losses import dsm, exact_sm, fd_dsm, fd_ssm, ssm
+from .losses import dsm, exact_sm, fd_dsm, fd_mdsm, fd_ssm, mdsm, ssm
 from .ncsn import NCSN, annealed_loss
 
 __all__ = [
@@ -73,6 +83,7 @@ OBJECTIVES: dict[str, tuple[str, ...]] = {
     "nice": ("fd_ssm", "mle", "ssm", "ssm_vr", "sm", "dsm", "fd_dsm"),
     "dkef": ENERGY_OBJECTIVES,
     "ncsn": ("fd_ssm_vr", "dsm", "ssm", "ssm_vr"),
+    "ebm": ("fd_mdsm", "mdsm", "fd_ssm", "ssm"),
 }
 # spec options every score-matching kind reads (``jacfree train`` refuses others)
 SM_OPTIONS: dict[str, OptionType] = {
@@ -86,6 +97,7 @@ SM_OPTIONS: dict[str, OptionType] = {
     "val_metric": str,
     "val_n": int,
 }
+MULTISCALE_OBJECTIVES = ("mdsm", "fd_mdsm")
 _SMALL_D = 100  # exact SM (d Hessian-vector products per row) is cheap up to this dimension
 
 
@@ -111,18 +123,23 @@ def energy_loss(
     projection: str = "rademacher",
     n_particles: int = 1,
     parallel: bool = True,
+    sigmas: tuple[float, float] = (0.05, 1.2),
+    sigma0: float = 0.1,
+    random_sigmas: bool = False,
 ) -> Callable[[Callable[[Tensor], Tensor], Tensor], Tensor]:
     """The score-matching loss ``loss(energy, x) -> scalar`` called ``name`` for an energy model.
 
     ``"sm"`` exact, ``"ssm"`` / ``"ssm_vr"`` sliced (``projection``, ``n_particles``),
     ``"fd_ssm"`` finite differences (``eps``, ``parallel``), ``"dsm"`` / ``"fd_dsm"`` denoising
-    (``sigma``; ``eps`` for the FD form). All SM forms target ``J = E[tr ∇² log p̃ + ½‖∇ log p̃‖²]``;
-    the DSM forms ``½E‖s(x̃) + (x̃ − x)/σ²‖²`` (see :mod:`jacfree.scorematching.losses`).
+    (``sigma``; ``eps`` for the FD form), ``"mdsm"`` / ``"fd_mdsm"`` multiscale denoising
+    (``sigmas``, ``sigma0``, ``random_sigmas``). All SM forms target
+    ``J = E[tr ∇² log p̃ + ½‖∇ log p̃‖²]``; the DSM forms ``½E‖s(x̃) + (x̃ − x)/σ²‖²`` (see
+    :mod:`jacfree.scorematching.losses`).
     """
-    if name not in ENERGY_OBJECTIVES:
+    allowed = ENERGY_OBJECTIVES + MULTISCALE_OBJECTIVES
+    if name not in allowed:
         raise ValueError(
-            f"unknown energy objective {name!r}; choose one of "
-            f"{', '.join(map(repr, ENERGY_OBJECTIVES))}."
+            f"unknown energy objective {name!r}; choose one of {', '.join(map(repr, allowed))}."
         )
 
     def loss(energy: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
@@ -136,6 +153,19 @@ def energy_loss(
             return fd_ssm(energy, x, eps, n_particles=n_particles, parallel=parallel)
         if name == "dsm":
             return dsm(energy, x, sigma)
+        if name == "mdsm":
+            return mdsm(energy, x, sigmas, sigma0, random_sigmas=random_sigmas)
+        if name == "fd_mdsm":
+            return fd_mdsm(
+                energy,
+                x,
+                sigmas,
+                sigma0,
+                eps,
+                random_sigmas=random_sigmas,
+                n_particles=n_particles,
+                parallel=parallel,
+            )
         return fd_dsm(energy, x, sigma, eps, n_particles=n_particles, parallel=parallel)
 
     return loss
@@ -653,5 +683,134 @@ register_model(
             "step_lr": float,
         },
         sampler="by annealed Langevin dynamics",
+    ),
+)
+
+
+# -- ebm ----------------------------------------------------------------------------------------
+
+
+def _ebm_loss_options(spec: ModelSpec) -> dict[str, Any]:
+    lo, hi = spec.get("sigmas", (0.05, 1.2))
+    return {
+        "eps": float(spec.get("eps", 0.05)),
+        "projection": spec.get("projection", "gaussian"),
+        "n_particles": int(spec.get("n_particles", 1)),
+        "parallel": bool(spec.get("parallel", True)),
+        "sigmas": (float(lo), float(hi)),
+        "sigma0": float(spec.get("sigma0", 0.1)),
+        "random_sigmas": bool(spec.get("random_sigmas", False)),
+    }
+
+
+def _build_ebm(spec: ModelSpec) -> nn.Module:
+    from .ebm import ResEBM
+
+    objective_name(spec, "ebm")
+    if len(spec["data_shape"]) != 3:
+        raise ValueError(
+            "ebm models images (data of shape C x H x W, e.g. --data fashion-mnist); use "
+            "energy-mlp for vectors."
+        )
+    spec.setdefault("eps", 0.05)
+    return ResEBM(
+        tuple(spec["data_shape"]),
+        width=int(spec.get("hidden") or 16),
+        depth=int(spec["layers"]) if spec.get("layers") is not None else 1,
+        activation=spec.get("activation", "nsoftplus"),
+    )
+
+
+def _ebm_objective(spec: ModelSpec) -> Callable[[nn.Module, Tensor], Tensor]:
+    loss = energy_loss(objective_name(spec, "ebm"), **_ebm_loss_options(spec))
+    prep = _unit_dequantise(spec.get("levels"))
+    return lambda model, x: loss(model, prep(x))
+
+
+def _ebm_val_name(spec: ModelSpec) -> str:
+    return "mdsm" if objective_name(spec, "ebm") in MULTISCALE_OBJECTIVES else "objective"
+
+
+def _ebm_per_sample(spec: ModelSpec, name: str) -> Callable[[nn.Module], Callable[..., Tensor]]:
+    opts = _ebm_loss_options(spec)
+    prep = _unit_dequantise(spec.get("levels"))
+    if name == "mdsm":
+        return lambda model: (
+            lambda b: mdsm(model, prep(b), opts["sigmas"], opts["sigma0"], reduction="none")
+        )
+    loss = energy_loss(objective_name(spec, "ebm"), **opts)
+    return lambda model: lambda b: loss(model, prep(b)).reshape(1).expand(len(b))
+
+
+def _ebm_val(spec: ModelSpec) -> Callable[[nn.Module, Tensor], float]:
+    n = int(spec.get("val_n", 1000))
+    per_sample = _ebm_per_sample(spec, _ebm_val_name(spec))
+    return lambda model, x: evaluate_per_sample(per_sample(model), x, max_n=n, model=model).mean
+
+
+def _ebm_test(spec: ModelSpec) -> Callable[[nn.Module, Tensor], dict[str, float]]:
+    prep = _unit_dequantise(spec.get("levels"))
+
+    def metrics(model: nn.Module, x: Tensor) -> dict[str, float]:
+        out = _report(
+            "mdsm", evaluate_per_sample(_ebm_per_sample(spec, "mdsm")(model), x, model=model)
+        )
+        est = exact_sm_loss(model, x, max_n=_exact_sm_n(spec, 16), transform=prep, batch_size=8)
+        out.update(_report("exact_sm", est))
+        return out
+
+    return metrics
+
+
+def ebm_samples(model: nn.Module, spec: ModelSpec, n: int, *, seed: int = 0) -> Tensor:
+    """``n`` samples of a trained ``ebm`` run by the reference's annealed Langevin schedule
+    (options ``sample_*``, ``t_max``, ``t_min`` of the spec), on the model's [0, 1) data scale."""
+    from .ebm import annealed_langevin_energy, temperature_schedule
+
+    ref = next(model.parameters())
+    gen = torch.Generator(device=ref.device).manual_seed(seed)
+    temps = temperature_schedule(
+        float(spec.get("t_max", 100.0)),
+        float(spec.get("t_min", 1.0)),
+        n_hold=int(spec.get("sample_hold", 500)),
+        n_anneal=int(spec.get("sample_anneal", 2000)),
+        n_tail=int(spec.get("sample_tail", 200)),
+    )
+    shape = (n, *spec["data_shape"])
+    x0 = 0.5 + torch.randn(shape, dtype=ref.dtype, device=ref.device, generator=gen)
+    model.eval()
+    return annealed_langevin_energy(
+        model,
+        x0,
+        temps,
+        step_size=float(spec.get("sample_step", 0.02)),
+        denoise_sigma=float(spec.get("sigma0", 0.1)),
+        generator=gen,
+    )
+
+
+def _ebm_plot(model: nn.Module, ds: Any, spec: ModelSpec, out: Path) -> list[Path]:
+    if not ds.is_image:
+        return []
+    from .. import plots
+
+    samples = ebm_samples(model, spec, int(spec.get("n_samples", 64)))
+    title = f"{ds.name}: ResEBM, {spec['objective']} (annealed Langevin)"
+    return [plots.image_grid(samples.cpu(), out / "samples.png", None, title=title)]
+
+
+register_model(
+    "ebm",
+    ModelKind(
+        _build_ebm,
+        "residual energy network with a quadratic head for images (the FD-SM paper's deep EBM), "
+        f"sampled by annealed Langevin: --objective {'|'.join(OBJECTIVES['ebm'])}, --hidden "
+        "base width, --layers blocks per stage, --eps",
+        objective=_ebm_objective,
+        val_metric=_ebm_val,
+        val_name=_ebm_val_name,
+        test_metrics=_ebm_test,
+        has_density=False,
+        plot=_ebm_plot,
     ),
 )
