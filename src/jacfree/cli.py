@@ -660,6 +660,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
         )
     for split in args.split:
         _report(model, ds, spec, split, seed=args.seed)
+    run_dir = args.run if args.run.is_dir() else args.run.parent
+    if args.ood:
+        from .scorematching.ood import ood_report
+
+        ood_report(
+            model,
+            spec,
+            ds,
+            args.ood,
+            n=args.ood_n,
+            statistic=args.ood_statistic,
+            seed=args.seed,
+            out=run_dir,
+            root=args.root,
+        )
     return 0
 
 
@@ -824,6 +839,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", nargs="+", default=["test"], choices=["train", "val", "test"])
     p.add_argument("--data", default=None, help="dataset (default: the one it was trained on)")
     p.add_argument("--root", default=None, help="folder holding user-supplied dataset files")
+    p.add_argument(
+        "--ood",
+        nargs="+",
+        default=None,
+        metavar="DATASET",
+        help="AUROC of the model's energy or -log p, its test split vs each DATASET's (same "
+        "image format) or noise-uniform / noise-gaussian; ROC curves in ood.png",
+    )
+    p.add_argument("--ood-n", type=int, default=2000, help="inputs per side for --ood")
+    p.add_argument(
+        "--ood-statistic",
+        choices=["score", "deviation"],
+        default="score",
+        help="the score itself, or |score - its mean on training inputs| (the FD-SM reference)",
+    )
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("sample", help="draw samples; writes an image grid (or a CSV)")
