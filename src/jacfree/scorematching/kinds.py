@@ -41,7 +41,7 @@ with the FD-SM paper's defaults (Pang et al., NeurIPS 2020):
   per-sample MDSM noise range), ``sigma0`` (0.1), ``random_sigmas`` (false: batch linspace),
   ``projection`` (gaussian); samples: ``sample_step`` (0.02), ``t_max`` (100), ``t_min`` (1),
   ``sample_hold`` / ``sample_anneal`` / ``sample_tail`` (500 / 2000 / 200 Langevin steps, the
-  reference schedule), ``n_samples`` (64).
+  reference schedule), ``n_samples`` (64); ``test_n`` (test rows of the MDSM test metric; all).
 * ncsn: ``hidden`` = channels (16), ``sigma_max`` (1), ``sigma_min`` (0.01), ``n_levels`` (10),
   ``activation`` (elu), ``sample_steps`` (Langevin steps per level of the plot, 20),
   ``step_lr`` (2e-5).
@@ -752,9 +752,9 @@ def _ebm_test(spec: ModelSpec) -> Callable[[nn.Module, Tensor], dict[str, float]
     prep = _unit_dequantise(spec.get("levels"))
 
     def metrics(model: nn.Module, x: Tensor) -> dict[str, float]:
-        out = _report(
-            "mdsm", evaluate_per_sample(_ebm_per_sample(spec, "mdsm")(model), x, model=model)
-        )
+        n = spec.get("test_n")
+        per_sample = _ebm_per_sample(spec, "mdsm")(model)
+        out = _report("mdsm", evaluate_per_sample(per_sample, x, model=model, max_n=n))
         est = exact_sm_loss(model, x, max_n=_exact_sm_n(spec, 16), transform=prep, batch_size=8)
         out.update(_report("exact_sm", est))
         return out
