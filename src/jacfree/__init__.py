@@ -35,6 +35,7 @@ from .scorematching import DKEF as DKEF
 from .scorematching import NCSN as NCSN
 from .scorematching import NICE as NICE
 from .scorematching import MLPEnergy as MLPEnergy
+from .scorematching import ResEBM as ResEBM
 from .scorematching import fd
 from .scorematching import losses as sm
 from .train import evaluate_nll, fit
@@ -58,6 +59,7 @@ __all__ = [
     "LogitTransform",
     "MLPEnergy",
     "RQSplineActivation",
+    "ResEBM",
     "SelfNormConv2d",
     "SmoothLeakyReLU",
     "SplitPrior",

@@ -5,19 +5,24 @@ r"""Score matching without Hessians: finite-difference score matching (Pang et a
 * :mod:`.losses` — every score-matching estimator (exact, sliced, denoising and their
   finite-difference forms) under one sign convention, ``log p̃ = −E`` (exposed as ``jacfree.sm``);
 * :mod:`.convention` — the single helper that applies that sign;
-* models: :mod:`.energy` (:class:`MLPEnergy`), :mod:`.dkef` (:class:`DKEF`, deep kernel
-  exponential family with its closed-form α), :mod:`.ncsn` (:class:`NCSN`, a small
-  noise-conditional score network) and NICE (:class:`jacfree.flows.nice.NICE`, re-exported);
+* models: :mod:`.energy` (:class:`MLPEnergy`), :mod:`.ebm` (:class:`ResEBM`, the residual
+  deep EBM with a quadratic head, and its reference annealed Langevin sampler), :mod:`.dkef`
+  (:class:`DKEF`, deep kernel exponential family with its closed-form α), :mod:`.ncsn`
+  (:class:`NCSN`, a small noise-conditional score network) and NICE
+  (:class:`jacfree.flows.nice.NICE`, re-exported);
 * :mod:`.sampling` — Langevin and annealed Langevin dynamics;
 * :mod:`.evaluate` — the exact SM loss over a dataset (mean ± standard error);
-* :mod:`.kinds` — the ``energy-mlp``, ``nice``, ``dkef`` and ``ncsn`` kinds of ``jacfree train``
-  (imported by :mod:`jacfree.models` when the CLI needs them).
+* :mod:`.ood` — OOD detection (AUROC, ROC curves) with an energy or ``−log p``;
+* :mod:`.frechet` — the classifier-feature Fréchet distance of image samples;
+* :mod:`.kinds` — the ``energy-mlp``, ``nice``, ``dkef``, ``ncsn`` and ``ebm`` kinds of
+  ``jacfree train`` (imported by :mod:`jacfree.models` when the CLI needs them).
 """
 
 from ..flows.nice import NICE, AdditiveCoupling, DiagonalScaling
 from . import fd, losses
 from .convention import log_density, score
 from .dkef import DKEF, FeatureNet, LogPartition, alpha_normal_equations, solve_alpha
+from .ebm import ResEBM, annealed_langevin_energy, temperature_schedule
 from .energy import MLPEnergy
 from .evaluate import Estimate, evaluate_per_sample, exact_sm_loss, exact_sm_loss_scorenet
 from .fd import (
@@ -60,10 +65,12 @@ __all__ = [
     "FeatureNet",
     "LogPartition",
     "MLPEnergy",
+    "ResEBM",
     "SMTerms",
     "Stencil",
     "alpha_normal_equations",
     "annealed_langevin",
+    "annealed_langevin_energy",
     "annealed_loss",
     "central_stencil",
     "directional_derivative",
@@ -95,4 +102,5 @@ __all__ = [
     "ssm",
     "ssm_scorenet",
     "stencil",
+    "temperature_schedule",
 ]
