@@ -127,6 +127,23 @@ def main() -> int:
             f"| {obj} | {_pm(t, 'dsm', digits=1)} | {_pm(t, 'exact_sm', digits=1)} "
             f"| {r['epochs_run']} ({r['best_epoch']}) | {spe} | {mps} | `{cmd.format(name)}` |"
         )
+
+    print(
+        "\n### Deep EBM on Fashion-MNIST (MDSM on the first 2000 test images; exact SM on the "
+        "first 16)\n"
+    )
+    print("| objective | test MDSM | exact SM loss | epochs (best) | s/epoch | ms/step | command |")
+    print("|---|---|---|---|---|---|---|")
+    for obj in ("mdsm", "fd_mdsm"):
+        name = f"ebm-fashion-mnist-{obj}"
+        got = _row(name, sizes)
+        if got is None:
+            continue
+        r, t, (spe, mps) = got
+        print(
+            f"| {obj} | {_pm(t, 'mdsm', digits=0)} | {_pm(t, 'exact_sm', digits=0)} "
+            f"| {r['epochs_run']} ({r['best_epoch']}) | {spe} | {mps} | `{cmd.format(name)}` |"
+        )
     return 0
 
 
