@@ -182,22 +182,3 @@ def test_mdsm_guards():
         losses.fd_mdsm(e, x.half())
     with pytest.raises(ValueError, match="BatchNorm"):
         losses.fd_mdsm(nn.Sequential(nn.BatchNorm1d(3), nn.Flatten(0)), x)
-
-
-def test_fd_mdsm_traces_without_graph_breaks():
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Linear(4, 8), nn.Softplus(), nn.Linear(8, 1))
-    energy = lambda y: net(y).squeeze(-1)  # noqa: E731
-    x = torch.randn(8, 4)
-    n = torch.randn(x.shape)
-    u = torch.nn.functional.normalize(torch.randn(x.shape), dim=1)
-
-    def step(x: torch.Tensor) -> torch.Tensor:
-        return losses.fd_mdsm(energy, x, noise=n, directions=u)
-
-    compiled = torch.compile(step, fullgraph=True, backend="eager")
-    torch.testing.assert_close(compiled(x), step(x))
-    r = torch.compile(
-        lambda x: losses.fd_mdsm(energy, x, random_sigmas=True), fullgraph=True, backend="eager"
-    )(x)
-    assert r.shape == ()
