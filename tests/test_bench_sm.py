@@ -160,7 +160,7 @@ def test_cli_writes_every_pair_csv_environment_and_plot(tmp_path, capsys) -> Non
         table = list(reader)
     expected = set()
     for model in sm.DEFAULT_MODELS:
-        kind = "score" if model in ("scorenet", "ncsn") else "energy"
+        kind = {"scorenet": "score", "ncsn": "score", "ebm": "ebm"}.get(model, "energy")
         names = [v.name for v in sm.VARIANTS[kind]]
         if model == "mlp-ref":
             names.remove("ssm_vr")
