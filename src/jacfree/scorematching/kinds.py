@@ -37,8 +37,9 @@ with the FD-SM paper's defaults (Pang et al., NeurIPS 2020):
   ``alpha_points`` (4000), ``logz_samples`` (10⁶), ``q0_std`` (2), ``log_lambda`` (−2).
 * ebm (:class:`~jacfree.scorematching.ebm.ResEBM`): ``hidden`` = base width (16; the paper
   128), ``layers`` = extra residual blocks per stage (1; the paper 2), ``activation``
-  (nsoftplus), ``eps`` (0.05, the paper's deep-EBM FD step), ``sigmas`` ([0.05, 1.2], the
-  per-sample MDSM noise range), ``sigma0`` (0.1), ``random_sigmas`` (false: batch linspace),
+  (nsoftplus), ``eps`` (0.05, the paper's deep-EBM FD step), ``sigma_min`` / ``sigma_max``
+  (0.05 / 1.2, the per-sample MDSM noise range), ``sigma0`` (0.1), ``random_sigmas``
+  (false: batch linspace),
   ``projection`` (gaussian); samples: ``sample_step`` (0.02), ``t_max`` (100), ``t_min`` (1),
   ``sample_hold`` / ``sample_anneal`` / ``sample_tail`` (500 / 2000 / 200 Langevin steps, the
   reference schedule), ``n_samples`` (64); ``test_n`` (test rows of the MDSM test metric; all).
@@ -691,7 +692,7 @@ register_model(
 
 
 def _ebm_loss_options(spec: ModelSpec) -> dict[str, Any]:
-    lo, hi = spec.get("sigmas", (0.05, 1.2))
+    lo, hi = float(spec.get("sigma_min", 0.05)), float(spec.get("sigma_max", 1.2))
     return {
         "eps": float(spec.get("eps", 0.05)),
         "projection": spec.get("projection", "gaussian"),
@@ -812,5 +813,24 @@ register_model(
         test_metrics=_ebm_test,
         has_density=False,
         plot=_ebm_plot,
+        options={
+            **{k: v for k, v in SM_OPTIONS.items() if k != "sigma"},
+            "hidden": int,
+            "layers": int,
+            "activation": str,
+            "sigma_min": float,
+            "sigma_max": float,
+            "sigma0": float,
+            "random_sigmas": bool,
+            "test_n": int | None,
+            "sample_step": float,
+            "t_max": float,
+            "t_min": float,
+            "sample_hold": int,
+            "sample_anneal": int,
+            "sample_tail": int,
+            "n_samples": int,
+        },
+        sampler="by annealed Langevin dynamics",
     ),
 )
