@@ -152,7 +152,7 @@ def test_cli_writes_every_pair_csv_environment_and_plot(tmp_path, capsys) -> Non
     out = capsys.readouterr().out
     for label in ("FD-SSM (parallel)", "FD-SSM (sequential)", "FD-DSM (parallel)", "SSM-VR"):
         assert label in out
-    assert "targets of issue 5" in out
+    assert "targets (parallel FD form" in out
 
     with (tmp_path / "sm.csv").open() as f:
         reader = csv.DictReader(f)

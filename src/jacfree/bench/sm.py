@@ -37,7 +37,7 @@ Models (``--models``; widths and batches are the paper's)
               SSM projections (the reference code's choice for deep EBMs).
 ``mlp-ref``   the same network and batch with the four objectives written out in plain PyTorch
               as in the reference code (no argument checks, no library code): the yardstick for
-              the library's overhead and the setting of the issue's reference figures.
+              the library's overhead and the setting of the reference figures in docs/bench-sm.md.
 ``scorenet``  MLP score network ``D → H → H → D`` (softplus), B = 128; pair ``ssm_vr`` (the
               implicit-encoder VAE/WAE setting of the paper, at D = 784); Gaussian projections.
 ``ncsn``      :class:`jacfree.NCSN` (the small noise-conditional U-Net for 28×28, 16 channels),
@@ -97,7 +97,7 @@ they measure tensors, which is what the paper's GPU memory figures are made of. 
 of a model holds anyway — parameters and Adam's two moments — is reported once per model as
 ``state_mib``; a GPU-style total is ``state_mib + peak_mib`` (plus the data batch).
 
-Targets (issue 5): FD-SSM ≥ 1.7× faster than SSM, FD-SSM-VR ≥ 1.3× faster than SSM-VR, FD-DSM at
+Targets: FD-SSM ≥ 1.7× faster than SSM, FD-SSM-VR ≥ 1.3× faster than SSM-VR, FD-DSM at
 least as fast as DSM, each with a lower peak memory; checked for the parallel FD form of every model
 and printed after the table (``--strict`` makes a missed target the exit status).
 
@@ -205,7 +205,7 @@ PAIRS: dict[str, tuple[str, str]] = {
     "ssm_vr": ("fd_ssm_vr", "score"),
     "mdsm": ("fd_mdsm", "ebm"),
 }
-#: minimum speed-up of the parallel FD form over the pair's baseline (issue 5)
+#: minimum speed-up of the parallel FD form over the pair's baseline (the library's targets)
 TARGETS: dict[str, float] = {"ssm": 1.7, "ssm_vr": 1.3, "dsm": 1.0, "mdsm": 1.0}
 
 _LABELS = {
@@ -1034,7 +1034,7 @@ def _state_bytes(step: TrainingStep) -> int:
 
 
 def check_targets(rows: Sequence[dict[str, Any]]) -> list[str]:
-    """One line per parallel FD variant: its speed-up and peak memory against issue 5's target."""
+    """One line per parallel FD variant: its speed-up and peak memory against its target."""
     lines = []
     base_rows = {(r["model"], r["variant"]): r for r in rows}
     for r in rows:
@@ -1325,7 +1325,7 @@ def run(args: argparse.Namespace) -> int:
         )
     print(format_table(rows))
     checks = check_targets(rows)
-    print("targets of issue 5 (parallel FD form vs its autograd baseline):")
+    print("targets (parallel FD form vs its autograd baseline):")
     for line in checks:
         print("  " + line)
     paths = write_outputs(rows, args.out, config=config, plot=not args.no_plot, device=args.device)

@@ -33,7 +33,7 @@ the selfnorm model (the same parameters serve all three ways):
 **Time per step vs D** for one dense layer (D = 128 … 4096): the O(D³) against O(B·D²) scaling,
 with the log-log slopes fitted over the largest D.
 
-Default cases (the issue's list; the paper's Tables 2–3 for MNIST-sized inputs): ``dense-784``,
+Default cases (the paper's Tables 2–3 for MNIST-sized inputs): ``dense-784``,
 ``conv-1x28x28``, ``conv-4x14x14``, ``fc2l-784``, ``fc2l-3072``, ``cnn9l-1x28x28`` and
 ``glow-1x28x28`` (Glow-like 2 × 8 steps, width 64: only its 1×1 convolutions are
 self-normalizing, so it gains little — as in the paper, ×1.2 on a GPU).
@@ -515,7 +515,7 @@ def snf_benchmark(
 
 # -- targets, tables, outputs -------------------------------------------------------------------
 
-#: (description, case, measure, variant, minimum speed-up) — the issue's targets for B = 100
+#: (description, case, measure, variant, minimum speed-up) — the library's targets, B = 100
 TARGETS: tuple[tuple[str, str, str, str, float], ...] = (
     ("SNF FCFlow-2L step vs exact, D=784", "fc2l-784", "step", "selfnorm", 1.3),
     ("SNF FCFlow-2L step vs exact, D=3072", "fc2l-3072", "step", "selfnorm", 3.0),
@@ -524,7 +524,7 @@ TARGETS: tuple[tuple[str, str, str, str, float], ...] = (
 
 
 def check_targets(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The issue's targets that the rows allow to check: the speed-ups above, and sampling
+    """The targets that the rows allow to check: the speed-ups above, and sampling
     through R faster than through the exact inverse (cached factorisation) for every case."""
     by_key = {(r["case"], r["measure"], r["variant"]): r for r in rows}
     out = []
