@@ -10,6 +10,8 @@ import torch
 from torch import Tensor
 from torch._C._functorch import is_functorch_wrapped_tensor
 
+from ._compile import is_compiling
+
 
 def values_visible(x: Tensor) -> bool:
     """False inside ``torch.func`` transforms (vmap, jacrev, ...) and while ``torch.compile``
@@ -17,7 +19,7 @@ def values_visible(x: Tensor) -> bool:
 
     Value checks (NaN/Inf, ranges) are skipped there; shape and dtype checks still run.
     """
-    return not (torch.compiler.is_compiling() or is_functorch_wrapped_tensor(x))
+    return not (is_compiling() or is_functorch_wrapped_tensor(x))
 
 
 def all_finite(x: Tensor) -> bool:
