@@ -26,6 +26,16 @@ def device(request: pytest.FixtureRequest) -> torch.device:
     return dev
 
 
+@pytest.fixture
+def one_thread():
+    """Run a test with one torch thread (thread-count-dependent round-off stays out of
+    comparisons; fair on a shared machine), restoring the count afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)

@@ -25,12 +25,7 @@ DT = torch.float64
 D = 3
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def cubature_directions(B: int) -> torch.Tensor:

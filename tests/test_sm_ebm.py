@@ -13,13 +13,7 @@ from jacfree.cli import main
 from jacfree.scorematching import losses
 from jacfree.scorematching.ebm import ResEBM, annealed_langevin_energy, temperature_schedule
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_resebm_shapes_padding_and_no_batch_coupling():

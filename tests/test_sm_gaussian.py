@@ -20,13 +20,7 @@ from jacfree.scorematching import fd, losses
 DT = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny tensors: thread hand-off costs more than the arithmetic (and the CI box is shared)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Quadratic(nn.Module):

@@ -11,12 +11,7 @@ from jacfree.scorematching import fd, losses
 DT = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def mlp_energy(d: int = 5, dtype: torch.dtype = DT) -> nn.Module:

@@ -21,12 +21,7 @@ from jacfree.scorematching.convention import log_density, score
 DT = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def asym_energy(x: torch.Tensor) -> torch.Tensor:
