@@ -58,6 +58,17 @@ SPECS: list[dict] = [
         {"kind": "ncsn", "data_shape": IMAGE, "objective": o, "hidden": 4, "n_levels": 3}
         for o in ("fd_ssm_vr", "dsm", "ssm", "ssm_vr")
     ],
+    *[
+        {
+            "kind": "ebm",
+            "data_shape": IMAGE,
+            "objective": o,
+            "hidden": 2,
+            "layers": 0,
+            "levels": 256,
+        }
+        for o in ("fd_mdsm", "mdsm", "fd_ssm", "ssm")
+    ],
 ]
 
 
@@ -166,6 +177,14 @@ ESTIMATORS: dict[str, tuple[Callable[[], nn.Module], Callable[[nn.Module, Tensor
         _score_net,
         lambda m, x: jf.sm.fd_ssm_vr(m, x, eps=0.1, parallel=False),
     ),
+    "mdsm": (_energy, lambda m, x: jf.sm.mdsm(m, x)),
+    "mdsm_random": (_energy, lambda m, x: jf.sm.mdsm(m, x, (0.1, 0.9), 0.2, random_sigmas=True)),
+    "fd_mdsm": (_energy, lambda m, x: jf.sm.fd_mdsm(m, x)),
+    "fd_mdsm_sequential": (_energy, lambda m, x: jf.sm.fd_mdsm(m, x, parallel=False)),
+    "fd_mdsm_random_particles": (
+        _energy,
+        lambda m, x: jf.sm.fd_mdsm(m, x, random_sigmas=True, n_particles=2),
+    ),
     "directional_derivative": (
         _energy,
         lambda m, x: jf.fd.directional_derivative(m, x, 0.1 * torch.ones_like(x), 3).sum(),
@@ -187,6 +206,7 @@ def test_estimators_read_nothing_on_the_host_and_compile(name: str) -> None:
             model.zero_grad()
             fn(model, X).backward()
             grads.append(_grads(model))
+    assert len(grads[0]) == len(grads[1]) > 0
     for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-9)
 
