@@ -19,9 +19,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-if sys.version_info >= (3, 11):
+try:
     import tomllib
-else:  # pragma: no cover
+except ModuleNotFoundError:  # Python 3.10: the same parser as the tomli package
     import tomli as tomllib
 
 from . import __version__
