@@ -2,7 +2,7 @@ r"""The O(ε²) bias of the FD estimators: leading constants and parameter gradi
 
 Sphere averages are taken with an exact degree-5 cubature on S² (the 6 axis points ±e_i with
 weight 1/30 and the 12 points (±e_i ± e_j)/√2 with weight 1/15), so the averages of the
-per-direction losses are exact up to the O(ε⁴) terms and the leading constants of the notes,
+per-direction losses are exact up to the O(ε⁴) terms and the leading constants below,
 
     FD-SSM     E_v[L] − J = ε²/(d+2) · [¼ Δ²f + ½ ∇f·∇(Δf)]
     FD-SSM-VR  E_v[L] − J = ε² · [s·Δs/(2d) + ∇·(Δs)/(2(d+2))]

@@ -28,7 +28,7 @@ use the T + 1 offsets ``0, ±1, …, ±T/2`` (T even) or ``±1, …, ±(T+1)/2``
 
 Halving ``‖v‖`` therefore divides the error of ``D^T_v f`` by ``2^{T+2}`` (and the error of the
 normalised derivative ``D^T_u f ≈ FD/ε^T`` along the unit direction ``u`` by 4). For T = 1..4 these
-are exactly the formulas of the paper's Algorithm 1 / the project notes:
+are exactly the formulas of the paper's Algorithm 1:
 
 ====  ==========================================================  =========
  T    stencil                                                      error
