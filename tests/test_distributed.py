@@ -26,15 +26,14 @@ N, D = 231, 5  # 4 batches of 50 and one of 31: every batch splits unevenly (26/
 
 WORKER = """
 import sys, torch, torch.distributed as dist
-import jacfree as jf
 from jacfree.train import fit
 
 sys.path.insert(0, {tests!r})
-from test_distributed import SETTINGS, data, model
+from {module} import MODES, SETTINGS, data, model
 
 dist.init_process_group("gloo")
 results = {{}}
-for mode in {modes!r}:
+for mode in MODES:
     flow = model(mode)
     x, v = data()
     res = fit(flow, x, v, **SETTINGS)
@@ -68,17 +67,21 @@ def torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return done
 
 
-def test_ddp_training_equals_single_process_training_in_every_mode(tmp_path: Path) -> None:
+def assert_ddp_equals_one_process(module: str, tmp_path: Path) -> None:
+    """Train ``module``'s ``model(mode)`` on ``data()`` with ``SETTINGS`` for every mode in its
+    ``MODES``, under torchrun on two ranks and in this process, and compare parameters and
+    history (float64)."""
+    test_module = sys.modules[module]
     out = tmp_path / "ddp.pt"
     script = tmp_path / "worker.py"
     tests = str(Path(__file__).parent)
-    script.write_text(textwrap.dedent(WORKER.format(tests=tests, modes=MODES, out=str(out))))
+    script.write_text(textwrap.dedent(WORKER.format(tests=tests, module=module, out=str(out))))
     torchrun(str(script), cwd=tmp_path)
     ddp = torch.load(out, weights_only=True)
-    for mode in MODES:
-        flow = model(mode)
-        x, v = data()
-        ref = fit(flow, x, v, **SETTINGS)
+    for mode in test_module.MODES:
+        flow = test_module.model(mode)
+        x, v = test_module.data()
+        ref = fit(flow, x, v, **test_module.SETTINGS)
         for name, value in flow.state_dict().items():
             torch.testing.assert_close(
                 ddp[mode]["state"][name], value, rtol=1e-9, atol=1e-10, msg=f"{mode}: {name}"
@@ -88,6 +91,10 @@ def test_ddp_training_equals_single_process_training_in_every_mode(tmp_path: Pat
             assert b["val_nll"] == pytest.approx(a["val_nll"], rel=1e-10)
             if mode == "selfnorm":
                 assert b["train_recon"] == pytest.approx(a["train_recon"], rel=1e-9)
+
+
+def test_ddp_training_equals_single_process_training_in_every_mode(tmp_path: Path) -> None:
+    assert_ddp_equals_one_process(__name__, tmp_path)
 
 
 def test_cli_under_torchrun_trains_writes_once_and_resumes(
