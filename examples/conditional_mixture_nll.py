@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from jacfree.data import load
-from jacfree.models import build_model, model_input
+from jacfree.kinds import build_model, model_input
 from jacfree.train.evaluate import per_example_nll
 
 

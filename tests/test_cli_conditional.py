@@ -12,7 +12,7 @@ import torch
 import jacfree as jf
 from jacfree.cli import main
 from jacfree.data import load
-from jacfree.models import build_model
+from jacfree.kinds import build_model
 
 pytest.importorskip("matplotlib", reason='plots need matplotlib: pip install "jacfree[plot]"')
 

@@ -199,7 +199,7 @@ def test_help_models_and_metrics_for_first_use(tmp_path, capsys):
     # training loss is not the NLL): that of the final (best) model on the same rows
     from jacfree.cli import _load_run
     from jacfree.data import load
-    from jacfree.models import model_input
+    from jacfree.kinds import model_input
     from jacfree.train import TrainNLL, evaluate_nll
 
     model, _, _ = _load_run(run, "best", torch.device("cpu"))
@@ -220,7 +220,7 @@ def test_score_matching_metrics_are_a_table(tmp_path, capsys):
 
 
 def test_nice_width_follows_the_data_dimension():
-    from jacfree.models import build_model
+    from jacfree.kinds import build_model
 
     small = build_model({"kind": "nice", "data_shape": [2], "levels": None})
     assert sum(p.numel() for p in small.parameters()) < 100_000  # 12 M with width 1000

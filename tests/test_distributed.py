@@ -154,7 +154,7 @@ def quantised_case(kind: str, mode: str) -> tuple[torch.nn.Module, torch.Tensor,
     """A flow with uniform dequantisation in front, and integer-valued data for it: digits-like
     vectors (5 levels) for ``fc``, tiny 1x4x4 images (4 levels) for ``cnn`` and ``glow``.
     59 training rows in batches of 20, 20 and 19: the last splits unevenly between two processes."""
-    from jacfree.models import build_model
+    from jacfree.kinds import build_model
 
     g = torch.Generator().manual_seed(11)
     if kind == "fc":

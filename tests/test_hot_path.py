@@ -18,7 +18,7 @@ from torch.profiler import ProfilerActivity, profile
 
 import jacfree as jf
 from jacfree.bench.profile import HOST_READS
-from jacfree.models import build_model, model_input, model_kind
+from jacfree.kinds import build_model, model_input, model_kind
 
 IMAGE = [1, 4, 4]
 SPECS: list[dict] = [

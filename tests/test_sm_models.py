@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import jacfree as jf
+from jacfree.kinds.scorematching import energy_loss, grid_log_partition
 from jacfree.scorematching import losses
 from jacfree.scorematching.energy import MLPEnergy
 from jacfree.scorematching.evaluate import (
@@ -16,7 +17,6 @@ from jacfree.scorematching.evaluate import (
     exact_sm_loss,
     exact_sm_loss_scorenet,
 )
-from jacfree.scorematching.kinds import energy_loss, grid_log_partition
 from jacfree.scorematching.ncsn import NCSN, annealed_loss, geometric_sigmas
 from jacfree.scorematching.sampling import annealed_langevin, energy_score, langevin
 

@@ -13,10 +13,10 @@ import torch
 import jacfree as jf
 from jacfree.cli import config_arguments, main
 from jacfree.flows.nice import NICE
-from jacfree.models import build_model, kinds, model_kind
+from jacfree.kinds import build_model, kinds, model_kind
+from jacfree.kinds.scorematching import OBJECTIVES
 from jacfree.scorematching.energy import MLPEnergy
 from jacfree.scorematching.evaluate import exact_sm_loss
-from jacfree.scorematching.kinds import OBJECTIVES
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments" / "sm"
 QUIET = ["--no-progress", "--epochs", "1"]

@@ -23,7 +23,7 @@ from torch import Tensor
 import jacfree as jf
 from jacfree.data import load
 from jacfree.flows.core import FlowLayer
-from jacfree.models import preprocess_layers
+from jacfree.kinds import preprocess_layers
 from jacfree.train.evaluate import per_example_nll
 from jacfree.train.optim import make_adam
 

@@ -28,12 +28,14 @@ from . import __version__
 from .bench import cli as bench_cli
 from .data import DatasetUnavailableError, load
 from .data import cli as data_cli
-from .models import (
+from .kinds import (
     build_model,
     data_output,
     kinds,
     model_input,
     model_kind,
+    model_samples,
+    model_score_fn,
     option_type_name,
     parse_option,
 )
@@ -665,8 +667,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from .scorematching.ood import ood_report
 
         ood_report(
-            model,
-            spec,
+            *model_score_fn(model, spec),
             ds,
             args.ood,
             n=args.ood_n,
@@ -676,7 +677,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             root=args.root,
         )
     if args.frechet:
-        from .scorematching.frechet import frechet_report, model_samples
+        from .scorematching.frechet import frechet_report
 
         if not ds.is_image:
             raise ValueError("--frechet needs an image dataset (a classifier is trained on it).")

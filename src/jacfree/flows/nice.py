@@ -20,7 +20,7 @@ couplings whose MLPs have 5 linear layers of width 1000 (4 hidden layers) with s
 
 ``NICE`` is a :class:`~jacfree.flows.Flow` (data → latent): ``log_prob``, ``inverse``, ``sample``
 and ``loss`` (maximum likelihood) work as for every flow. Pre-processing layers (dequantisation
-and logit transform for images, :func:`jacfree.models.preprocess_layers`) may come first; their
+and logit transform for images, :func:`jacfree.kinds.preprocess_layers`) may come first; their
 log-dets count in ``log_prob`` (density on the data's original scale). Score matching works in the
 space *after* pre-processing: :meth:`NICE.preprocess` maps data there and :meth:`NICE.energy` is
 ``−log p`` of the NICE body in that space.

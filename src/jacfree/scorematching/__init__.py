@@ -13,9 +13,10 @@ r"""Score matching without Hessians: finite-difference score matching (Pang et a
 * :mod:`.sampling` — Langevin and annealed Langevin dynamics;
 * :mod:`.evaluate` — the exact SM loss over a dataset (mean ± standard error);
 * :mod:`.ood` — OOD detection (AUROC, ROC curves) with an energy or ``−log p``;
-* :mod:`.frechet` — the classifier-feature Fréchet distance of image samples;
-* :mod:`.kinds` — the ``energy-mlp``, ``nice``, ``dkef``, ``ncsn`` and ``ebm`` kinds of
-  ``jacfree train`` (imported by :mod:`jacfree.models` when the CLI needs them).
+* :mod:`.frechet` — the classifier-feature Fréchet distance of image samples.
+
+The ``energy-mlp``, ``nice``, ``dkef``, ``ncsn`` and ``ebm`` kinds of ``jacfree train`` live
+above this package, in :mod:`jacfree.kinds.scorematching`.
 """
 
 from ..flows.nice import NICE, AdditiveCoupling, DiagonalScaling

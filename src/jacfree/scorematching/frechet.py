@@ -35,7 +35,6 @@ __all__ = [
     "feature_stats",
     "frechet_distance",
     "frechet_report",
-    "model_samples",
     "train_classifier",
 ]
 
@@ -207,31 +206,3 @@ def frechet_report(
         "cfd_draws": float(draws),
         "classifier_test_accuracy": acc,
     }
-
-
-@torch.no_grad()
-def model_samples(model: nn.Module, spec: dict[str, Any], n: int, *, seed: int = 0) -> Tensor:
-    """``n`` samples of a ``jacfree train`` image model on the data's scale ``(n, C, H, W)``:
-    the reference annealed Langevin sampler for ``ebm`` (spec options ``sample_*``), annealed
-    Langevin for ``ncsn``, ``model.sample`` for flows."""
-    from ..models import data_output
-
-    levels = spec.get("levels")
-    if spec.get("kind") == "ebm":
-        from .kinds import ebm_samples
-
-        unit = ebm_samples(model, spec, n, seed=seed)
-        return (unit * levels - 0.5).clamp(0, levels - 1) if levels else unit
-    gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
-    if spec.get("kind") == "ncsn":
-        x = model.sample(  # type: ignore[operator]
-            n,
-            n_steps_each=int(spec.get("sample_steps", 20)),
-            step_lr=float(spec.get("step_lr", 2e-5)),
-            generator=gen,
-        )
-    elif hasattr(model, "sample"):
-        x = model.sample(n, generator=gen)  # type: ignore[operator]
-    else:
-        raise ValueError(f"model kind {spec.get('kind')!r} cannot draw samples")
-    return data_output(x, spec)

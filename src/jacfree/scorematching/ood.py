@@ -30,13 +30,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 __all__ = [
     "NOISE_SETS",
     "STATISTICS",
     "auroc",
-    "model_score_fn",
     "noise_images",
     "novelty_scores",
     "ood_report",
@@ -165,38 +164,6 @@ def noise_images(
     return z.to(like.dtype)
 
 
-def model_score_fn(
-    model: nn.Module, spec: dict[str, Any]
-) -> tuple[Callable[[Tensor], Tensor], str]:
-    """The novelty score of a ``jacfree train`` model and its name: ``−log p(x)`` (nats) for
-    models with a normalised density, the energy ``E`` of the (dequantised, unit-scaled) input for
-    energy models (kinds ``ebm`` and ``energy-mlp``)."""
-    from ..models import model_input, model_kind
-
-    kind = model_kind(spec)
-    ref = next(model.parameters())
-    if kind.has_density:
-
-        def nll(b: Tensor) -> Tensor:
-            return -model.log_prob(model_input(b.to(ref), model))  # type: ignore[operator]
-
-        return nll, "-log p"
-    if spec.get("kind") in ("ebm", "energy-mlp"):
-        levels = spec.get("levels")
-
-        def energy(b: Tensor) -> Tensor:
-            b = b.to(ref)
-            if levels:
-                b = (b + torch.rand_like(b)) / levels
-            return model(b.reshape(len(b), *spec["data_shape"]))
-
-        return energy, "energy"
-    raise ValueError(
-        f"model kind {spec.get('kind')!r} has neither a normalised density nor an energy; "
-        "OOD scores need one (flows, nice, dkef, ebm, energy-mlp)."
-    )
-
-
 def plot_roc(
     curves: dict[str, tuple[Tensor, Tensor, float]], path: str | Path, title: str = ""
 ) -> Path:
@@ -217,8 +184,8 @@ def plot_roc(
 
 
 def ood_report(
-    model: nn.Module,
-    spec: dict[str, Any],
+    score_fn: Callable[[Tensor], Tensor],
+    what: str,
     ds: Any,
     names: list[str],
     *,
@@ -228,13 +195,13 @@ def ood_report(
     out: Path | None = None,
     root: str | None = None,
 ) -> dict[str, float]:
-    """AUROC of the model's novelty score, ``ds``'s test split (first ``n`` rows) vs the test
-    split of every dataset in ``names`` (same image shape and levels) or a noise baseline
-    (:data:`NOISE_SETS`); prints one line per dataset, writes ``ood.png`` (ROC curves) into
-    ``out`` if given, and returns ``{"auroc_<name>": value}``."""
+    """AUROC of a model's novelty score ``score_fn`` (named ``what``; for a ``jacfree train``
+    model, :func:`jacfree.kinds.model_score_fn` gives both), ``ds``'s test split (first ``n``
+    rows) vs the test split of every dataset in ``names`` (same image shape and levels) or a
+    noise baseline (:data:`NOISE_SETS`); prints one line per dataset, writes ``ood.png`` (ROC
+    curves) into ``out`` if given, and returns ``{"auroc_<name>": value}``."""
     from ..data import load
 
-    score_fn, what = model_score_fn(model, spec)
     torch.manual_seed(seed)  # dequantisation noise of the scores
     gen = torch.Generator().manual_seed(seed)
     x_in = ds.test[:n]

@@ -1,6 +1,6 @@
 r"""Score-matching model kinds of ``jacfree train``: ``energy-mlp``, ``nice``, ``dkef``, ``ncsn``.
 
-Each kind builds its model from a spec (see :mod:`jacfree.models`) and trains it with the
+Each kind builds its model from a spec (see :mod:`jacfree.kinds.registry`) and trains it with the
 objective named by ``spec["objective"]`` (``--objective``):
 
 =============  ==============================================  ================  ==============
@@ -47,7 +47,7 @@ with the FD-SM paper's defaults (Pang et al., NeurIPS 2020):
   ``activation`` (elu), ``sample_steps`` (Langevin steps per level of the plot, 20),
   ``step_lr`` (2e-5).
 
-Quantised data (``spec["levels"]``): nice puts :func:`jacfree.models.preprocess_layers`
+Quantised data (``spec["levels"]``): nice puts :func:`jacfree.kinds.preprocess_layers`
 (dequantisation + logit) in front of the flow, so its NLL is on the original [0, levels)^D scale
 like every flow's, and score matching runs in the logit space after them; energy-mlp and ncsn
 dequantise to ``(x + u)/levels ∈ [0, 1)``.
@@ -64,12 +64,12 @@ import torch
 from torch import Tensor, nn
 
 from .. import sample_noise
-from ..models import ModelKind, ModelSpec, OptionType, preprocess_layers, register_model
-from .dkef import DKEF
-from .energy import MLPEnergy
-from .evaluate import Estimate, evaluate_per_sample, exact_sm_loss
-from .losses import dsm, exact_sm, fd_dsm, fd_mdsm, fd_ssm, mdsm, ssm
-from .ncsn import NCSN, annealed_loss
+from ..scorematching.dkef import DKEF
+from ..scorematching.energy import MLPEnergy
+from ..scorematching.evaluate import Estimate, evaluate_per_sample, exact_sm_loss
+from ..scorematching.losses import dsm, exact_sm, fd_dsm, fd_mdsm, fd_ssm, mdsm, ssm
+from ..scorematching.ncsn import NCSN, annealed_loss
+from .registry import ModelKind, ModelSpec, OptionType, preprocess_layers, register_model
 
 __all__ = [
     "ENERGY_OBJECTIVES",
@@ -317,7 +317,7 @@ def _energy_plot(model: nn.Module, ds: Any, spec: ModelSpec, out: Path) -> list[
     if ds.dim != 2:
         return []
     from .. import plots
-    from .sampling import energy_score, langevin
+    from ..scorematching.sampling import energy_score, langevin
 
     ref = next(model.parameters())
     data = ds.test.to(ref)
@@ -441,7 +441,7 @@ def _nice_test(spec: ModelSpec) -> Callable[[nn.Module, Tensor], dict[str, float
 
 def _nice_plot(model: nn.Module, ds: Any, spec: ModelSpec, out: Path) -> list[Path]:
     from .. import plots
-    from ..models import data_output
+    from .registry import data_output
 
     model.eval()
     title = f"{ds.name}: NICE, {spec['objective']}"
@@ -705,7 +705,7 @@ def _ebm_loss_options(spec: ModelSpec) -> dict[str, Any]:
 
 
 def _build_ebm(spec: ModelSpec) -> nn.Module:
-    from .ebm import ResEBM
+    from ..scorematching.ebm import ResEBM
 
     objective_name(spec, "ebm")
     if len(spec["data_shape"]) != 3:
@@ -766,7 +766,7 @@ def _ebm_test(spec: ModelSpec) -> Callable[[nn.Module, Tensor], dict[str, float]
 def ebm_samples(model: nn.Module, spec: ModelSpec, n: int, *, seed: int = 0) -> Tensor:
     """``n`` samples of a trained ``ebm`` run by the reference's annealed Langevin schedule
     (options ``sample_*``, ``t_max``, ``t_min`` of the spec), on the model's [0, 1) data scale."""
-    from .ebm import annealed_langevin_energy, temperature_schedule
+    from ..scorematching.ebm import annealed_langevin_energy, temperature_schedule
 
     ref = next(model.parameters())
     gen = torch.Generator(device=ref.device).manual_seed(seed)

@@ -9,7 +9,7 @@ glow   :class:`~jacfree.flows.GlowFlow`: blocks × steps of ActNorm → 1×1    
        conv → affine coupling, split prior between blocks                     relative (K = 1)
 =====  =====================================================================  ==================
 
-(The fully connected flow of the paper is the ``fc`` kind of :mod:`jacfree.models`.)
+(The fully connected flow of the paper is the ``fc`` kind of :mod:`jacfree.kinds.registry`.)
 
 Spec options (``--layers``, ``--hidden``, ``--alpha``, ``--recon-weight``, ``--set KEY=VALUE``),
 with the paper's defaults unless noted:
@@ -24,7 +24,7 @@ with the paper's defaults unless noted:
   (λ = 100).
 
 Both need image data (event shape (C, H, W)). Quantised data (``spec["levels"]``: 256 for
-Fashion-MNIST) gets :func:`jacfree.models.preprocess_layers` in front — uniform dequantisation
+Fashion-MNIST) gets :func:`jacfree.kinds.preprocess_layers` in front — uniform dequantisation
 and the logit transform with their log-dets — so the NLL and bits/dim are on the [0, 256)^D
 scale. Validation and test use the exact NLL (``log_prob``) in every mode; ``jacfree train``
 with ``--gradient selfnorm`` logs the reconstruction error (``train_recon``,
@@ -37,7 +37,10 @@ from typing import Any
 
 from torch import nn
 
-from ..models import (
+from ..flows.cnn import CNNFlow
+from ..flows.conv import SelfNormConv2d
+from ..flows.glow_model import GlowFlow
+from .registry import (
     FLOW_OPTIONS,
     ModelKind,
     ModelSpec,
@@ -45,9 +48,6 @@ from ..models import (
     preprocess_layers,
     register_model,
 )
-from .cnn import CNNFlow
-from .conv import SelfNormConv2d
-from .glow_model import GlowFlow
 
 __all__ = ["build_cnn", "build_glow"]
 
