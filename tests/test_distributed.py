@@ -93,10 +93,12 @@ def assert_ddp_equals_one_process(module: str, tmp_path: Path) -> None:
                 assert b["train_recon"] == pytest.approx(a["train_recon"], rel=1e-9)
 
 
+@pytest.mark.slow
 def test_ddp_training_equals_single_process_training_in_every_mode(tmp_path: Path) -> None:
     assert_ddp_equals_one_process(__name__, tmp_path)
 
 
+@pytest.mark.slow
 def test_cli_under_torchrun_trains_writes_once_and_resumes(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -170,6 +172,7 @@ def quantised_case(kind: str, mode: str) -> tuple[torch.nn.Module, torch.Tensor,
     return flow, x, v  # glow: fit initialises ActNorm on the first global batch, on every rank
 
 
+@pytest.mark.slow
 def test_ddp_equals_one_process_on_dequantised_data_in_every_mode(tmp_path: Path) -> None:
     out = tmp_path / "ddp.pt"
     script = tmp_path / "worker.py"

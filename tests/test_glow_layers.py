@@ -150,6 +150,7 @@ dist.destroy_process_group()
 """
 
 
+@pytest.mark.slow
 def test_actnorm_initialisation_is_shared_across_processes(tmp_path: Path) -> None:
     """Under torch.distributed every replica initialises on the statistics of the global batch."""
     x = 3 * torch.randn(20, 3, 2, 2, dtype=F64) + 1e3

@@ -129,6 +129,7 @@ def test_training_step_reads_nothing_on_the_host(spec: dict) -> None:
     assert _host_reads(lambda: objective(model, x).backward()) == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", SPECS, ids=_spec_id)
 def test_training_step_compiles_as_one_graph(spec: dict) -> None:
     model, objective, x = _case(spec)

@@ -12,7 +12,10 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 
+
+@pytest.mark.slow
 def test_cli_imports_and_reads_a_config_without_tomllib(tmp_path: Path) -> None:
     config = tmp_path / "run.toml"
     config.write_text('data = "moons"\nepochs = 3\n')

@@ -240,6 +240,7 @@ dist.destroy_process_group()
 """
 
 
+@pytest.mark.slow
 def test_ddp_training_with_relative_adam_equals_single_process(tmp_path):
     """Two processes average their shares of Ê, as DDP averages gradients: same parameters."""
     import textwrap

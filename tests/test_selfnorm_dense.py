@@ -241,6 +241,7 @@ def test_recon_weight_is_checked_saved_and_shared() -> None:
         flow.set_recon_weight(-1.0)
 
 
+@pytest.mark.slow
 def test_one_snf_layer_reaches_the_gaussian_mle() -> None:
     """On N(m, S) data, SNF training of one affine layer reaches the exact Gaussian optimum."""
     torch.manual_seed(5)

@@ -101,6 +101,7 @@ def test_stencil_argument_errors():
 # ------------------------------------------------------------------------------------ convergence
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("T", [1, 2, 3, 4])
 def test_directional_derivatives_converge_at_the_stencil_order(T: int):
     d, B = 5, 16

@@ -237,6 +237,7 @@ TINY = ["--data", "digits", "--epochs", "1", "--no-progress", "--batch-size", "2
         ("glow", ["--layers", "1", "--hidden", "8"]),
     ],
 )
+@pytest.mark.slow
 def test_train_selfnorm_cli_writes_bits_per_dim_and_both_sample_grids(
     tmp_path, capsys, model, options
 ) -> None:  # type: ignore[no-untyped-def]
