@@ -67,8 +67,9 @@ from .. import sample_noise
 from ..scorematching.dkef import DKEF
 from ..scorematching.energy import MLPEnergy
 from ..scorematching.evaluate import Estimate, evaluate_per_sample, exact_sm_loss
-from ..scorematching.losses import dsm, exact_sm, fd_dsm, fd_mdsm, fd_ssm, mdsm, ssm
+from ..scorematching.losses import mdsm
 from ..scorematching.ncsn import NCSN, annealed_loss
+from ..scorematching.objectives import Settings, objective, objective_names
 from .registry import ModelKind, ModelSpec, OptionType, preprocess_layers, register_model
 
 __all__ = [
@@ -98,7 +99,7 @@ SM_OPTIONS: dict[str, OptionType] = {
     "val_metric": str,
     "val_n": int,
 }
-MULTISCALE_OBJECTIVES = ("mdsm", "fd_mdsm")
+MULTISCALE_OBJECTIVES = tuple(n for n in objective_names() if "sigmas" in objective(n).reads)
 _SMALL_D = 100  # exact SM (d Hessian-vector products per row) is cheap up to this dimension
 
 
@@ -135,52 +136,43 @@ def energy_loss(
     (``sigma``; ``eps`` for the FD form), ``"mdsm"`` / ``"fd_mdsm"`` multiscale denoising
     (``sigmas``, ``sigma0``, ``random_sigmas``). All SM forms target
     ``J = E[tr ∇² log p̃ + ½‖∇ log p̃‖²]``; the DSM forms ``½E‖s(x̃) + (x̃ − x)/σ²‖²`` (see
-    :mod:`jacfree.scorematching.losses`).
+    :mod:`jacfree.scorematching.losses`). The energy objectives of
+    :mod:`jacfree.scorematching.objectives`, bound to these settings.
     """
-    allowed = ENERGY_OBJECTIVES + MULTISCALE_OBJECTIVES
-    if name not in allowed:
-        raise ValueError(
-            f"unknown energy objective {name!r}; choose one of {', '.join(map(repr, allowed))}."
-        )
+    settings = Settings(
+        eps=eps,
+        sigma=sigma,
+        projection=projection,
+        n_particles=n_particles,
+        parallel=parallel,
+        sigmas=sigmas,
+        sigma0=sigma0,
+        random_sigmas=random_sigmas,
+    )
+    return objective(name, "energy").bind(settings)
 
-    def loss(energy: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
-        if name == "sm":
-            return exact_sm(energy, x)
-        if name in ("ssm", "ssm_vr"):
-            return ssm(
-                energy, x, vr=name == "ssm_vr", projection=projection, n_particles=n_particles
-            )
-        if name == "fd_ssm":
-            return fd_ssm(energy, x, eps, n_particles=n_particles, parallel=parallel)
-        if name == "dsm":
-            return dsm(energy, x, sigma)
-        if name == "mdsm":
-            return mdsm(energy, x, sigmas, sigma0, random_sigmas=random_sigmas)
-        if name == "fd_mdsm":
-            return fd_mdsm(
-                energy,
-                x,
-                sigmas,
-                sigma0,
-                eps,
-                random_sigmas=random_sigmas,
-                n_particles=n_particles,
-                parallel=parallel,
-            )
-        return fd_dsm(energy, x, sigma, eps, n_particles=n_particles, parallel=parallel)
 
-    return loss
+# spec option -> its type, for the options that are objective settings
+_SETTING_TYPES: dict[str, Callable[[Any], Any]] = {
+    "eps": float,
+    "sigma": float,
+    "projection": str,
+    "n_particles": int,
+    "parallel": bool,
+    "sigma0": float,
+    "random_sigmas": bool,
+}
+
+
+def _settings(spec: ModelSpec, **defaults: Any) -> Settings:
+    """The objective settings of a spec: its options, else the kind's ``defaults``, else the
+    :class:`~jacfree.scorematching.objectives.Settings` defaults."""
+    given = {k: t(spec[k]) for k, t in _SETTING_TYPES.items() if spec.get(k) is not None}
+    return Settings(**{**defaults, **given})
 
 
 def _loss_from_spec(spec: ModelSpec, name: str) -> Callable[..., Tensor]:
-    return energy_loss(
-        name,
-        eps=float(spec.get("eps", 0.1)),
-        sigma=float(spec.get("sigma", 0.1)),
-        projection=spec.get("projection", "rademacher"),
-        n_particles=int(spec.get("n_particles", 1)),
-        parallel=bool(spec.get("parallel", True)),
-    )
+    return objective(name, "energy").bind(_settings(spec))
 
 
 def _dim(spec: ModelSpec) -> int:
@@ -610,10 +602,14 @@ def _build_ncsn(spec: ModelSpec) -> nn.Module:
 
 def _ncsn_objective(spec: ModelSpec) -> Callable[[nn.Module, Tensor], Tensor]:
     name = objective_name(spec, "ncsn")
-    eps = float(spec.get("eps", 0.1))
-    projection = spec.get("projection", "gaussian")
+    s = _settings(spec, projection="gaussian")
     return lambda model, x: annealed_loss(
-        model, model.preprocess(x), name, eps=eps, projection=projection
+        model,
+        model.preprocess(x),
+        name,
+        eps=s.eps,
+        projection=s.projection,
+        n_particles=s.n_particles,
     )
 
 
@@ -691,17 +687,9 @@ register_model(
 # -- ebm ----------------------------------------------------------------------------------------
 
 
-def _ebm_loss_options(spec: ModelSpec) -> dict[str, Any]:
+def _ebm_settings(spec: ModelSpec) -> Settings:
     lo, hi = float(spec.get("sigma_min", 0.05)), float(spec.get("sigma_max", 1.2))
-    return {
-        "eps": float(spec.get("eps", 0.05)),
-        "projection": spec.get("projection", "gaussian"),
-        "n_particles": int(spec.get("n_particles", 1)),
-        "parallel": bool(spec.get("parallel", True)),
-        "sigmas": (float(lo), float(hi)),
-        "sigma0": float(spec.get("sigma0", 0.1)),
-        "random_sigmas": bool(spec.get("random_sigmas", False)),
-    }
+    return _settings(spec, eps=0.05, projection="gaussian", sigmas=(lo, hi))
 
 
 def _build_ebm(spec: ModelSpec) -> nn.Module:
@@ -723,7 +711,7 @@ def _build_ebm(spec: ModelSpec) -> nn.Module:
 
 
 def _ebm_objective(spec: ModelSpec) -> Callable[[nn.Module, Tensor], Tensor]:
-    loss = energy_loss(objective_name(spec, "ebm"), **_ebm_loss_options(spec))
+    loss = objective(objective_name(spec, "ebm")).bind(_ebm_settings(spec))
     prep = _unit_dequantise(spec.get("levels"))
     return lambda model, x: loss(model, prep(x))
 
@@ -733,13 +721,13 @@ def _ebm_val_name(spec: ModelSpec) -> str:
 
 
 def _ebm_per_sample(spec: ModelSpec, name: str) -> Callable[[nn.Module], Callable[..., Tensor]]:
-    opts = _ebm_loss_options(spec)
+    opts = _ebm_settings(spec)
     prep = _unit_dequantise(spec.get("levels"))
     if name == "mdsm":
         return lambda model: (
-            lambda b: mdsm(model, prep(b), opts["sigmas"], opts["sigma0"], reduction="none")
+            lambda b: mdsm(model, prep(b), opts.sigmas, opts.sigma0, reduction="none")
         )
-    loss = energy_loss(objective_name(spec, "ebm"), **opts)
+    loss = objective(objective_name(spec, "ebm")).bind(opts)
     return lambda model: lambda b: loss(model, prep(b)).reshape(1).expand(len(b))
 
 

@@ -51,15 +51,15 @@ Common keyword arguments: ``reduction`` — ``"mean"`` (default, a scalar tensor
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from typing import Literal, NamedTuple
+from collections.abc import Sequence
+from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import Tensor
 
 from .._checks import values_visible
 from .._compile import is_compiling
-from .convention import Energy, ScoreNet, log_density, score
+from .convention import Energy, ScoreNet, ScoreNetModel, log_density, score, score_function
 from .fd import (
     check_batch_coupling,
     check_fd_precision,
@@ -246,16 +246,6 @@ def _repeat_cond(cond: Tensor | None, n: int) -> Tensor | None:
     return cond.repeat(n, *([1] * (cond.dim() - 1)))
 
 
-def _call_score_net(net: ScoreNet, x: Tensor, cond: Tensor | None) -> Tensor:
-    s = net(x) if cond is None else net(x, cond)
-    if not isinstance(s, Tensor) or tuple(s.shape) != tuple(x.shape):
-        got = tuple(s.shape) if isinstance(s, Tensor) else type(s).__name__
-        raise ValueError(
-            f"score_net must return a tensor of the input's shape {tuple(x.shape)}, got {got}"
-        )
-    return s
-
-
 def _check_reduction(reduction: str) -> None:
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"unknown reduction {reduction!r}; choose 'mean', 'sum' or 'none'")
@@ -330,38 +320,22 @@ def exact_sm(
     _check_x(x)
     _check_reduction(reduction)
     x = x.detach()
-
-    def f_sum(y: Tensor) -> Tensor:
-        return log_density(energy, y, cond).sum()
-
-    grad_f = torch.func.grad(f_sum)
-    curvature = jacobian_trace(grad_f, x, chunk_size=chunk_size)
-    s = grad_f(x)
+    score_of = score_function(energy, cond)
+    curvature = jacobian_trace(score_of, x, chunk_size=chunk_size)
+    s = score_of(x)
     norm = 0.5 * _event_sum(s * s, x.dim() - 1)
     return _finish(curvature, norm, reduction, return_terms)
 
 
-def exact_sm_scorenet(
-    score_net: ScoreNet,
-    x: Tensor,
-    *,
-    chunk_size: int | None = None,
-    reduction: Reduction = "mean",
-    return_terms: bool = False,
-    cond: Tensor | None = None,
-) -> Tensor | SMTerms:
+def exact_sm_scorenet(score_net: ScoreNet, x: Tensor, **options: Any) -> Tensor | SMTerms:
     r"""Exact score matching for a score network: ``J(x) = tr ∇ₓ s(x) + ½‖s(x)‖²``.
 
-    The Jacobian trace is computed exactly as in :func:`exact_sm` (chunked ``torch.func``
-    Jacobian-vector products). Returns a scalar tensor, per-sample values or :class:`SMTerms`.
+    :func:`exact_sm` with the network's output as the score (:class:`ScoreNetModel`): the
+    Jacobian trace is computed exactly by chunked ``torch.func`` Jacobian-vector products.
+    Keyword arguments (``chunk_size``, ``reduction``, ``return_terms``, ``cond``) and the return
+    value as in :func:`exact_sm`.
     """
-    _check_x(x)
-    _check_reduction(reduction)
-    x = x.detach()
-    curvature = jacobian_trace(score_net, x, chunk_size=chunk_size, cond=cond)
-    s = _call_score_net(score_net, x, cond)
-    norm = 0.5 * _event_sum(s * s, x.dim() - 1)
-    return _finish(curvature, norm, reduction, return_terms)
+    return exact_sm(ScoreNetModel(score_net), x, **options)
 
 
 # --------------------------------------------------------------------------------------------
@@ -408,71 +382,6 @@ def ssm(
         A scalar tensor (mean over the batch and the particles), per-sample values or
         :class:`SMTerms`.
     """
-    return _sliced(
-        lambda xn, c: score(energy, xn, cond=c, create_graph=True),
-        x,
-        vr,
-        projection,
-        n_particles,
-        v,
-        reduction,
-        return_terms,
-        generator,
-        cond,
-    )
-
-
-def ssm_scorenet(
-    score_net: ScoreNet,
-    x: Tensor,
-    vr: bool = False,
-    *,
-    projection: Projection = "rademacher",
-    n_particles: int = 1,
-    v: Tensor | None = None,
-    reduction: Reduction = "mean",
-    return_terms: bool = False,
-    generator: torch.Generator | None = None,
-    cond: Tensor | None = None,
-) -> Tensor | SMTerms:
-    r"""Sliced score matching for a score network ``s(x)``, by autograd (Song et al. 2019).
-
-    ``J_SSM = E_v[vᵀ ∇ₓs v + ½(vᵀs)²]``, ``J_SSM-VR = E_v[vᵀ ∇ₓs v] + ½‖s‖²``; ``vᵀ∇ₓs v`` comes
-    from one ``create_graph`` backward of ``vᵀs``. This is the baseline the paper compares
-    FD-SSM-VR against for NCSN and for implicit-encoder VAEs/WAEs (there with ``vr=True`` and
-    Gaussian projections). For a noise-conditional network, perturb ``x`` yourself, pass the noise
-    level as ``cond`` and weight ``reduction="none"`` values by ``σ²`` (NCSN's annealed form).
-    Arguments as in :func:`ssm`.
-    """
-    return _sliced(
-        lambda xn, c: _call_score_net(score_net, xn, c),
-        x,
-        vr,
-        projection,
-        n_particles,
-        v,
-        reduction,
-        return_terms,
-        generator,
-        cond,
-    )
-
-
-def _sliced(
-    score_of: Callable[[Tensor, Tensor | None], Tensor],
-    x: Tensor,
-    vr: bool,
-    projection: Projection,
-    n_particles: int,
-    v: Tensor | None,
-    reduction: Reduction,
-    return_terms: bool,
-    generator: torch.Generator | None,
-    cond: Tensor | None,
-) -> Tensor | SMTerms:
-    """SSM / SSM-VR by autograd for any ``score_of(x, cond)`` that is differentiable in x: the
-    score (an energy's, with its graph kept, or a score network's output) and ``vᵀ(∂s/∂x)v`` from
-    one more backward of ``vᵀs`` (``torch.func.vjp`` under ``torch.compile``)."""
     _check_x(x)
     _check_reduction(reduction)
     n_particles = _check_particles(n_particles)
@@ -489,18 +398,34 @@ def _sliced(
         # traced form: the score and its vector-Jacobian product Jᵀv with torch.func (J = ∇ₓs,
         # the Hessian of log p̃ for an energy), composing with autograd for the parameter gradient
         xn = x if n == 1 else x.repeat(n, *([1] * (x.dim() - 1)))
-        s, pullback = torch.func.vjp(lambda y: score_of(y, cn), xn)
+        s, pullback = torch.func.vjp(lambda y: score(energy, y, cond=cn, create_graph=True), xn)
         (jv,) = pullback(vf)
     else:  # eager: the double backward of the reference implementations
         with torch.enable_grad():
             xn = _autograd_input(x, n)
-            s = score_of(xn, cn)
+            s = score(energy, xn, cond=cn, create_graph=True)
             (jv,) = torch.autograd.grad((s * vf).sum(), xn, create_graph=grad_on)
     curvature = _event_sum(jv * vf, ev)
     norm = 0.5 * _event_sum(s * s, ev) if vr else 0.5 * _event_sum(s * vf, ev) ** 2
     if not grad_on:
         curvature, norm = curvature.detach(), norm.detach()
     return _finish(curvature.reshape(n, B), norm.reshape(n, B), reduction, return_terms)
+
+
+def ssm_scorenet(
+    score_net: ScoreNet, x: Tensor, vr: bool = False, **options: Any
+) -> Tensor | SMTerms:
+    r"""Sliced score matching for a score network ``s(x)``, by autograd (Song et al. 2019).
+
+    ``J_SSM = E_v[vᵀ ∇ₓs v + ½(vᵀs)²]``, ``J_SSM-VR = E_v[vᵀ ∇ₓs v] + ½‖s‖²``; ``vᵀ∇ₓs v`` comes
+    from one ``create_graph`` backward of ``vᵀs``. This is the baseline the paper compares
+    FD-SSM-VR against for NCSN and for implicit-encoder VAEs/WAEs (there with ``vr=True`` and
+    Gaussian projections). For a noise-conditional network, perturb ``x`` yourself, pass the noise
+    level as ``cond`` and weight ``reduction="none"`` values by ``σ²`` (NCSN's annealed form).
+    :func:`ssm` with the network's output as the score (:class:`ScoreNetModel`); keyword
+    arguments and the return value as in :func:`ssm`.
+    """
+    return ssm(ScoreNetModel(score_net), x, vr, **options)
 
 
 # --------------------------------------------------------------------------------------------
@@ -621,9 +546,7 @@ def fd_ssm_vr(
     u = _unit_directions(x, n_particles, directions, generator)
     v = u * eps
 
-    def s(y: Tensor, c: Tensor | None = None) -> Tensor:
-        return _call_score_net(score_net, y, c)
-
+    s = ScoreNetModel(score_net)
     s_mid, s_diff = directional_derivatives(
         s, x, v, (0, 1), offsets=(-1, 1), parallel=parallel, cond=cond
     )
@@ -736,33 +659,15 @@ def dsm(
     return _reduce(values, reduction)
 
 
-def dsm_scorenet(
-    score_net: ScoreNet,
-    x: Tensor,
-    sigma: Sigma,
-    *,
-    noise: Tensor | None = None,
-    levels: Tensor | None = None,
-    anneal_power: float = 2.0,
-    noise_conditional: bool = False,
-    reduction: Reduction = "mean",
-    generator: torch.Generator | None = None,
-) -> Tensor:
+def dsm_scorenet(score_net: ScoreNet, x: Tensor, sigma: Sigma, **options: Any) -> Tensor:
     r"""Denoising score matching for a score network: ``½ E‖s(x̃) + (x̃ − x)/σ²‖²``.
 
     No input derivative is needed, so there is no FD version (Pang et al. 2020 apply FD-DSM to
     energy models only). With a sequence of ``sigma`` and ``noise_conditional=True`` this is the
-    annealed NCSN objective (``s(x̃, σ_b)``, weight ``σ_b²``). Arguments as in :func:`dsm`.
+    annealed NCSN objective (``s(x̃, σ_b)``, weight ``σ_b²``). :func:`dsm` with the network's
+    output as the score (:class:`ScoreNetModel`); keyword arguments as in :func:`dsm`.
     """
-    _check_x(x)
-    _check_reduction(reduction)
-    x_t, c, sig, weight = _perturb(x, sigma, noise, levels, anneal_power, generator)
-    s = _call_score_net(score_net, x_t, sig if noise_conditional else None)
-    r = s + c
-    values = 0.5 * _event_sum(r * r, x.dim() - 1)
-    if weight is not None:
-        values = values * weight
-    return _reduce(values, reduction)
+    return dsm(ScoreNetModel(score_net), x, sigma, **options)
 
 
 def fd_dsm(

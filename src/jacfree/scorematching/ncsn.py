@@ -33,11 +33,13 @@ from torch import Tensor, nn
 
 from .. import sample_noise
 from .._checks import check_choice, check_positive_int, check_samples
-from .losses import dsm_scorenet, exact_sm_scorenet, fd_ssm_vr, ssm_scorenet
+from .objectives import Settings, objective_names
+from .objectives import objective as find_objective
 
 __all__ = ["NCSN", "NCSN_OBJECTIVES", "annealed_loss", "geometric_sigmas"]
 
-NCSN_OBJECTIVES = ("dsm", "ssm", "ssm_vr", "fd_ssm_vr", "sm")
+#: the score-network objectives of the registry (:mod:`jacfree.scorematching.objectives`)
+NCSN_OBJECTIVES = objective_names("score")
 
 
 def geometric_sigmas(sigma_max: float = 1.0, sigma_min: float = 0.01, n_levels: int = 10) -> Tensor:
@@ -250,18 +252,22 @@ def annealed_loss(
     *,
     eps: float = 0.1,
     projection: str = "gaussian",
+    n_particles: int = 1,
+    parallel: bool = True,
     reduction: str = "mean",
     generator: torch.Generator | None = None,
 ) -> Tensor:
     r"""The σ²-weighted annealed score-matching loss of a noise-conditional score network.
 
     Every sample draws a level ``σ_b`` uniformly from ``net.sigmas``, is perturbed to
-    ``x̃ = x + σ_b n`` and contributes ``σ_b² · ℓ_b``:
+    ``x̃ = x + σ_b n`` and contributes ``σ_b² · ℓ_b``, with ``ℓ`` the score-network objective
+    ``objective`` of :mod:`jacfree.scorematching.objectives`:
 
     * ``"dsm"``: ``ℓ = ½‖s(x̃, σ_b) + (x̃ − x)/σ_b²‖²`` (:func:`~.losses.dsm_scorenet`, annealed);
     * ``"ssm"`` / ``"ssm_vr"``: ``ℓ = J(x̃)`` by sliced score matching (autograd, ``projection``
-      vectors; the reference uses Gaussian ones for NCSN);
-    * ``"fd_ssm_vr"``: ``ℓ = J(x̃)`` by finite differences (:func:`~.losses.fd_ssm_vr`, ``eps``);
+      vectors, ``n_particles`` per sample; the reference uses Gaussian ones for NCSN);
+    * ``"fd_ssm_vr"``: ``ℓ = J(x̃)`` by finite differences (:func:`~.losses.fd_ssm_vr`, ``eps``,
+      ``n_particles``, ``parallel``);
     * ``"sm"``: ``ℓ = J(x̃)`` exactly (``d`` Jacobian-vector products; evaluation only).
 
     Here ``J(x̃) = tr ∇s(x̃, σ_b) + ½‖s(x̃, σ_b)‖²``. The SM-type losses share one expectation; the
@@ -269,31 +275,25 @@ def annealed_loss(
     ``x`` is on the model scale (after :meth:`NCSN.preprocess`).
     """
     check_choice(objective, "NCSN objective", NCSN_OBJECTIVES)
+    loss = find_objective(objective, "score")
+    settings = Settings(eps=eps, projection=projection, n_particles=n_particles, parallel=parallel)
     sig_all = net.sigmas.to(x.dtype)
-    if objective == "dsm":
-        return dsm_scorenet(
-            net, x, sig_all, noise_conditional=True, reduction=reduction, generator=generator
+    if "sigma" in loss.reads:  # DSM perturbs the data itself, at the annealed levels
+        return loss(
+            net,
+            x,
+            settings,
+            generator=generator,
+            sigma=sig_all,
+            noise_conditional=True,
+            reduction=reduction,
         )
     B = x.shape[0]
     idx = torch.randint(len(sig_all), (B,), device=x.device, generator=generator)
     sig = sig_all[idx]
     noise = torch.randn(x.shape, dtype=x.dtype, device=x.device, generator=generator)
     xt = x + sig.view(B, *[1] * (x.dim() - 1)) * noise
-    if objective == "fd_ssm_vr":
-        values = fd_ssm_vr(net, xt, eps, cond=sig, reduction="none", generator=generator)
-    elif objective == "sm":
-        values = exact_sm_scorenet(net, xt, cond=sig, reduction="none")
-    else:
-        values = ssm_scorenet(
-            net,
-            xt,
-            vr=objective == "ssm_vr",
-            projection=projection,
-            cond=sig,
-            reduction="none",
-            generator=generator,
-        )
-    values = values * sig**2
+    values = loss(net, xt, settings, generator=generator, cond=sig, reduction="none") * sig**2
     if reduction == "none":
         return values
     if reduction == "sum":
