@@ -114,7 +114,7 @@ import math
 import sys
 import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -128,16 +128,8 @@ from ..data import load
 from ..plots import pyplot, save_figure
 from ..scorematching import DKEF, NCSN, NICE, MLPEnergy
 from ..scorematching.ebm import ResEBM
-from ..scorematching.losses import (
-    dsm,
-    fd_dsm,
-    fd_mdsm,
-    fd_ssm,
-    fd_ssm_vr,
-    mdsm,
-    ssm,
-    ssm_scorenet,
-)
+from ..scorematching.ncsn import annealed_loss
+from ..scorematching.objectives import LABELS, ModelType, Settings, objective
 from .common import (
     DTYPES,
     PLOT_HINT,
@@ -208,17 +200,6 @@ PAIRS: dict[str, tuple[str, str]] = {
 #: minimum speed-up of the parallel FD form over the pair's baseline (the library's targets)
 TARGETS: dict[str, float] = {"ssm": 1.7, "ssm_vr": 1.3, "dsm": 1.0, "mdsm": 1.0}
 
-_LABELS = {
-    "ssm": "SSM",
-    "ssm_vr": "SSM-VR",
-    "dsm": "DSM",
-    "fd_ssm": "FD-SSM",
-    "fd_ssm_vr": "FD-SSM-VR",
-    "fd_dsm": "FD-DSM",
-    "mdsm": "MDSM",
-    "fd_mdsm": "FD-MDSM",
-}
-
 
 @dataclass(frozen=True)
 class Variant:
@@ -246,7 +227,7 @@ class Variant:
 
     @property
     def label(self) -> str:
-        base = _LABELS[self.objective]
+        base = LABELS[self.objective]
         if self.parallel is None:
             return base
         return f"{base} ({'parallel' if self.parallel else 'sequential'})"
@@ -524,65 +505,49 @@ class BenchCase:
         return sum(p.numel() for p in self.module.parameters() if p.requires_grad)
 
 
-def _energy_losses(
-    energy_of: Callable[[Tensor], tuple[Callable[[Tensor], Tensor], Tensor]],
-    projection: str,
+def _library_losses(
+    variants: Sequence[Variant],
+    model: ModelType,
+    settings: Settings,
+    prepare: Callable[[Tensor], tuple[Callable[..., Tensor], Tensor]],
 ) -> dict[str, Callable[[Tensor], Tensor]]:
-    """Losses of :data:`ENERGY_VARIANTS`; ``energy_of(x) -> (energy, points)`` (DKEF solves α)."""
+    """One loss per variant from the objective registry: ``prepare(x) -> (model, points)``
+    (DKEF solves α on half the batch and scores the other half; others return ``x``)."""
 
     def make(v: Variant) -> Callable[[Tensor], Tensor]:
-        def loss(x: Tensor) -> Tensor:
-            energy, y = energy_of(x)
-            if v.objective in ("ssm", "ssm_vr"):
-                return ssm(energy, y, vr=v.objective == "ssm_vr", projection=projection)  # type: ignore[arg-type, return-value]
-            if v.objective == "fd_ssm":
-                return fd_ssm(energy, y, EPS, parallel=bool(v.parallel))  # type: ignore[return-value]
-            if v.objective == "dsm":
-                return dsm(energy, y, SIGMA)
-            return fd_dsm(energy, y, SIGMA, EPS, parallel=bool(v.parallel))
+        loss = objective(v.objective, model).bind(
+            replace(settings, parallel=v.parallel is not False)
+        )
 
-        return loss
+        def run(x: Tensor) -> Tensor:
+            return loss(*prepare(x))
 
-    return {v.name: make(v) for v in ENERGY_VARIANTS}
+        return run
+
+    return {v.name: make(v) for v in variants}
 
 
-def _score_losses(net: Callable[..., Tensor], annealed: Tensor | None = None) -> dict[str, Any]:
-    """Losses of :data:`SCORE_VARIANTS`; with ``annealed`` noise levels, the NCSN form: every
-    sample draws a level σ_b, is perturbed to ``x + σ_b n`` and weighted by ``σ_b²``."""
-
-    def make(v: Variant) -> Callable[[Tensor], Tensor]:
-        def loss(x: Tensor) -> Tensor:
-            cond = weight = None
-            if annealed is not None:
-                B = x.shape[0]
-                sig = annealed[torch.randint(len(annealed), (B,), device=x.device)]
-                x = x + sig.view(B, *[1] * (x.dim() - 1)) * torch.randn_like(x)
-                cond, weight = sig, sig**2
-            red = "mean" if weight is None else "none"
-            if v.objective == "ssm_vr":
-                values = ssm_scorenet(
-                    net, x, vr=True, projection="gaussian", cond=cond, reduction=red
-                )
-            else:
-                values = fd_ssm_vr(net, x, EPS, parallel=bool(v.parallel), cond=cond, reduction=red)
-            assert isinstance(values, Tensor)
-            return values if weight is None else (values * weight).mean()
-
-        return loss
-
-    return {v.name: make(v) for v in SCORE_VARIANTS}
+def _energy_losses(
+    prepare: Callable[[Tensor], tuple[Callable[..., Tensor], Tensor]], projection: str
+) -> dict[str, Callable[[Tensor], Tensor]]:
+    """Losses of :data:`ENERGY_VARIANTS` (ε = 0.1, σ = 0.1)."""
+    settings = Settings(eps=EPS, sigma=SIGMA, projection=projection)
+    return _library_losses(ENERGY_VARIANTS, "energy", settings, prepare)
 
 
-def _mdsm_losses(energy: nn.Module) -> dict[str, Callable[[Tensor], Tensor]]:
-    """Losses of :data:`EBM_VARIANTS`: MDSM and FD-MDSM with the deep-EBM settings of the
-    paper (per-sample σ_b = linspace(0.05, 1.2), σ0 = 0.1, ε = 0.05)."""
-    out: dict[str, Callable[[Tensor], Tensor]] = {}
-    for v in EBM_VARIANTS:
-        if v.objective == "mdsm":
-            out[v.name] = lambda x: mdsm(energy, x)
-        else:
-            out[v.name] = lambda x, p=bool(v.parallel): fd_mdsm(energy, x, parallel=p)
-    return out
+def _score_losses(net: nn.Module) -> dict[str, Callable[[Tensor], Tensor]]:
+    """Losses of :data:`SCORE_VARIANTS`; for an :class:`NCSN`, its annealed form
+    (:func:`~jacfree.scorematching.ncsn.annealed_loss`): every sample draws a level σ_b, is
+    perturbed to ``x + σ_b n`` and weighted by ``σ_b²``."""
+    if not isinstance(net, NCSN):
+        settings = Settings(eps=EPS, projection="gaussian")
+        return _library_losses(SCORE_VARIANTS, "score", settings, lambda x: (net, x))
+    return {
+        v.name: lambda x, v=v: annealed_loss(
+            net, x, v.objective, eps=EPS, projection="gaussian", parallel=v.parallel is not False
+        )
+        for v in SCORE_VARIANTS
+    }
 
 
 # plain-PyTorch objectives, written as in the reference code (no checks, no library helpers)
@@ -768,7 +733,9 @@ def build_case(
         img = (1, side, side) if len(shape) != 3 else shape
         ebm = ResEBM(img, width=16, depth=1)
         imgs = [b.reshape(len(b), *img) for b in batches]
-        case = BenchCase(name, ebm, imgs, _mdsm_losses(ebm), EBM_VARIANTS, dim, batch, 16, data)
+        # the paper's deep-EBM settings: σ_b = linspace(0.05, 1.2), σ0 = 0.1, ε = 0.05
+        losses = _library_losses(EBM_VARIANTS, "energy", Settings(eps=0.05), lambda x: (ebm, x))
+        case = BenchCase(name, ebm, imgs, losses, EBM_VARIANTS, dim, batch, 16, data)
     else:  # ncsn
         side = math.isqrt(dim)
         if side * side != dim or side < 4:
@@ -778,7 +745,7 @@ def build_case(
         img = (1, side, side) if len(shape) != 3 else shape
         ncsn = NCSN(img, channels=16)
         imgs = [b.reshape(len(b), *img) for b in batches]
-        losses = _score_losses(ncsn, ncsn.sigmas)
+        losses = _score_losses(ncsn)
         case = BenchCase(name, ncsn, imgs, losses, SCORE_VARIANTS, dim, batch, 16, data)
     case.description = MODELS[name]
     return _to(case, device, dtype)
@@ -787,9 +754,6 @@ def build_case(
 def _to(case: BenchCase, device: torch.device | str, dtype: torch.dtype) -> BenchCase:
     case.module.to(device=device, dtype=dtype)
     case.batches = [b.to(device=device, dtype=dtype) for b in case.batches]
-    if isinstance(case.module, NCSN):
-        # the annealed losses hold the noise levels: rebuild them on the module's device/dtype
-        case.losses = _score_losses(case.module, case.module.sigmas)
     return case
 
 
@@ -1049,7 +1013,7 @@ def check_targets(rows: Sequence[dict[str, Any]]) -> list[str]:
             )
         verdict = "met" if r["meets_target"] else "MISSED"
         lines.append(
-            f"{r['model']:>8}  {r['label'].split(' (')[0]} vs {_LABELS[r['pair']]}: "
+            f"{r['model']:>8}  {r['label'].split(' (')[0]} vs {LABELS[r['pair']]}: "
             f"{r['speedup']:.2f}x faster (target >= {r['target_speedup']:g}){mem}  [{verdict}]"
         )
     return lines
