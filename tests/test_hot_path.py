@@ -1,8 +1,9 @@
 """The training step stays on the device: no host reads, one graph under ``torch.compile``.
 
 Every model kind of ``jacfree train`` in every gradient mode / objective, and every ``jf.sm``
-estimator: the profile of ``loss(x).backward()`` holds no ``aten::_local_scalar_dense``,
-``aten::equal`` or ``aten::is_nonzero`` (each a device synchronisation on a GPU), and
+estimator (the registered objectives through ``tests/test_sm_contract.py``): the profile of
+``loss(x).backward()`` holds no ``aten::_local_scalar_dense``, ``aten::equal`` or
+``aten::is_nonzero`` (each a device synchronisation on a GPU), and
 ``torch.compile(fullgraph=True, backend="eager")`` traces it without a graph break, with the
 eager gradients. One small case per custom autograd function also runs through inductor.
 """
@@ -158,34 +159,10 @@ def _energy() -> jf.MLPEnergy:
     return jf.MLPEnergy((4,), hidden=(8,)).double()
 
 
-def _score_net() -> nn.Module:
-    return nn.Sequential(nn.Linear(4, 8), nn.Softplus(), nn.Linear(8, 4)).double()
-
-
+# every registered score-matching objective, in every setting it reads, is checked alike in
+# tests/test_sm_contract.py; here the calls outside the registry
 ESTIMATORS: dict[str, tuple[Callable[[], nn.Module], Callable[[nn.Module, Tensor], Tensor]]] = {
-    "exact_sm": (_energy, lambda m, x: jf.sm.exact_sm(m, x)),
-    "ssm": (_energy, lambda m, x: jf.sm.ssm(m, x)),
-    "ssm_vr": (_energy, lambda m, x: jf.sm.ssm(m, x, vr=True, n_particles=2)),
-    "fd_ssm": (_energy, lambda m, x: jf.sm.fd_ssm(m, x, eps=0.1)),
-    "fd_ssm_sequential": (_energy, lambda m, x: jf.sm.fd_ssm(m, x, eps=0.1, parallel=False)),
-    "dsm": (_energy, lambda m, x: jf.sm.dsm(m, x, 0.3)),
     "dsm_annealed": (_energy, lambda m, x: jf.sm.dsm(m, x, (0.1, 0.5, 1.0))),
-    "fd_dsm": (_energy, lambda m, x: jf.sm.fd_dsm(m, x, 0.3, eps=0.1)),
-    "fd_dsm_sequential": (_energy, lambda m, x: jf.sm.fd_dsm(m, x, 0.3, parallel=False)),
-    "ssm_scorenet": (_score_net, lambda m, x: jf.sm.ssm_scorenet(m, x, vr=True)),
-    "fd_ssm_vr": (_score_net, lambda m, x: jf.sm.fd_ssm_vr(m, x, eps=0.1)),
-    "fd_ssm_vr_sequential": (
-        _score_net,
-        lambda m, x: jf.sm.fd_ssm_vr(m, x, eps=0.1, parallel=False),
-    ),
-    "mdsm": (_energy, lambda m, x: jf.sm.mdsm(m, x)),
-    "mdsm_random": (_energy, lambda m, x: jf.sm.mdsm(m, x, (0.1, 0.9), 0.2, random_sigmas=True)),
-    "fd_mdsm": (_energy, lambda m, x: jf.sm.fd_mdsm(m, x)),
-    "fd_mdsm_sequential": (_energy, lambda m, x: jf.sm.fd_mdsm(m, x, parallel=False)),
-    "fd_mdsm_random_particles": (
-        _energy,
-        lambda m, x: jf.sm.fd_mdsm(m, x, random_sigmas=True, n_particles=2),
-    ),
     "directional_derivative": (
         _energy,
         lambda m, x: jf.fd.directional_derivative(m, x, 0.1 * torch.ones_like(x), 3).sum(),

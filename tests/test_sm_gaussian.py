@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from jacfree.scorematching import fd, losses
+from jacfree.scorematching.objectives import SM_OBJECTIVES, Objective
 
 DT = torch.float64
 
@@ -72,22 +73,25 @@ def assert_mc(values: torch.Tensor, target: float, z: float = 4.5):
     assert abs(float(values.mean()) - target) < z * se, (float(values.mean()), target, se)
 
 
+def _registered(o: Objective):
+    return lambda q, x, **kw: o(q if o.model == "energy" else q.score, x, reduction="none", **kw)
+
+
+# every registered SM-type objective (default settings), then options the registry leaves at
+# their defaults
 SM_ESTIMATORS = {
-    "exact_sm": lambda q, x: losses.exact_sm(q, x, reduction="none"),
-    "exact_sm_scorenet": lambda q, x: losses.exact_sm_scorenet(q.score, x, reduction="none"),
-    "ssm_rademacher": lambda q, x: losses.ssm(q, x, reduction="none"),
+    **{
+        f"{o.model}-{o.name}": _registered(o)
+        for o in SM_OBJECTIVES
+        if not {"sigma", "sigmas"} & set(o.reads)
+    },
     "ssm_gaussian": lambda q, x: losses.ssm(q, x, projection="gaussian", reduction="none"),
     "ssm_sphere_2particles": lambda q, x: losses.ssm(
         q, x, projection="sphere", n_particles=2, reduction="none"
     ),
-    "ssm_vr": lambda q, x: losses.ssm(q, x, vr=True, reduction="none"),
-    "ssm_scorenet": lambda q, x: losses.ssm_scorenet(q.score, x, reduction="none"),
-    "ssm_scorenet_vr": lambda q, x: losses.ssm_scorenet(q.score, x, vr=True, reduction="none"),
-    "fd_ssm": lambda q, x: losses.fd_ssm(q, x, reduction="none"),
     "fd_ssm_3particles_sequential": lambda q, x: losses.fd_ssm(
         q, x, 0.5, n_particles=3, parallel=False, reduction="none"
     ),
-    "fd_ssm_vr": lambda q, x: losses.fd_ssm_vr(q.score, x, reduction="none"),
 }
 
 
@@ -116,10 +120,10 @@ def test_exact_sm_is_exact_per_sample():
 def test_dsm_estimators_match_the_closed_form(sigma: float):
     q, x, m, S = problem(seed=5)
     target = closed_form_dsm(q.P.detach(), q.mu.detach(), m, S, sigma)
-    assert_mc(losses.dsm(q, x, sigma, reduction="none"), target)
-    assert_mc(losses.fd_dsm(q, x, sigma, reduction="none"), target)
+    for o in SM_OBJECTIVES:
+        if "sigma" in o.reads:  # dsm, fd_dsm, dsm_scorenet
+            assert_mc(_registered(o)(q, x, sigma=sigma), target)
     assert_mc(losses.fd_dsm(q, x, sigma, 2.0, n_particles=2, reduction="none"), target)
-    assert_mc(losses.dsm_scorenet(q.score, x, sigma, reduction="none"), target)
 
 
 def test_annealed_dsm_matches_the_sigma_squared_weighted_closed_form():

@@ -17,6 +17,7 @@ import torch
 
 from jacfree.scorematching import fd, losses
 from jacfree.scorematching.convention import log_density, score
+from jacfree.scorematching.objectives import SM_OBJECTIVES, Objective, Settings
 
 DT = torch.float64
 
@@ -60,11 +61,17 @@ def test_fd_ssm_curvature_term_is_two_e_minus_neighbours():
     torch.testing.assert_close(terms.norm, by_hand_norm)
 
 
-@pytest.mark.parametrize(
-    "name",
-    ["exact_sm", "ssm", "fd_ssm", "exact_sm_scorenet", "ssm_scorenet", "fd_ssm_vr"],
-)
-def test_curvature_term_of_every_estimator_is_minus_p_d(name: str):
+# the registered objectives: SM-type ones target J (return_terms), DSM-type ones the smoothed data
+SM_TYPE = [o for o in SM_OBJECTIVES if not {"sigma", "sigmas"} & set(o.reads)]
+DSM_TYPE = [o for o in SM_OBJECTIVES if "sigma" in o.reads]
+
+
+def _id(o: Objective) -> str:
+    return f"{o.model}-{o.name}"
+
+
+@pytest.mark.parametrize("obj", SM_TYPE, ids=_id)
+def test_curvature_term_of_every_estimator_is_minus_p_d(obj: Objective):
     p, d = 2.0, 3
     x = torch.randn(50, d, dtype=DT)
 
@@ -74,24 +81,11 @@ def test_curvature_term_of_every_estimator_is_minus_p_d(name: str):
     def score_net(y):
         return -p * y
 
-    call = {
-        "exact_sm": lambda: losses.exact_sm(energy, x, reduction="none", return_terms=True),
-        "ssm": lambda: losses.ssm(energy, x, reduction="none", return_terms=True),
-        "fd_ssm": lambda: losses.fd_ssm(energy, x, 0.7, reduction="none", return_terms=True),
-        "exact_sm_scorenet": lambda: losses.exact_sm_scorenet(
-            score_net, x, reduction="none", return_terms=True
-        ),
-        "ssm_scorenet": lambda: losses.ssm_scorenet(
-            score_net, x, reduction="none", return_terms=True
-        ),
-        "fd_ssm_vr": lambda: losses.fd_ssm_vr(
-            score_net, x, 0.7, reduction="none", return_terms=True
-        ),
-    }[name]
-    terms = call()
+    model = energy if obj.model == "energy" else score_net
+    terms = obj(model, x, Settings(eps=0.7), reduction="none", return_terms=True)
     # Rademacher and sphere projections make vᵀ(−pI)v = −p·d exact per sample
     torch.testing.assert_close(terms.curvature, torch.full((50,), -p * d, dtype=DT))
-    if name in ("exact_sm", "exact_sm_scorenet", "fd_ssm_vr"):  # the others slice ½‖s‖² too
+    if obj.name in ("sm", "ssm_vr", "fd_ssm_vr"):  # the others slice ½‖s‖² too
         torch.testing.assert_close(terms.norm, 0.5 * p**2 * (x * x).sum(-1))
     assert bool((terms.norm >= 0).all())
 
@@ -99,32 +93,13 @@ def test_curvature_term_of_every_estimator_is_minus_p_d(name: str):
 S2, D, SIGMA = 0.64, 3, 0.5  # data N(0, S2·I) in D dimensions; DSM noise level
 
 
-def evaluate(name: str, energy, score_net, x: torch.Tensor) -> float:
+def evaluate(obj: Objective, energy, score_net, x: torch.Tensor) -> float:
     g = torch.Generator().manual_seed(0)  # common random numbers across calls
-    if name == "exact_sm":
-        out = losses.exact_sm(energy, x)
-    elif name == "ssm":
-        out = losses.ssm(energy, x, generator=g)
-    elif name == "ssm_vr":
-        out = losses.ssm(energy, x, vr=True, generator=g)
-    elif name == "fd_ssm":
-        out = losses.fd_ssm(energy, x, generator=g)
-    elif name == "exact_sm_scorenet":
-        out = losses.exact_sm_scorenet(score_net, x)
-    elif name == "ssm_scorenet":
-        out = losses.ssm_scorenet(score_net, x, generator=g)
-    elif name == "fd_ssm_vr":
-        out = losses.fd_ssm_vr(score_net, x, generator=g)
-    elif name == "dsm":
-        out = losses.dsm(energy, x, SIGMA, generator=g)
-    elif name == "fd_dsm":
-        out = losses.fd_dsm(energy, x, SIGMA, generator=g)
-    else:
-        out = losses.dsm_scorenet(score_net, x, SIGMA, generator=g)
-    return float(out.detach())
+    model = energy if obj.model == "energy" else score_net
+    return float(obj(model, x, Settings(sigma=SIGMA), generator=g).detach())
 
 
-def scan(name: str, x: torch.Tensor, ps: list[float], flipped: bool = False) -> list[float]:
+def scan(obj: Objective, x: torch.Tensor, ps: list[float], flipped: bool = False) -> list[float]:
     """The loss at each precision p for E = ½p‖x‖² (or its sign-flipped convention)."""
     sgn = -1.0 if flipped else 1.0
     out = []
@@ -136,33 +111,19 @@ def scan(name: str, x: torch.Tensor, ps: list[float], flipped: bool = False) -> 
         def score_net(y, p=p):
             return -sgn * p * y
 
-        out.append(evaluate(name, energy, score_net, x))
+        out.append(evaluate(obj, energy, score_net, x))
     return out
 
 
-ALL = [
-    "exact_sm",
-    "ssm",
-    "ssm_vr",
-    "fd_ssm",
-    "exact_sm_scorenet",
-    "ssm_scorenet",
-    "fd_ssm_vr",
-    "dsm",
-    "fd_dsm",
-    "dsm_scorenet",
-]
-
-
-@pytest.mark.parametrize("name", ALL)
-def test_every_estimator_selects_the_right_precision_and_a_flip_would_not(name: str):
+@pytest.mark.parametrize("obj", SM_TYPE + DSM_TYPE, ids=_id)
+def test_every_estimator_selects_the_right_precision_and_a_flip_would_not(obj: Objective):
     x = S2**0.5 * torch.randn(4000, D, dtype=DT, generator=torch.Generator().manual_seed(1))
     # SM optimum p = 1/s²; DSM fits the smoothed data, optimum p = 1/(s² + σ²)
-    p_star = 1 / (S2 + SIGMA**2) if "dsm" in name else 1 / S2
+    p_star = 1 / (S2 + SIGMA**2) if obj in DSM_TYPE else 1 / S2
     ps = [0.5 * p_star, p_star, 2 * p_star]
-    right = scan(name, x, ps)
+    right = scan(obj, x, ps)
     assert right[1] < right[0] and right[1] < right[2], right
-    flipped = scan(name, x, ps, flipped=True)
+    flipped = scan(obj, x, ps, flipped=True)
     assert not (flipped[1] < flipped[0] and flipped[1] < flipped[2]), flipped
 
 

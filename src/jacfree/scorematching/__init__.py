@@ -4,6 +4,8 @@ r"""Score matching without Hessians: finite-difference score matching (Pang et a
   directional derivatives (exposed as ``jacfree.fd``);
 * :mod:`.losses` — every score-matching estimator (exact, sliced, denoising and their
   finite-difference forms) under one sign convention, ``log p̃ = −E`` (exposed as ``jacfree.sm``);
+* :mod:`.objectives` — the registry of those estimators by objective name (model type, settings
+  read, autograd baseline of each FD form), read by ``jacfree train`` and ``jacfree bench sm``;
 * :mod:`.convention` — the single helper that applies that sign;
 * models: :mod:`.energy` (:class:`MLPEnergy`), :mod:`.ebm` (:class:`ResEBM`, the residual
   deep EBM with a quadratic head, and its reference annealed Langevin sampler), :mod:`.dkef`
@@ -20,7 +22,7 @@ above this package, in :mod:`jacfree.kinds.scorematching`.
 """
 
 from ..flows.nice import NICE, AdditiveCoupling, DiagonalScaling
-from . import fd, losses
+from . import fd, losses, objectives
 from .convention import log_density, score
 from .dkef import DKEF, FeatureNet, LogPartition, alpha_normal_equations, solve_alpha
 from .ebm import ResEBM, annealed_langevin_energy, temperature_schedule
@@ -96,6 +98,7 @@ __all__ = [
     "losses",
     "mdsm",
     "mdsm_sigmas",
+    "objectives",
     "random_projections",
     "score",
     "solve_alpha",
