@@ -189,12 +189,12 @@ def test_log_partition_is_seeded_and_cached_per_parameter_state():
 def test_remember_initialises_inducing_points_and_stops_at_the_second_epoch():
     torch.manual_seed(0)
     m = DKEF(2, n_inducing=4, hidden=3, alpha_points=100).double()
-    assert m.needs_data_init
+    assert not bool(m.initialised)  # inducing points not yet taken from data
     train = torch.randn(10, 2, dtype=F64)
     for _ in range(3):  # three epochs of shuffled batches, as fit draws them
         for batch in train[torch.randperm(10)].split(4):
             m.remember(batch)
-    assert not m.needs_data_init
+    assert bool(m.initialised)
     assert int(m.alpha_count) == 10  # each training row exactly once
     stored = m.alpha_x[:10]
     assert torch.equal(stored[stored[:, 0].argsort()], train[train[:, 0].argsort()])

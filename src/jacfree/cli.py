@@ -703,13 +703,13 @@ def _sample_panels(
     sampler = model_kind(spec).sampler
     if inverse == "learned" and not learned:
         raise ValueError("--inverse learned needs a model trained with --gradient selfnorm.")
-    ways = {"exact": False, "learned": True}
+    ways: dict[str, dict[str, bool]] = {"exact": {}, "learned": {"approximate": True}}
     chosen = [inverse] if inverse != "both" else (list(ways) if learned else ["exact"])
     panels: dict[str, Tensor] = {}
     for way in chosen:
         gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
         t0 = time.perf_counter()
-        x = model.sample(n, generator=gen, approximate=ways[way])
+        x = model.sample(n, generator=gen, **ways[way])
         ms = 1e3 * (time.perf_counter() - t0) / n
         name = sampler if way == "exact" else "through the learned inverse R"
         panels[f"{name} ({ms:.2f} ms/sample)"] = data_output(x, spec).cpu()

@@ -510,11 +510,9 @@ class DKEF(CachedStateModule):
         *,
         steps: int = 1000,
         step_size: float = 1e-2,
-        approximate: bool = False,
     ) -> Tensor:
         """Approximate samples by unadjusted Langevin dynamics from ``q0`` (``steps`` steps of
-        size ``step_size``); DKEF has no exact sampler, so samples are approximate whatever
-        ``approximate`` says (it exists for the CLI)."""
+        size ``step_size``); DKEF has no exact sampler."""
         from .sampling import energy_score, langevin
 
         check_positive_int(n, "n")
@@ -525,11 +523,6 @@ class DKEF(CachedStateModule):
         alpha = self.fitted_alpha()
         score = energy_score(lambda y: self.energy(y, alpha))
         return langevin(score, x0, step_size, steps, generator=generator)
-
-    @property
-    def needs_data_init(self) -> bool:
-        """True until the inducing points were initialised from data (see :meth:`remember`)."""
-        return not self._initialised
 
 
 def _sync_mirrors(module: nn.Module, incompatible_keys: object) -> None:

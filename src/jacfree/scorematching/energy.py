@@ -154,12 +154,10 @@ class MLPEnergy(nn.Module):
         *,
         steps: int = 1000,
         step_size: float = 1e-2,
-        approximate: bool = False,
     ) -> Tensor:
         """Approximate samples of ``exp(−E)`` by unadjusted Langevin dynamics
         (:func:`~jacfree.scorematching.sampling.langevin`) from ``N(0, s²I)`` (``s = base_std``,
-        else 1), on the model's device and dtype. An energy has no exact sampler, so samples are
-        approximate whatever ``approximate`` says (it exists for the CLI)."""
+        else 1), on the model's device and dtype."""
         from .sampling import energy_score, langevin
 
         check_positive_int(n, "n")

@@ -699,8 +699,12 @@ def fd_dsm(
     ``½(f₊ − f₋) ≈ vᵀ∇f(x̃)``, so the bracket is ``vᵀr`` with ``r = s(x̃) + (x̃ − x)/σ²`` and
     ``(d/ε²) E_v[(vᵀr)²] = ‖r‖²``: the expectation equals :func:`dsm`'s up to an ``O(ε²)`` bias
     ``ε² r·∇(Δf)(x̃) / (2(d+2))`` (zero for quadratic ``f``). Two evaluations in ONE forward pass
-    on ``cat([x̃+v, x̃−v])``, no gradient of a gradient. The reference code's MDSM variant
-    (target ``σ0``, ``1/σ_b²`` weights, ``loss_coe``) differs from this only by those constants.
+    on ``cat([x̃+v, x̃−v])``, no gradient of a gradient. The reference code's multiscale variant
+    (:func:`fd_mdsm`: per-sample levels ``σ_b``, target level ``σ0``, weights ``1/σ_b²``, factor
+    ``loss_coe``, no ½) is a constant multiple of this one only when every sample has the same
+    level ``σ_b = σ0 = σ``: it is then ``(2·loss_coe/σ²)`` times ``fd_dsm(σ)``, with the same
+    minimiser. With several levels its target ``(x̃ − x)/σ0²`` is not the ``(x̃ − x)/σ_b²`` of
+    each sample's own level, so it is another objective, not a reweighted sum of ``fd_dsm``'s.
     Annealed ``sigma`` / ``levels`` / ``noise_conditional`` / ``noise`` as in :func:`dsm`;
     ``eps`` / ``n_particles`` / ``directions`` / ``parallel`` as in :func:`fd_ssm`.
     """

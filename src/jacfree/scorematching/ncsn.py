@@ -227,11 +227,9 @@ class NCSN(nn.Module):
         *,
         n_steps_each: int = 100,
         step_lr: float = 2e-5,
-        approximate: bool = False,
     ) -> Tensor:
         """``n`` samples on the data scale by annealed Langevin dynamics from uniform noise
-        (``n_steps_each`` steps per level, step ``step_lr`` at the smallest level). Langevin
-        samples are approximate whatever ``approximate`` says (it exists for the CLI)."""
+        (``n_steps_each`` steps per level, step ``step_lr`` at the smallest level)."""
         from .sampling import annealed_langevin
 
         check_positive_int(n, "n")
