@@ -47,7 +47,7 @@ cached per parameter state.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -56,6 +56,7 @@ from torch import Tensor, nn
 
 from .._checks import check_choice, check_positive_int, check_samples
 from ..flows.core import CachedStateModule, ParameterStateCache
+from .sampling import LangevinSampled
 
 __all__ = [
     "ALPHA_SOLVES",
@@ -199,7 +200,7 @@ class LogPartition:
     n: int
 
 
-class DKEF(CachedStateModule):
+class DKEF(LangevinSampled, CachedStateModule):
     r"""Deep kernel exponential family ``log p̃(x) = Σ_m α_m k(x, z_m) + log q0(x)``.
 
     Args:
@@ -503,26 +504,16 @@ class DKEF(CachedStateModule):
         cached importance-sampling estimate of ``log Z``."""
         return self.log_density(x) - self.log_partition().value
 
-    def sample(
-        self,
-        n: int,
-        generator: torch.Generator | None = None,
-        *,
-        steps: int = 1000,
-        step_size: float = 1e-2,
-    ) -> Tensor:
-        """Approximate samples by unadjusted Langevin dynamics from ``q0`` (``steps`` steps of
-        size ``step_size``); DKEF has no exact sampler."""
-        from .sampling import energy_score, langevin
-
-        check_positive_int(n, "n")
+    def _langevin_start(self, n: int, generator: torch.Generator | None) -> Tensor:
+        """Langevin starts for :meth:`sample` (DKEF has no exact sampler): draws from ``q0``."""
         ref = self.inducing.detach()
-        x0 = self.q0_std * torch.randn(
+        return self.q0_std * torch.randn(
             n, self.dim, dtype=ref.dtype, device=ref.device, generator=generator
         )
+
+    def _langevin_energy(self) -> Callable[[Tensor], Tensor]:
         alpha = self.fitted_alpha()
-        score = energy_score(lambda y: self.energy(y, alpha))
-        return langevin(score, x0, step_size, steps, generator=generator)
+        return lambda y: self.energy(y, alpha)
 
 
 def _sync_mirrors(module: nn.Module, incompatible_keys: object) -> None:

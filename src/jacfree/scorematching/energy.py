@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._checks import check_positive_int, check_samples
+from .sampling import LangevinSampled
 
 __all__ = ["ACTIVATIONS", "MLPEnergy", "activation"]
 
@@ -75,7 +76,7 @@ class _Act(nn.Module):
         return self.name
 
 
-class MLPEnergy(nn.Module):
+class MLPEnergy(LangevinSampled, nn.Module):
     r"""Energy ``E(x) = MLP(flatten(x)) [+ ‖x‖²/(2 s²)]``, shape ``(B,)``; ``log p̃ = −E``.
 
     Args:
@@ -147,23 +148,11 @@ class MLPEnergy(nn.Module):
         """Same as calling the module: ``E(x)``, shape ``(B,)``."""
         return self(x)
 
-    def sample(
-        self,
-        n: int,
-        generator: torch.Generator | None = None,
-        *,
-        steps: int = 1000,
-        step_size: float = 1e-2,
-    ) -> Tensor:
-        """Approximate samples of ``exp(−E)`` by unadjusted Langevin dynamics
-        (:func:`~jacfree.scorematching.sampling.langevin`) from ``N(0, s²I)`` (``s = base_std``,
-        else 1), on the model's device and dtype."""
-        from .sampling import energy_score, langevin
-
-        check_positive_int(n, "n")
+    def _langevin_start(self, n: int, generator: torch.Generator | None) -> Tensor:
+        """Langevin starts for :meth:`sample`: ``N(0, s²I)`` (``s = base_std``, else 1) on the
+        model's device and dtype."""
         ref = next(self.parameters()).detach()
         scale = self.base_std if self.base_std is not None else 1.0
-        x0 = scale * torch.randn(
+        return scale * torch.randn(
             (n, *self.event_shape), dtype=ref.dtype, device=ref.device, generator=generator
         )
-        return langevin(energy_score(self), x0, step_size, steps, generator=generator)

@@ -72,6 +72,7 @@ from functools import lru_cache
 import torch
 from torch import Tensor, nn
 
+from .._checks import check_positive_int
 from .._compile import constant_result
 
 __all__ = [
@@ -173,12 +174,6 @@ def _as_fraction(a: Offset) -> Fraction:
     return Fraction(a)
 
 
-def _check_order(order: object) -> int:
-    if isinstance(order, bool) or not isinstance(order, int) or order < 0:
-        raise ValueError(f"derivative order must be an integer >= 0, got {order!r}")
-    return order
-
-
 def stencil(order: int, offsets: Iterable[Offset]) -> Stencil:
     """The finite-difference stencil of derivative ``order`` on the given ``offsets``.
 
@@ -187,7 +182,7 @@ def stencil(order: int, offsets: Iterable[Offset]) -> Stencil:
     the pruned minimal stencils). Example: ``stencil(0, (-1, 1))`` is the interpolation
     ``½[f(x−v) + f(x+v)] = f(x) + O(‖v‖²)`` used by FD-SSM-VR.
     """
-    order = _check_order(order)
+    order = check_positive_int(order, "derivative order", minimum=0)
     fr = tuple(sorted(_as_fraction(a) for a in offsets))
     if len(set(fr)) != len(fr):
         raise ValueError(f"stencil offsets must be distinct, got {tuple(map(float, fr))}")
@@ -215,7 +210,7 @@ def central_stencil(order: int, accuracy: int = 2) -> Stencil:
     default ``accuracy=2`` this is the minimal central stencil (T + 1 points, absolute error
     ``O(‖v‖^{T+2})``); see the module docstring for T = 1..4.
     """
-    order = _check_order(order)
+    order = check_positive_int(order, "derivative order", minimum=0)
     if isinstance(accuracy, bool) or not isinstance(accuracy, int) or accuracy < 2 or accuracy % 2:
         raise ValueError(f"accuracy must be an even integer >= 2, got {accuracy!r}")
     return _central_cached(order, accuracy)

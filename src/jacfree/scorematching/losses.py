@@ -57,7 +57,7 @@ from typing import Any, Literal, NamedTuple
 import torch
 from torch import Tensor
 
-from .._checks import values_visible
+from .._checks import check_positive_int, values_visible
 from .._compile import is_compiling
 from .convention import Energy, ScoreNet, ScoreNetModel, log_density, score, score_function
 from .fd import (
@@ -135,12 +135,6 @@ def _check_eps(eps: object) -> float:
     return float(eps)
 
 
-def _check_particles(n: object) -> int:
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n_particles must be an integer >= 1, got {n!r}")
-    return n
-
-
 def _dim(x: Tensor) -> int:
     return x[0].numel()
 
@@ -207,6 +201,23 @@ def random_projections(
     if kind == "sphere":
         return sphere_directions(x, math.sqrt(_dim(x)), n=n, generator=generator)
     raise ValueError(f"unknown projection {kind!r}; choose one of {PROJECTIONS}")
+
+
+def _check_fd(
+    model: object,
+    x: Tensor,
+    eps: object,
+    n_particles: object,
+    parallel: bool,
+    reduction: str,
+    what: str,
+) -> tuple[float, int]:
+    """The argument checks every finite-difference estimator shares; ``(eps, n_particles)``."""
+    _check_x(x)
+    _check_reduction(reduction)
+    check_fd_precision(x, what=what)
+    check_batch_coupling(model, parallel)
+    return _check_eps(eps), check_positive_int(n_particles, "n_particles")
 
 
 def _unit_directions(
@@ -384,7 +395,7 @@ def ssm(
     """
     _check_x(x)
     _check_reduction(reduction)
-    n_particles = _check_particles(n_particles)
+    n_particles = check_positive_int(n_particles, "n_particles")
     if v is None:
         vp = random_projections(x, projection, n_particles, generator=generator)
     else:
@@ -485,12 +496,7 @@ def fd_ssm(
         A scalar tensor (mean over batch and particles), per-sample values (``reduction="none"``)
         or :class:`SMTerms` ``(loss, curvature ≈ tr ∇²f, norm ≈ ½‖∇f‖²)``.
     """
-    _check_x(x)
-    _check_reduction(reduction)
-    eps = _check_eps(eps)
-    n_particles = _check_particles(n_particles)
-    check_fd_precision(x, what="fd_ssm")
-    check_batch_coupling(energy, parallel)
+    eps, n_particles = _check_fd(energy, x, eps, n_particles, parallel, reduction, "fd_ssm")
     u = _unit_directions(x, n_particles, directions, generator)
     v = u * eps
 
@@ -537,12 +543,7 @@ def fd_ssm_vr(
     both halves) and weight the ``reduction="none"`` values by ``σ²``. Other arguments and the
     return value as in :func:`fd_ssm`.
     """
-    _check_x(x)
-    _check_reduction(reduction)
-    eps = _check_eps(eps)
-    n_particles = _check_particles(n_particles)
-    check_fd_precision(x, what="fd_ssm_vr")
-    check_batch_coupling(score_net, parallel)
+    eps, n_particles = _check_fd(score_net, x, eps, n_particles, parallel, reduction, "fd_ssm_vr")
     u = _unit_directions(x, n_particles, directions, generator)
     v = u * eps
 
@@ -708,12 +709,7 @@ def fd_dsm(
     Annealed ``sigma`` / ``levels`` / ``noise_conditional`` / ``noise`` as in :func:`dsm`;
     ``eps`` / ``n_particles`` / ``directions`` / ``parallel`` as in :func:`fd_ssm`.
     """
-    _check_x(x)
-    _check_reduction(reduction)
-    eps = _check_eps(eps)
-    n_particles = _check_particles(n_particles)
-    check_fd_precision(x, what="fd_dsm")
-    check_batch_coupling(energy, parallel)
+    eps, n_particles = _check_fd(energy, x, eps, n_particles, parallel, reduction, "fd_dsm")
     x_t, c, sig, weight = _perturb(x, sigma, noise, levels, anneal_power, generator)
     u = _unit_directions(x, n_particles, directions, generator)
     v = u * eps
@@ -896,13 +892,8 @@ def fd_mdsm(
     Arguments as in :func:`mdsm`; ``eps`` / ``n_particles`` / ``directions`` / ``parallel`` as
     in :func:`fd_ssm`.
     """
-    _check_x(x)
-    _check_reduction(reduction)
+    eps, n_particles = _check_fd(energy, x, eps, n_particles, parallel, reduction, "fd_mdsm")
     _, _, sigma0 = _check_mdsm_args(sigmas, sigma0)
-    eps = _check_eps(eps)
-    n_particles = _check_particles(n_particles)
-    check_fd_precision(x, what="fd_mdsm")
-    check_batch_coupling(energy, parallel)
     x_t, c, sig = _mdsm_perturb(x, sigmas, sigma0, noise, noise_levels, random_sigmas, generator)
     u = _unit_directions(x, n_particles, directions, generator)
     v = u * eps

@@ -46,20 +46,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from .losses import (
-    SMTerms,
-    dsm,
-    dsm_scorenet,
-    exact_sm,
-    exact_sm_scorenet,
-    fd_dsm,
-    fd_mdsm,
-    fd_ssm,
-    fd_ssm_vr,
-    mdsm,
-    ssm,
-    ssm_scorenet,
-)
+from . import losses as sm
+from .losses import SMTerms
 
 __all__ = [
     "LABELS",
@@ -169,19 +157,19 @@ _MULTISCALE = ("sigmas", "sigma0", "random_sigmas")
 
 #: every score-matching objective, energy forms first
 SM_OBJECTIVES: tuple[Objective, ...] = (
-    Objective("sm", "SM", "energy", exact_sm, random=False),
-    Objective("ssm", "SSM", "energy", ssm, _SLICED),
-    Objective("ssm_vr", "SSM-VR", "energy", ssm, _SLICED, vr=True),
-    Objective("fd_ssm", "FD-SSM", "energy", fd_ssm, _FD, baseline="ssm"),
-    Objective("dsm", "DSM", "energy", dsm, ("sigma",)),
-    Objective("fd_dsm", "FD-DSM", "energy", fd_dsm, ("sigma", *_FD), baseline="dsm"),
-    Objective("mdsm", "MDSM", "energy", mdsm, _MULTISCALE),
-    Objective("fd_mdsm", "FD-MDSM", "energy", fd_mdsm, (*_MULTISCALE, *_FD), baseline="mdsm"),
-    Objective("sm", "SM", "score", exact_sm_scorenet, random=False),
-    Objective("ssm", "SSM", "score", ssm_scorenet, _SLICED),
-    Objective("ssm_vr", "SSM-VR", "score", ssm_scorenet, _SLICED, vr=True),
-    Objective("fd_ssm_vr", "FD-SSM-VR", "score", fd_ssm_vr, _FD, baseline="ssm_vr"),
-    Objective("dsm", "DSM", "score", dsm_scorenet, ("sigma",)),
+    Objective("sm", "SM", "energy", sm.exact_sm, random=False),
+    Objective("ssm", "SSM", "energy", sm.ssm, _SLICED),
+    Objective("ssm_vr", "SSM-VR", "energy", sm.ssm, _SLICED, vr=True),
+    Objective("fd_ssm", "FD-SSM", "energy", sm.fd_ssm, _FD, baseline="ssm"),
+    Objective("dsm", "DSM", "energy", sm.dsm, ("sigma",)),
+    Objective("fd_dsm", "FD-DSM", "energy", sm.fd_dsm, ("sigma", *_FD), baseline="dsm"),
+    Objective("mdsm", "MDSM", "energy", sm.mdsm, _MULTISCALE),
+    Objective("fd_mdsm", "FD-MDSM", "energy", sm.fd_mdsm, (*_MULTISCALE, *_FD), baseline="mdsm"),
+    Objective("sm", "SM", "score", sm.exact_sm_scorenet, random=False),
+    Objective("ssm", "SSM", "score", sm.ssm_scorenet, _SLICED),
+    Objective("ssm_vr", "SSM-VR", "score", sm.ssm_scorenet, _SLICED, vr=True),
+    Objective("fd_ssm_vr", "FD-SSM-VR", "score", sm.fd_ssm_vr, _FD, baseline="ssm_vr"),
+    Objective("dsm", "DSM", "score", sm.dsm_scorenet, ("sigma",)),
 )
 _BY_KEY: dict[tuple[str, str], Objective] = {(o.model, o.name): o for o in SM_OBJECTIVES}
 

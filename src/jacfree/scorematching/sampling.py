@@ -26,9 +26,10 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from .._checks import check_positive_int
 from .convention import Energy, score
 
-__all__ = ["annealed_langevin", "energy_score", "langevin"]
+__all__ = ["LangevinSampled", "annealed_langevin", "energy_score", "langevin"]
 
 ScoreFn = Callable[[Tensor], Tensor]
 
@@ -159,3 +160,33 @@ def annealed_langevin(
         if clamp is not None:
             x = x.clamp(*clamp)
     return x.detach()
+
+
+class LangevinSampled:
+    """``sample(n)`` for an energy model by unadjusted Langevin dynamics on ``exp(−E)``.
+
+    A model class provides :meth:`_langevin_start` (the ``n`` start points, drawn with
+    ``generator``, on its device and dtype) and may override :meth:`_langevin_energy` (the
+    energy to sample; default: the model itself).
+    """
+
+    def _langevin_start(self, n: int, generator: torch.Generator | None) -> Tensor:
+        raise NotImplementedError
+
+    def _langevin_energy(self) -> Energy:
+        return self  # type: ignore[return-value]
+
+    def sample(
+        self,
+        n: int,
+        generator: torch.Generator | None = None,
+        *,
+        steps: int = 1000,
+        step_size: float = 1e-2,
+    ) -> Tensor:
+        """``n`` approximate samples: ``steps`` steps of :func:`langevin` of size ``step_size``
+        from the model's start distribution (see the model class)."""
+        check_positive_int(n, "n")
+        x0 = self._langevin_start(n, generator)
+        score = energy_score(self._langevin_energy())
+        return langevin(score, x0, step_size, steps, generator=generator)
