@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from jacfree.kinds.scorematching import OBJECTIVES
+from jacfree.scorematching.convention import ScoreNetModel, score
 from jacfree.scorematching.objectives import (
     LABELS,
     SM_OBJECTIVES,
@@ -193,3 +194,15 @@ def test_the_registry_is_consistent() -> None:
         assert set(names) - {"mle"} <= set(objective_names(model)), kind
     with pytest.raises(ValueError, match=r"unknown score objective 'fd_ssm'; choose one of 'sm'"):
         objective("fd_ssm", "score")
+
+
+def test_a_score_network_goes_through_the_score_estimators_only() -> None:
+    """The ``*_scorenet`` estimators are the energy estimators on a :class:`ScoreNetModel`; the
+    estimators that evaluate ``log p̃`` refuse it, and a wrong output shape is named."""
+    net = ScoreNet()
+    wrapped = ScoreNetModel(net)
+    torch.testing.assert_close(score(wrapped, X), net(X))
+    with pytest.raises(TypeError, match="not a score network; for score networks use fd_ssm_vr"):
+        objective("fd_ssm")(wrapped, X)
+    with pytest.raises(ValueError, match=r"score_net must return a tensor of the input's shape"):
+        objective("ssm", "score")(lambda x: x[:, :2], X)
