@@ -11,7 +11,7 @@ import torch
 
 from jacfree.bench import cli as bench_cli
 from jacfree.bench import sm
-from jacfree.bench.scaling import TrainingStep
+from jacfree.bench.step import TrainingStep
 
 TINY = "--dim 16 --hidden 8 --batch 6 --dkef-batch 8 --data gaussian --repeats 1 --warmup 0"
 
