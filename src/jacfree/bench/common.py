@@ -125,14 +125,8 @@ def describe_setup(device: object, dtype: object, clock: str = "wall") -> str:
 
 
 #: columns every step benchmark adds to its CSV: the compile mode and the step's profile
-PROFILE_COLUMNS: tuple[str, ...] = (
-    "compile",
-    "ops_per_step",
-    "host_reads_per_step",
-    "kernels_per_step",
-    "device_ms",
-    "gpu_busy",
-)
+PROFILE_COLUMNS = ("compile", "ops_per_step", "host_reads_per_step", "kernels_per_step")
+PROFILE_COLUMNS += ("device_ms", "gpu_busy")
 
 
 def profile_columns(
@@ -146,16 +140,7 @@ def profile_columns(
 
 
 #: the summary columns of a timed step, in CSV order (:func:`.runner.stats_columns`)
-STAT_COLUMNS: tuple[str, ...] = (
-    "median_ms",
-    "min_ms",
-    "max_ms",
-    "q1_ms",
-    "q3_ms",
-    "iqr_ms",
-    "mean_ms",
-    "repeats",
-)
+STAT_COLUMNS = ("median_ms", "min_ms", "max_ms", "q1_ms", "q3_ms", "iqr_ms", "mean_ms", "repeats")
 
 
 def csv_cell(value: object, float_format: str | None = ".4f") -> object:
@@ -288,36 +273,29 @@ def add_timing_arguments(
         out: default output folder; ``outputs`` names what is written there.
         lr: default of ``--lr`` (Adam's learning rate), or ``None`` for no such option.
     """
-    parser.add_argument(
-        "--repeats",
-        type=int,
-        default=None,
-        help=f"timed rounds per {per} (default: adaptive, see --budget)",
-    )
-    parser.add_argument("--warmup", type=int, default=2, help="untimed rounds first (default 2)")
-    parser.add_argument(
-        "--budget",
-        type=float,
-        default=budget,
-        help=f"adaptive repeats: seconds of timed rounds per {per} (default {budget:g})",
-    )
-    parser.add_argument(
-        "--min-repeats", type=int, default=7, help="adaptive repeats: at least (default 7)"
-    )
-    parser.add_argument(
-        "--max-repeats", type=int, default=200, help="adaptive repeats: at most (default 200)"
-    )
-    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    adaptive = "adaptive repeats: "
+    options: list[tuple[str, type | None, Any, str]] = [
+        ("--repeats", int, None, f"timed rounds per {per} (default: adaptive, see --budget)"),
+        ("--warmup", int, 2, "untimed rounds first (default 2)"),
+        ("--budget", float, budget, f"{adaptive}seconds of timed rounds per {per} ({budget:g})"),
+        ("--min-repeats", int, 7, f"{adaptive}at least (default 7)"),
+        ("--max-repeats", int, 200, f"{adaptive}at most (default 200)"),
+        ("--device", None, "cpu", "torch device (default cpu)"),
+        ("--lr", float, lr, f"Adam learning rate ({lr:g})"),
+        (
+            "--threads",
+            int,
+            1,
+            "torch.set_num_threads (default 1: reproducible, and fair on a "
+            "shared machine; 0 = torch's choice)",
+        ),
+        ("--seed", int, 0, "seed of the initial weights and the data (default 0)"),
+        ("--out", Path, out, f"output folder for {outputs} (default {out})"),
+    ]
+    for flag, kind, default, text in options:
+        if flag != "--lr" or lr is not None:
+            parser.add_argument(flag, type=kind, default=default, help=text)
     parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
-    if lr is not None:
-        parser.add_argument("--lr", type=float, default=lr, help=f"Adam learning rate ({lr:g})")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch.set_num_threads (default 1: reproducible, and fair on a shared machine; "
-        "0 = torch's choice)",
-    )
     parser.add_argument(
         "--clock",
         default="wall",
@@ -325,7 +303,6 @@ def add_timing_arguments(
         help="wall: wall-clock time (default; use it on a quiet machine); process: CPU time of "
         "this process, which leaves out the waits for a core on a busy machine (with --threads 1)",
     )
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--compile",
         default=None,
@@ -333,9 +310,6 @@ def add_timing_arguments(
         help="time the steps with the loss compiled by torch.compile(fullgraph=True) in this "
         "mode (reduce-overhead: also a CUDA graph on a GPU); default: eager. The profile columns "
         "(operations per step, host reads, GPU busy) are written either way",
-    )
-    parser.add_argument(
-        "--out", type=Path, default=out, help=f"output folder for {outputs} (default {out})"
     )
     parser.add_argument("--no-plot", action="store_true", help="do not write the PNG plots")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")

@@ -8,6 +8,24 @@ rotated per round, the parameters restored before every step outside the timed r
 step times in milliseconds, the optimiser, threads and clock, and the step's profile
 (:data:`~jacfree.bench.common.PROFILE_COLUMNS`, :mod:`jacfree.bench.profile`). Each benchmark
 adds its own columns (ratios, sizes, memory) to these rows.
+
+Why the steps are timed this way, in every benchmark:
+
+* interleaved rounds: a drift of a shared machine's speed (other jobs, thermal state) hits every
+  variant alike, so the ratios between variants stay meaningful;
+* the same start: the variants of a model start from the same weights (deep copies, or one
+  model with one optimiser), use the same optimiser (``jacfree.train.make_adam``, fused Adam)
+  on the same few pre-generated batches;
+* the parameters restored before every step: Adam moves every coordinate by ≈ lr per step, which
+  at D = 3072 makes a weight matrix badly conditioned within a few dozen steps; restoring keeps
+  every timed step on the same weights (the optimiser's moments keep accumulating, which does
+  not change the work done). A step's cost depends on the shapes, not on the values;
+* robust figures: the median over the timed rounds after warm-up (min, max and quartiles in the
+  CSVs), the number of rounds fitted to a time budget unless ``repeats`` is given;
+* one thread by default (``--threads``): the per-operation costs are not blurred by how well each
+  kernel parallelises (LAPACK's O(D³) factorisations scale with threads better than small
+  products do), and a single-threaded run is far less sensitive to other jobs; ``--clock
+  process`` counts the CPU time of the process, which leaves out the waits for a core.
 """
 
 from __future__ import annotations

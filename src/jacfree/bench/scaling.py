@@ -28,20 +28,8 @@ and one extra pass over the D×D weight (the + c·W term), so with L = 2 the rel
 B×D×D products where the floor does 5 — a ratio near 1.4 wherever the products dominate.
 ``exact / relative`` is the saving over the O(D³) baseline.
 
-Why it is measured this way
----------------------------
-* The variants are interleaved (one step of each per round, order rotated per round), so
-  drift of a shared machine's speed hits them equally (:mod:`jacfree.bench.timing`).
-* All variants start from the same orthogonally initialised weights and use the same optimiser,
-  ``jacfree.train.make_adam`` (fused Adam, lr 1e-4), on a few fixed pre-generated batches.
-* Before every step (outside the timed region) the parameters are restored to their initial
-  values: Adam moves every coordinate by ≈ lr per step, which at D = 3072 makes W badly
-  conditioned within a few dozen steps; restoring keeps every timed step on the same
-  well-conditioned weights (the optimiser's moments keep accumulating, which does not change the
-  work done). The cost of a step does not depend on the values, only on the shapes.
-* The figure reported is the median over the timed steps after warm-up; min, max and the
-  inter-quartile range are kept in the CSV. The number of steps is chosen from a time budget per
-  D unless ``repeats`` is given.
+The variants are timed interleaved from the same orthogonally initialised weights, restored
+before every step (:mod:`jacfree.bench.runner` says why).
 
 Outputs (in ``--out``, default ``bench-results/scaling/``): ``scaling.csv`` (one row per
 (D, variant)), ``environment.json`` (library versions, threads, CPU, the run's settings) and the
@@ -110,21 +98,8 @@ CSV_NAME = "scaling.csv"
 PLOT_NAME = "scaling.png"
 
 #: columns of ``scaling.csv``, in order
-CSV_COLUMNS: tuple[str, ...] = (
-    "dim",
-    "variant",
-    *STAT_COLUMNS,
-    "ratio_to_floor",
-    "batch",
-    "layers",
-    "warmup",
-    "optimizer",
-    "device",
-    "dtype",
-    "threads",
-    "clock",
-    *PROFILE_COLUMNS,
-)
+CSV_COLUMNS = ("dim", "variant", *STAT_COLUMNS, "ratio_to_floor", "batch", "layers", "warmup")
+CSV_COLUMNS += ("optimizer", "device", "dtype", "threads", "clock", *PROFILE_COLUMNS)
 
 #: colour and marker of each variant in the plot
 STYLES: dict[str, tuple[str, str]] = {

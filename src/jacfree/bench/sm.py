@@ -60,16 +60,10 @@ other than 784: standard normal data; ``ncsn`` needs a square D); ε = 0.1 and �
 
 What is measured
 ----------------
-**Time**: the wall-clock time of one full training step — ``zero_grad``, the objective, ``backward``
-and the Adam step (``jacfree.train.make_adam``, fused) — exactly as ``jacfree train`` runs it, with
-:class:`jacfree.bench.step.TrainingStep`. All variants of one model train the SAME model
-instance with one optimiser; before every step (untimed) the parameters are restored, so every
-timed step runs on identical weights. The variants are interleaved — one step of each per round,
-the order rotated every round (:func:`jacfree.bench.runner.run_variants`) — so a drift of the
-machine's speed hits them alike and the ratios stay meaningful. Reported: the median over the
-timed rounds (min, max, quartiles in the CSV); ``speed-up`` = baseline median / variant median.
-By default one thread (``--threads``) and wall-clock time; ``--clock process`` times the CPU time
-of the process instead, which on a busy machine leaves out the waits for a core.
+**Time**: one full training step — ``zero_grad``, the objective, ``backward`` and the Adam step
+— exactly as ``jacfree train`` runs it. All variants of one model train the SAME model instance
+with one optimiser, interleaved, the parameters restored before every step
+(:mod:`jacfree.bench.runner` says why); ``speed-up`` = baseline median / variant median.
 
 **Memory** (:mod:`jacfree.bench.memory`; one extra, untimed step per variant, deterministic):
 ``peak MiB``, the peak total size of the live tensors allocated by the step (activations,
@@ -265,38 +259,11 @@ VARIANTS: dict[str, tuple[Variant, ...]] = {
 }
 
 #: columns of ``sm.csv``, in order
-CSV_COLUMNS: tuple[str, ...] = (
-    "model",
-    "pair",
-    "variant",
-    "label",
-    "objective",
-    "fd",
-    "parallel",
-    *STAT_COLUMNS,
-    "speedup",
-    "peak_mib",
-    "graph_mib",
-    "peak_ratio",
-    "graph_ratio",
-    "cuda_peak_mib",
-    "target_speedup",
-    "meets_target",
-    "dim",
-    "batch",
-    "hidden",
-    "params",
-    "state_mib",
-    "data",
-    "warmup",
-    "optimizer",
-    "device",
-    "dtype",
-    "threads",
-    "clock",
-    "description",
-    *PROFILE_COLUMNS,
-)
+CSV_COLUMNS = ("model", "pair", "variant", "label", "objective", "fd", "parallel", *STAT_COLUMNS)
+CSV_COLUMNS += ("speedup", "peak_mib", "graph_mib", "peak_ratio", "graph_ratio", "cuda_peak_mib")
+CSV_COLUMNS += ("target_speedup", "meets_target", "dim", "batch", "hidden", "params", "state_mib")
+CSV_COLUMNS += ("data", "warmup", "optimizer", "device", "dtype", "threads", "clock")
+CSV_COLUMNS += ("description", *PROFILE_COLUMNS)
 
 
 # -- models ---------------------------------------------------------------------------------

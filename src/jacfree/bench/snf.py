@@ -40,19 +40,9 @@ Default cases (the paper's Tables 2–3 for MNIST-sized inputs): ``dense-784``,
 ``glow-1x28x28`` (Glow-like 2 × 8 steps, width 64: only its 1×1 convolutions are
 self-normalizing, so it gains little — as in the paper, ×1.2 on a GPU).
 
-Why it is measured this way
----------------------------
-The two modes start from the same parameters (a deep copy switched with ``set_gradient``), train on
-the same pre-generated batches with the same optimiser, and are timed **interleaved** (one step of
-each per round, order rotated: :mod:`jacfree.bench.timing`), with the parameters restored before
-every step outside the timed region (the step's cost depends on the shapes, not the values;
-:func:`jacfree.bench.runner.run_variants`).
-The reported figure is the median after warm-up; min, max and quartiles are in the CSV.
-
-**Threads.** The default is ``--threads 1``: the per-operation costs the paper's argument is about
-are then not blurred by how well each kernel parallelises (LAPACK's O(D³) factorisations scale
-with threads much better than small convolutions do), and a single-threaded run is far less
-sensitive to other jobs on a shared machine. ``--threads N`` measures N threads.
+The two modes start from the same parameters (a deep copy switched with ``set_gradient``) and
+are timed interleaved, restored before every step, one thread by default
+(:mod:`jacfree.bench.runner` says why).
 
 Outputs (``--out``, default ``bench-results/snf/``): ``snf.csv`` (one row per case, measure and
 variant), ``snf-scaling.csv`` (dense layer vs D), ``environment.json`` (versions, CPU, threads,
@@ -130,23 +120,8 @@ CSV_NAME, SCALING_CSV_NAME = "snf.csv", "snf-scaling.csv"
 PLOT_NAME, SCALING_PLOT_NAME = "snf.png", "snf-scaling.png"
 
 #: columns of ``snf.csv`` and ``snf-scaling.csv``, in order
-CSV_COLUMNS: tuple[str, ...] = (
-    "case",
-    "model",
-    "dim",
-    "measure",
-    "variant",
-    *STAT_COLUMNS,
-    "speedup",
-    "batch",
-    "warmup",
-    "params",
-    "device",
-    "dtype",
-    "threads",
-    "clock",
-    *PROFILE_COLUMNS,
-)
+CSV_COLUMNS = ("case", "model", "dim", "measure", "variant", *STAT_COLUMNS, "speedup", "batch")
+CSV_COLUMNS += ("warmup", "params", "device", "dtype", "threads", "clock", *PROFILE_COLUMNS)
 
 #: colour of each sampling way and training mode in the plot
 STYLES: dict[str, str] = {
