@@ -26,7 +26,7 @@ import torch
 
 from .. import __version__
 from ..plots import pyplot
-from .timing import CLOCKS
+from .timing import CLOCKS, TimingOptions
 
 __all__ = [
     "DTYPES",
@@ -34,6 +34,8 @@ __all__ = [
     "PLOT_HINT",
     "PROFILE_COLUMNS",
     "STAT_COLUMNS",
+    "add_list_option",
+    "add_options",
     "add_timing_arguments",
     "apply_timing_arguments",
     "choice_list",
@@ -44,6 +46,7 @@ __all__ = [
     "positive_int_list",
     "profile_columns",
     "resolve_device",
+    "setup_arguments",
     "text_table",
     "timing_config",
     "write_csv",
@@ -56,6 +59,9 @@ DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.flo
 
 #: the file every benchmark writes its environment, settings and checks to
 ENV_NAME = "environment.json"
+
+THREADS_HELP = "torch.set_num_threads (default 1: reproducible, and fair on a shared machine; 0 = "
+THREADS_HELP += "torch's choice)"
 
 #: what ``pyplot`` says when matplotlib is missing and a benchmark was asked for its plots
 PLOT_HINT = "the benchmark plots need matplotlib (or pass --no-plot)"
@@ -251,6 +257,27 @@ def choice_list(choices: Sequence[str], what: str) -> Callable[[str], list[str]]
     return parse
 
 
+def add_options(
+    parser: argparse.ArgumentParser, options: Sequence[tuple[str, type | None, Any, str]]
+) -> None:
+    """One option per ``(flag, type, default, help)``."""
+    for flag, kind, default, text in options:
+        parser.add_argument(flag, type=kind, default=default, help=text)
+
+
+def add_list_option(
+    parser: argparse.ArgumentParser,
+    flag: str,
+    parse: Callable[[str], list[Any]],
+    default: Sequence[Any],
+    text: str,
+    nargs: str = "+",
+) -> None:
+    """An option of space- or comma-separated values (read back with :func:`flatten`)."""
+    shown = " ".join(map(str, default))
+    parser.add_argument(flag, type=parse, nargs=nargs, help=f"{text} (default: {shown})")
+
+
 def flatten(groups: Sequence[Sequence[Any]] | None, default: Sequence[Any]) -> list[Any]:
     """The values of a ``nargs="+"`` option of list-typed values, or ``default`` if not given."""
     return list(default) if groups is None else [v for group in groups for v in group]
@@ -281,20 +308,12 @@ def add_timing_arguments(
         ("--min-repeats", int, 7, f"{adaptive}at least (default 7)"),
         ("--max-repeats", int, 200, f"{adaptive}at most (default 200)"),
         ("--device", None, "cpu", "torch device (default cpu)"),
-        ("--lr", float, lr, f"Adam learning rate ({lr:g})"),
-        (
-            "--threads",
-            int,
-            1,
-            "torch.set_num_threads (default 1: reproducible, and fair on a "
-            "shared machine; 0 = torch's choice)",
-        ),
+        ("--lr", float, lr, f"Adam learning rate ({lr or 0:g})"),
+        ("--threads", int, 1, THREADS_HELP),
         ("--seed", int, 0, "seed of the initial weights and the data (default 0)"),
         ("--out", Path, out, f"output folder for {outputs} (default {out})"),
     ]
-    for flag, kind, default, text in options:
-        if flag != "--lr" or lr is not None:
-            parser.add_argument(flag, type=kind, default=default, help=text)
+    add_options(parser, [o for o in options if o[0] != "--lr" or lr is not None])
     parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
     parser.add_argument(
         "--clock",
@@ -333,9 +352,17 @@ def timing_config(args: argparse.Namespace) -> dict[str, Any]:
     return {**config, "lr": args.lr} if hasattr(args, "lr") else config
 
 
-def apply_timing_arguments(args: argparse.Namespace) -> None:
-    """Check the options of :func:`add_timing_arguments`, set the thread count, and make sure
-    matplotlib is there when plots are wanted (an error now, not after minutes of timing)."""
+def setup_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """``device``, ``dtype``, ``seed`` and (where the benchmark has it) ``lr`` of the options of
+    :func:`add_timing_arguments`, as keyword arguments of a benchmark function."""
+    setup = {"device": args.device, "dtype": DTYPES[args.dtype], "seed": args.seed}
+    return {**setup, "lr": args.lr} if hasattr(args, "lr") else setup
+
+
+def apply_timing_arguments(args: argparse.Namespace) -> TimingOptions:
+    """Check the options of :func:`add_timing_arguments`, set the thread count, make sure
+    matplotlib is there when plots are wanted (an error now, not after minutes of timing), and
+    return the timing options."""
     if args.threads < 0:
         raise ValueError(f"--threads must be >= 0 (0: torch's choice), got {args.threads}.")
     if args.repeats is not None and args.repeats < 1:
@@ -354,3 +381,4 @@ def apply_timing_arguments(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
     if not args.no_plot:
         pyplot(PLOT_HINT)
+    return TimingOptions.from_args(args)

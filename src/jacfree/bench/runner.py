@@ -30,98 +30,41 @@ Why the steps are timed this way, in every benchmark:
 
 from __future__ import annotations
 
-import argparse
-import sys
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
-from .common import profile_columns
+from .._checks import check_positive_int
+from .common import DTYPES, profile_columns, resolve_device
 from .step import TrainingStep
-from .timing import CLOCKS, TimingStats, time_interleaved
+from .timing import TimingOptions, TimingStats
 
-__all__ = ["TimingOptions", "run_variants", "stats_columns"]
+__all__ = ["TimingOptions", "check_run", "check_variants", "run_variants", "stats_columns"]
 
 
-@dataclass(frozen=True)
-class TimingOptions:
-    """How the steps of a benchmark are timed (the options of ``add_timing_arguments``).
+def check_run(
+    device: torch.device | str, dtype: torch.dtype, why: str = "", **sizes: int
+) -> torch.device:
+    """Check the device (returned as a ``torch.device``), the dtype (float32 or float64; ``why``
+    explains a refusal further) and that every one of ``sizes`` is a positive integer."""
+    for name, value in sizes.items():
+        check_positive_int(value, name)
+    if dtype not in DTYPES.values():
+        raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}{why}.")
+    return resolve_device(device)
 
-    ``repeats`` timed rounds after ``warmup`` untimed ones; ``repeats=None`` fits as many rounds
-    as take ``budget`` seconds, within ``[min_repeats, max_repeats]``. ``clock`` is ``"wall"`` or
-    ``"process"`` (CPU time of the process), ``compile`` a ``torch.compile`` mode of the losses
-    or ``None`` (eager), ``progress`` prints progress lines on stderr.
-    """
 
-    repeats: int | None = None
-    warmup: int = 2
-    budget: float = 10.0
-    min_repeats: int = 7
-    max_repeats: int = 200
-    clock: str = "wall"
-    compile: str | None = None
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        for name, minimum in (("warmup", 0), ("repeats", 1), ("min_repeats", 1)):
-            value = getattr(self, name)
-            if (value is not None or name != "repeats") and (
-                isinstance(value, bool) or not isinstance(value, int) or value < minimum
-            ):
-                raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
-        if not (isinstance(self.budget, int | float) and self.budget > 0):
-            raise ValueError(f"budget must be a positive number of seconds, got {self.budget!r}.")
-        if self.clock not in CLOCKS:
-            raise ValueError(f"unknown clock {self.clock!r}; choose from {', '.join(CLOCKS)}.")
-
-    @classmethod
-    def of(
-        cls, timing: TimingOptions | None, options: Mapping[str, Any], budget: float
-    ) -> TimingOptions:
-        """``timing`` if given (then ``options`` must be empty), else built from ``options``
-        (keyword arguments of a benchmark function) with a default ``budget``."""
-        if timing is not None and options:
-            raise TypeError(f"pass timing= or {', '.join(options)}, not both.")
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(options) - names)
-        if unknown:
-            raise TypeError(f"unexpected keyword argument(s) {', '.join(unknown)}.")
-        return timing or cls(**{"budget": budget, **options})
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> TimingOptions:
-        """The options of ``add_timing_arguments``, parsed (and checked by
-        :func:`~jacfree.bench.common.apply_timing_arguments`)."""
-        names = ("repeats", "warmup", "budget", "min_repeats", "max_repeats", "clock", "compile")
-        return cls(**{n: getattr(args, n) for n in names}, progress=not args.quiet)
-
-    def time(
-        self,
-        fns: Mapping[str, Callable[[], object]],
-        setup: Mapping[str, Callable[[], object]] | None = None,
-        *,
-        device: torch.device | str | None,
-        budget: float | None = None,
-    ) -> dict[str, TimingStats]:
-        """:func:`~jacfree.bench.timing.time_interleaved` with these options."""
-        return time_interleaved(
-            fns,
-            setup=setup,
-            repeats=self.repeats,
-            warmup=self.warmup,
-            device=device,
-            budget=self.budget if budget is None else budget,
-            min_repeats=self.min_repeats,
-            max_repeats=self.max_repeats,
-            clock=self.clock,
+def check_variants(variants: Sequence[str], allowed: Sequence[str]) -> tuple[str, ...]:
+    """``variants`` as a tuple, checked: not empty, distinct, among ``allowed``."""
+    variants = tuple(variants)
+    bad = [v for v in variants if v not in allowed]
+    if bad or not variants or len(set(variants)) != len(variants):
+        raise ValueError(
+            f"unknown, repeated or no variants in {list(variants)}; choose distinct ones among "
+            f"{', '.join(allowed)}."
         )
-
-    def say(self, text: str) -> None:
-        """A progress line on stderr (unless ``progress=False``)."""
-        if self.progress:
-            print(text, file=sys.stderr)
+    return variants
 
 
 def stats_columns(stats: TimingStats, scale: float = 1.0) -> dict[str, Any]:

@@ -53,23 +53,23 @@ import torch
 from ..flows import FCFlow
 from ..plots import pyplot, save_figure
 from .common import (
-    DTYPES,
     ENV_NAME,
     PLOT_HINT,
     PROFILE_COLUMNS,
     STAT_COLUMNS,
+    add_list_option,
     add_timing_arguments,
     apply_timing_arguments,
     choice_list,
     describe_setup,
     flatten,
     positive_int_list,
-    resolve_device,
+    setup_arguments,
     text_table,
     timing_config,
     write_results,
 )
-from .runner import TimingOptions, run_variants
+from .runner import TimingOptions, check_run, check_variants, run_variants
 from .step import COMPILE_MODES, TrainingStep, compile_loss, floor_loss, variant_loss
 
 __all__ = [
@@ -120,18 +120,6 @@ RATIOS: tuple[tuple[str, str], ...] = (
 
 
 # -- the sweep --------------------------------------------------------------------------------
-
-
-def _check_variants(variants: Sequence[str], allowed: Sequence[str]) -> tuple[str, ...]:
-    variants = tuple(variants)
-    bad = [v for v in variants if v not in allowed]
-    if bad or not variants:
-        raise ValueError(
-            f"unknown or no variants {bad or list(variants)}; choose from {', '.join(allowed)}."
-        )
-    if len(set(variants)) != len(variants):
-        raise ValueError(f"variants must be distinct, got {list(variants)}.")
-    return variants
 
 
 def sweep(
@@ -201,24 +189,20 @@ def scaling_benchmark(
         timing: how the steps are timed; or its fields as keyword arguments (``repeats``,
             ``warmup``, ``budget`` — seconds per D, default 10 —, ``min_repeats``,
             ``max_repeats``, ``clock``, ``compile``, ``progress``; see
-            :class:`~jacfree.bench.runner.TimingOptions`).
+            :class:`~jacfree.bench.timing.TimingOptions`).
 
     Returns:
         One dict per (D, variant) with the columns of :data:`CSV_COLUMNS`; times in milliseconds.
         ``ratio_to_floor`` is the median over the floor's median at the same D (``None`` without
         a floor variant).
     """
-    variants = _check_variants(variants, VARIANTS)
+    variants = check_variants(variants, VARIANTS)
     timing = TimingOptions.of(timing, options, budget=10.0)
-    dims = tuple(int(d) for d in dims)
-    if not dims or any(d < 1 for d in dims):
-        raise ValueError(f"dims must be positive integers, got {list(dims)}.")
-    for name, value in (("batch", batch), ("layers", layers), ("n_batches", n_batches)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-    device = resolve_device(device)
-    if dtype not in DTYPES.values():
-        raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}.")
+    dims = tuple(dims)
+    if not dims:
+        raise ValueError("dims must not be empty.")
+    sizes = {"batch": batch, "layers": layers, "n_batches": n_batches}
+    device = check_run(device, dtype, **sizes, **{f"D={d}": d for d in dims})
     setup = {"batch": batch, "layers": layers, "warmup": timing.warmup, "device": str(device)}
     setup["dtype"] = str(dtype).removeprefix("torch.")
     out: list[dict[str, Any]] = []
@@ -372,62 +356,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "for the exact (slogdet), relative, selfnorm and floor (no log-det term) variants, "
         "interleaved."
     )
-    parser.add_argument(
-        "--dims",
-        type=positive_int_list,
-        nargs="+",
-        default=None,
-        help="dimensions D, space- or comma-separated (default: "
-        + " ".join(map(str, DEFAULT_DIMS))
-        + ")",
-    )
+    add_list_option(parser, "--dims", positive_int_list, DEFAULT_DIMS, "dimensions D")
     parser.add_argument("--batch", type=int, default=100, help="batch size B (default 100)")
     parser.add_argument("--layers", type=int, default=2, help="square affine layers L (default 2)")
-    parser.add_argument(
-        "--variants",
-        type=choice_list(VARIANTS, "variant(s)"),
-        nargs="+",
-        default=None,
-        help=f"among {' '.join(VARIANTS)} (default: {' '.join(DEFAULT_VARIANTS)})",
-    )
-    add_timing_arguments(
-        parser,
-        budget=10.0,
-        per="D",
-        out=DEFAULT_OUT,
-        outputs=f"{CSV_NAME}, {PLOT_NAME}, {ENV_NAME}",
-        lr=1e-4,
-    )
-    parser.add_argument(
-        "--fit-points",
-        type=int,
-        default=3,
-        help="fit the log-log slopes over this many largest D (default 3)",
-    )
+    variants = choice_list(VARIANTS, "variant(s)")
+    add_list_option(parser, "--variants", variants, DEFAULT_VARIANTS, f"among {' '.join(VARIANTS)}")
+    outputs = f"{CSV_NAME}, {PLOT_NAME}, {ENV_NAME}"
+    add_timing_arguments(parser, budget=10.0, per="D", out=DEFAULT_OUT, outputs=outputs, lr=1e-4)
+    text = "fit the log-log slopes over this many largest D (default 3)"
+    parser.add_argument("--fit-points", type=int, default=3, help=text)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``jacfree bench scaling``: benchmark, print the table, write CSV, JSON and plot."""
     dims = flatten(args.dims, DEFAULT_DIMS)
     variants = flatten(args.variants, DEFAULT_VARIANTS)
-    apply_timing_arguments(args)
+    timing = apply_timing_arguments(args)
     config = {"dims": dims, "batch": args.batch, "layers": args.layers, "variants": variants}
     config.update(timing_config(args))
-    kw = {"device": args.device, "dtype": DTYPES[args.dtype], "seed": args.seed, "lr": args.lr}
-    timing = TimingOptions.from_args(args)
-    rows = scaling_benchmark(dims, args.batch, args.layers, variants=variants, timing=timing, **kw)
+    setup = setup_arguments(args)
+    rows = scaling_benchmark(
+        dims, args.batch, args.layers, variants=variants, timing=timing, **setup
+    )
     where = describe_setup(args.device, args.dtype, args.clock)
     mode = f", compiled ({args.compile})" if args.compile else ""
     print(f"FCFlow(D, layers={args.layers}), B={args.batch}, {where}{mode}: median ms per step")
     print(format_table(rows, args.fit_points))
-    paths = write_outputs(
-        rows,
-        args.out,
-        config=config,
-        plot=not args.no_plot,
-        fit_points=args.fit_points,
-        device=args.device,
-    )
+    kw = {"plot": not args.no_plot, "fit_points": args.fit_points, "device": args.device}
+    paths = write_outputs(rows, args.out, config=config, **kw)
     for path in paths.values():
         print(f"wrote {path}")
     return 0

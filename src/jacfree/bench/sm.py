@@ -7,56 +7,29 @@ its finite-difference (FD) form, which needs function evaluations only — run a
 batch (*parallel*) or one forward call per stencil point (*sequential*, the paper's "non-parallel"
 variant, which isolates how much of the gain comes from batching).
 
-Pairs (autograd baseline → FD forms, :mod:`jacfree.scorematching.losses`)
------------------------------------------------------------------------
-``ssm`` (energy models)
-    SSM, ``E_v[vᵀ∇²log p̃ v + ½(vᵀ∇log p̃)²]`` — a ``create_graph`` backward for the score, a second
-    one for ``Hv``, then the parameter backward through both (:func:`jacfree.sm.ssm`), vs FD-SSM,
-    ``(d/ε²)[f(x+v) + f(x−v) − 2f(x) + ⅛(f(x+v) − f(x−v))²]`` on ``[x, x+v, x−v]``
-    (:func:`jacfree.sm.fd_ssm`). SSM-VR (:func:`jacfree.sm.ssm` with ``vr=True``, same graph)
-    is timed alongside as a second autograd reference; the FD form of the energy objective is
-    the non-VR one (the VR form would need ``‖∇f‖²``, i.e. ``d`` evaluations).
-``dsm`` (energy models)
-    DSM ``½‖∇log p̃(x̃) + (x̃ − x)/σ²‖²`` — the score by a ``create_graph`` backward, so the
-    parameter gradient is a gradient of a gradient (:func:`jacfree.sm.dsm`), vs FD-DSM
-    ``(d/2ε²)(½(f(x̃+v) − f(x̃−v)) + vᵀ(x̃−x)/σ²)²`` on ``[x̃+v, x̃−v]`` (:func:`jacfree.sm.fd_dsm`).
-``mdsm`` (the deep energy model ``ebm``)
-    multiscale DSM ``½‖∇log p̃(x̃_b) + (x̃_b − x_b)/σ0²‖²/σ_b²`` with per-sample
-    ``σ_b = linspace(0.05, 1.2)`` and ``σ0 = 0.1`` (:func:`jacfree.sm.mdsm`, a gradient of a
-    gradient) vs FD-MDSM on ``[x̃+v, x̃−v]`` with ε = 0.05 (:func:`jacfree.sm.fd_mdsm`); the
-    paper's deep-EBM setting; target: not slower (as for DSM).
-``ssm_vr`` (score networks ``s(x) ≈ ∇log p``)
-    SSM-VR ``E_v[vᵀ∇s v] + ½‖s‖²`` — one ``create_graph`` backward of ``vᵀs``
-    (:func:`jacfree.sm.ssm_scorenet`), vs FD-SSM-VR ``⅛‖s₊ + s₋‖² + (d/2ε²)vᵀ(s₊ − s₋)`` on
-    ``[x+v, x−v]`` (:func:`jacfree.sm.fd_ssm_vr`).
+Pairs (autograd baseline → FD forms; the estimators and their math: :mod:`jacfree.sm`)
+---------------------------------------------------------------------------------------
+``ssm`` (energy models): SSM, a ``create_graph`` backward for the score and a second one for
+``Hv`` (SSM-VR alongside, the same graph), vs FD-SSM on ``[x, x+v, x−v]``. ``dsm`` (energy
+models): DSM, whose parameter gradient is a gradient of a gradient, vs FD-DSM on
+``[x̃+v, x̃−v]``. ``mdsm`` (``ebm``): multiscale DSM with per-sample ``σ_b = linspace(0.05, 1.2)``,
+``σ0 = 0.1``, vs FD-MDSM with ε = 0.05, the paper's deep-EBM setting. ``ssm_vr`` (score networks
+``s(x) ≈ ∇log p``): SSM-VR, one ``create_graph`` backward of ``vᵀs``, vs FD-SSM-VR on
+``[x+v, x−v]``. ε = 0.1 and σ = 0.1 elsewhere (the cost does not depend on them).
 
-Models (``--models``; widths and batches are the paper's)
----------------------------------------------------------
-``mlp``       MLP energy ``D → H → H → 1`` (softplus; :class:`jacfree.MLPEnergy`), D = 784,
-              H = 1000, B = 128 — the deep-EBM timing network; pairs ``ssm``, ``dsm``; Gaussian
-              SSM projections (the reference code's choice for deep EBMs).
-``mlp-ref``   the same network and batch with the four objectives written out in plain PyTorch
-              as in the reference code (no argument checks, no library code): the yardstick for
-              the library's overhead and the setting of the reference figures in docs/bench-sm.md.
-``scorenet``  MLP score network ``D → H → H → D`` (softplus), B = 128; pair ``ssm_vr`` (the
-              implicit-encoder VAE/WAE setting of the paper, at D = 784); Gaussian projections.
-``ncsn``      :class:`jacfree.NCSN` (the small noise-conditional U-Net for 28×28, 16 channels),
-              B = 128, the σ²-weighted annealed objective with one random level per sample (the
-              paper's NCSN setting); pair ``ssm_vr``.
-``nice``      :class:`jacfree.NICE` at D = 784 (4 additive couplings, MLPs with 4 hidden layers
-              of width H = 1000, softplus), trained on its energy ``−log p`` in logit space,
-              B = 128; pairs ``ssm``, ``dsm``; Rademacher projections (the reference's choice).
-``ebm``       :class:`jacfree.ResEBM` on 28×28 images (base width 16, one residual block per
-              stage after each down-sampling block; the paper's Res18 has 128 and 2), B = 128;
-              pair ``mdsm``.
-``dkef``      :class:`jacfree.DKEF` on ``wine-red`` (D = 11; 200 inducing points, 3 kernels on
-              width-30 feature nets), B = 200: each step solves α in closed form on one half of
-              the batch and scores the other half (α's solve is the same for both forms, so only
-              part of the step changes — the paper's caveat); pairs ``ssm``, ``dsm``.
-
-``--dim`` and ``--hidden`` change D and H of the D-dimensional models (``--data gaussian`` for a D
-other than 784: standard normal data; ``ncsn`` needs a square D); ε = 0.1 and σ = 0.1 throughout
-(the cost does not depend on them).
+Models (``--models``; widths and batches are the paper's; :data:`MODELS`)
+--------------------------------------------------------------------------
+``mlp``: the MLP energy ``D → H → H → 1`` (D = 784, H = 1000, B = 128), the deep-EBM timing
+network, Gaussian projections; ``mlp-ref``: the same with the objectives written out in plain
+PyTorch as in the reference code (the yardstick for the library's overhead); ``scorenet``: an MLP
+score network ``D → H → H → D`` (the implicit-encoder VAE/WAE setting); ``ncsn``: the small
+noise-conditional U-Net, the σ²-weighted annealed objective with one random level per sample;
+``nice``: NICE (4 additive couplings, 4 hidden layers of width H) on its energy ``−log p`` in logit
+space, Rademacher projections; ``ebm``: a ResEBM on 28×28 images (base width 16, one block per
+stage; the paper's Res18 has 128 and 2); ``dkef``: DKEF on ``wine-red`` (B = 200), each step
+solving α on one half of the batch and scoring the other (the same solve for both forms: only
+part of the step changes — the paper's caveat). ``--dim`` and ``--hidden`` change D and H
+(``--data gaussian``: standard normal data of any D; ``ncsn`` and ``ebm`` need a square D).
 
 What is measured
 ----------------
@@ -113,17 +86,18 @@ from ..scorematching.losses import (
     ssm_scorenet,
 )
 from .common import (
-    DTYPES,
     ENV_NAME,
     PLOT_HINT,
     PROFILE_COLUMNS,
     STAT_COLUMNS,
+    add_list_option,
+    add_options,
     add_timing_arguments,
     apply_timing_arguments,
     choice_list,
     describe_setup,
     flatten,
-    resolve_device,
+    setup_arguments,
     text_table,
     timing_config,
     write_results,
@@ -138,7 +112,7 @@ from .memory import (
     state_bytes,
 )
 from .models import MLPScoreNet
-from .runner import TimingOptions, run_variants
+from .runner import TimingOptions, check_run, run_variants
 from .step import TrainingStep
 
 __all__ = [
@@ -168,6 +142,7 @@ PLOT_NAME = "sm.png"
 
 EPS = 0.1  # FD step (L2 norm of the direction), the paper's DKEF/NICE/NCSN value
 SIGMA = 0.1  # DSM noise level
+DATA_HELP = "a dataset of dimension D (default mnist-5k) or 'gaussian'"
 OPTIMIZER = "jacfree.train.make_adam (lr 1e-4; 1e-2 for dkef)"
 
 #: model name -> one-line description (see the module docs)
@@ -580,7 +555,7 @@ def sm_benchmark(
         models: names from :data:`MODELS`.
         memory: also measure the memory of every variant (two untimed steps each;
             eager steps only: the saved-tensor hooks see no compiled graph).
-        timing: how the steps are timed (:class:`~jacfree.bench.runner.TimingOptions`).
+        timing: how the steps are timed (:class:`~jacfree.bench.timing.TimingOptions`).
         options: the fields of :class:`CaseSettings` (``dim``, ``hidden``, ``batch``,
             ``dkef_batch``, ``data``, ``n_batches``, ``seed``, ``device``, ``dtype``) and, without
             ``timing``, those of ``TimingOptions`` (``repeats``, ``warmup``, ``budget`` —
@@ -601,15 +576,9 @@ def sm_benchmark(
     names = CaseSettings.__dataclass_fields__
     settings = CaseSettings(**{k: v for k, v in options.items() if k in names})
     timing = TimingOptions.of(timing, {k: v for k, v in options.items() if k not in names}, 20.0)
-    settings = dataclasses.replace(settings, device=resolve_device(settings.device))
-    n = settings.n_batches
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n_batches must be an integer >= 1, got {n!r}.")
-    if settings.dtype not in DTYPES.values():
-        raise ValueError(
-            f"dtype must be torch.float32 or torch.float64, got {settings.dtype} (the FD forms "
-            "refuse half precision: the differences cancel leading digits)."
-        )
+    why = " (the FD forms refuse half precision: the differences cancel leading digits)"
+    device = check_run(settings.device, settings.dtype, why, n_batches=settings.n_batches)
+    settings = dataclasses.replace(settings, device=device)
     rows: list[dict[str, Any]] = []
     for name in models:
         case = build_case(name, settings)
@@ -846,38 +815,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "autograd score matching (SSM, SSM-VR, DSM) vs its finite-difference forms (Pang et al. "
         "2020), parallel and sequential, interleaved, per model."
     )
-    parser.add_argument(
-        "--models",
-        type=choice_list(MODELS, "model(s)"),
-        nargs="+",
-        default=None,
-        help="models, space- or comma-separated, among "
-        + ", ".join(MODELS)
-        + " (default: "
-        + " ".join(DEFAULT_MODELS)
-        + ")",
-    )
-    for flag, default, text in (
-        ("--batch", 128, "batch size B (default 128)"),
-        ("--dkef-batch", 200, "batch of dkef (default 200 = 100 + 100)"),
-        ("--dim", 784, "D of mlp, scorenet, nice, ncsn (default 784)"),
-        ("--hidden", 1000, "hidden width H of mlp, scorenet, nice (1000)"),
-    ):
-        parser.add_argument(flag, type=int, default=default, help=text)
-    parser.add_argument(
-        "--data",
-        default="mnist-5k",
-        help="data of the D-dimensional models: a dataset of dimension D (default mnist-5k) "
-        "or 'gaussian'",
+    text = f"models, space- or comma-separated, among {', '.join(MODELS)}"
+    add_list_option(parser, "--models", choice_list(MODELS, "model(s)"), DEFAULT_MODELS, text)
+    add_options(
+        parser,
+        [
+            ("--batch", int, 128, "batch size B (default 128)"),
+            ("--dkef-batch", int, 200, "batch of dkef (default 200 = 100 + 100)"),
+            ("--dim", int, 784, "D of mlp, scorenet, nice, ncsn (default 784)"),
+            ("--hidden", int, 1000, "hidden width H of mlp, scorenet, nice (1000)"),
+            ("--data", str, "mnist-5k", f"data of the D-dim. models: {DATA_HELP}"),
+        ],
     )
     parser.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
-    add_timing_arguments(
-        parser,
-        budget=20.0,
-        per="model",
-        out=DEFAULT_OUT,
-        outputs=f"{CSV_NAME}, {PLOT_NAME}, {ENV_NAME}",
-    )
+    outputs = f"{CSV_NAME}, {PLOT_NAME}, {ENV_NAME}"
+    add_timing_arguments(parser, budget=20.0, per="model", out=DEFAULT_OUT, outputs=outputs)
     parser.add_argument(
         "--strict",
         action="store_true",
@@ -891,20 +843,13 @@ def run(args: argparse.Namespace) -> int:
     for value, flag in ((args.batch, "--batch"), (args.dim, "--dim"), (args.hidden, "--hidden")):
         if value < 1:
             raise ValueError(f"{flag} must be >= 1, got {value}.")
-    apply_timing_arguments(args)
+    timing = apply_timing_arguments(args)
     sizes = {"dim": args.dim, "hidden": args.hidden, "batch": args.batch}
     sizes |= {"dkef_batch": args.dkef_batch, "data": args.data}
     config = {"models": models, **sizes, "eps": EPS, "sigma": SIGMA, **timing_config(args)}
     config |= {"memory": not args.no_memory, "optimizer": OPTIMIZER}
-    rows = sm_benchmark(
-        models,
-        memory=not args.no_memory,
-        timing=TimingOptions.from_args(args),
-        device=args.device,
-        dtype=DTYPES[args.dtype],
-        seed=args.seed,
-        **sizes,
-    )
+    memory = not args.no_memory
+    rows = sm_benchmark(models, memory=memory, timing=timing, **sizes, **setup_arguments(args))
     print(
         f"score matching, {describe_setup(args.device, args.dtype, args.clock)}: "
         "median ms per full training step (zero_grad, objective, backward, Adam); speed-up = "

@@ -68,24 +68,9 @@ from ..flows import CNNFlow, FCFlow, Flow, GlowFlow, SelfNormConv2d, SquareAffin
 from ..flows.actnorm import initialize_actnorm
 from ..flows.core import ParameterStateCache
 from ..plots import pyplot, save_figure
-from . import scaling
-from .common import (
-    DTYPES,
-    ENV_NAME,
-    PLOT_HINT,
-    PROFILE_COLUMNS,
-    STAT_COLUMNS,
-    add_timing_arguments,
-    apply_timing_arguments,
-    describe_setup,
-    flatten,
-    positive_int_list,
-    resolve_device,
-    text_table,
-    timing_config,
-    write_results,
-)
-from .runner import TimingOptions, run_variants, stats_columns
+from . import common, scaling
+from .common import ENV_NAME, PLOT_HINT, PROFILE_COLUMNS, STAT_COLUMNS
+from .runner import TimingOptions, check_run, check_variants, run_variants, stats_columns
 from .step import TrainingStep
 
 __all__ = [
@@ -352,12 +337,12 @@ def snf_benchmark(
     variants: Sequence[str] = STEP_VARIANTS,
     sample: bool = True,
     sample_budget: float = 4.0,
+    timing: TimingOptions | None = None,
+    n_batches: int = 4,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
     seed: int = 0,
     lr: float = 1e-4,
-    n_batches: int = 4,
-    timing: TimingOptions | None = None,
     **options: Any,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Time training steps (and sampling) of every case in both modes, and one dense layer vs D.
@@ -377,39 +362,19 @@ def snf_benchmark(
         timing: how the steps are timed; or its fields as keyword arguments (``repeats``,
             ``warmup``, ``budget`` — seconds per case, default 8 —, ``min_repeats``,
             ``max_repeats``, ``clock``, ``compile``, ``progress``; see
-            :class:`~jacfree.bench.runner.TimingOptions`).
+            :class:`~jacfree.bench.timing.TimingOptions`).
 
     Returns:
         ``(rows, scaling_rows)``: dicts with the columns of :data:`CSV_COLUMNS`, times in ms
         (per step, or per sample for ``measure == "sample"``); ``speedup`` is the exact
         variant's median over this one (the ``exact-inverse`` one for sampling).
     """
-    variants = tuple(variants)
-    bad = [v for v in variants if v not in STEP_VARIANTS]
-    if bad or not variants or len(set(variants)) != len(variants):
-        raise ValueError(
-            f"variants must be distinct and among {', '.join(STEP_VARIANTS)}, got {list(variants)}."
-        )
+    variants = check_variants(variants, STEP_VARIANTS)
     parsed = [parse_case(c) for c in cases]
-    dims = tuple(int(d) for d in dims)
-    if any(d < 1 for d in dims):
-        raise ValueError(f"dims must be positive integers, got {list(dims)}.")
-    for name, value in (("batch", batch), ("sample_batch", sample_batch), ("n_batches", n_batches)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-    if dtype not in DTYPES.values():
-        raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}.")
-    timing = TimingOptions.of(timing, options, budget=8.0)
     sizes = {"batch": batch, "sample_batch": sample_batch, "n_batches": n_batches}
-    setup = _Setup(
-        timing,
-        resolve_device(device),
-        dtype,
-        sample_budget=sample_budget,
-        seed=seed,
-        lr=lr,
-        **sizes,
-    )
+    device = check_run(device, dtype, **sizes, **{f"D={d}": d for d in dims})
+    timing = TimingOptions.of(timing, options, budget=8.0)
+    setup = _Setup(timing, device, dtype, sample_budget=sample_budget, seed=seed, lr=lr, **sizes)
     rows = [r for case in parsed for r in _bench_case(case, variants, setup, sample)]
     return rows, _dense_sweep(dims, variants, setup) if dims else []
 
@@ -428,77 +393,45 @@ def check_targets(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """The targets that the rows allow to check: the speed-ups above, and sampling
     through R faster than through the exact inverse (cached factorisation) for every case."""
     by_key = {(r["case"], r["measure"], r["variant"]): r for r in rows}
-    out = []
     checks = list(TARGETS)
     for case in dict.fromkeys(r["case"] for r in rows):
-        checks.append(
-            (
-                f"sampling through R vs exact inverse, {case}",
-                case,
-                "sample",
-                "learned-inverse",
-                1.0,
-            )
-        )
+        text = f"sampling through R vs exact inverse, {case}"
+        checks.append((text, case, "sample", "learned-inverse", 1.0))
+    out = []
     for text, case, measure, variant, minimum in checks:
         row = by_key.get((case, measure, variant))
         if row is None or row.get("speedup") is None:
             continue
-        speedup = float(row["speedup"])
-        out.append(
-            {
-                "target": text,
-                "case": case,
-                "speedup": speedup,
-                "minimum": minimum,
-                "met": speedup > minimum if minimum == 1.0 else speedup >= minimum,
-            }
-        )
+        x = float(row["speedup"])
+        met = x > minimum if minimum == 1.0 else x >= minimum
+        out.append({"target": text, "case": case, "speedup": x, "minimum": minimum, "met": met})
     return out
 
 
-def _fmt(value: float | None, digits: int = 2) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
+#: the columns of the text table: (header, measure, variant, key, digits)
+_TABLE = (
+    ("step exact", "step", "exact", "median_ms", 2),
+    ("step SNF", "step", "selfnorm", "median_ms", 2),
+    ("x", "step", "selfnorm", "speedup", 2),
+    ("sample exact-inv", "sample", "exact-inverse", "median_ms", 3),
+    ("cold", "sample", "exact-inverse-cold", "median_ms", 3),
+    ("sample R", "sample", "learned-inverse", "median_ms", 3),
+    ("x", "sample", "learned-inverse", "speedup", 2),
+)
 
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
     """Text table: per case, median ms per step (both modes) and per sample (three ways),
     with the speed-ups, then the targets."""
     get = {(r["case"], r["measure"], r["variant"]): r for r in rows}
-    cases = list(dict.fromkeys(r["case"] for r in rows))
-    header = [
-        "case",
-        "D",
-        "step exact",
-        "step SNF",
-        "x",
-        "sample exact-inv",
-        "cold",
-        "sample R",
-        "x",
-    ]
     lines = []
-    for c in cases:
-
-        def val(measure: str, variant: str, key: str = "median_ms", c: str = c) -> float | None:
-            row = get.get((c, measure, variant))
-            return None if row is None or row.get(key) is None else float(row[key])
-
-        dim = next(r["dim"] for r in rows if r["case"] == c)
-        lines.append(
-            [
-                c,
-                str(dim),
-                _fmt(val("step", "exact")),
-                _fmt(val("step", "selfnorm")),
-                _fmt(val("step", "selfnorm", "speedup")),
-                _fmt(val("sample", "exact-inverse"), 3),
-                _fmt(val("sample", "exact-inverse-cold"), 3),
-                _fmt(val("sample", "learned-inverse"), 3),
-                _fmt(val("sample", "learned-inverse", "speedup")),
-            ]
-        )
-    out = text_table(header, lines, left=1)
+    for c, dim in dict.fromkeys((r["case"], r["dim"]) for r in rows):
+        cells = [c, str(dim)]
+        for _, measure, variant, key, digits in _TABLE:
+            value = get.get((c, measure, variant), {}).get(key)
+            cells.append("-" if value is None else f"{float(value):.{digits}f}")
+        lines.append(cells)
+    out = common.text_table(["case", "D", *(col[0] for col in _TABLE)], lines, left=1)
     out.append(
         "(ms per training step, B as in the CSV; ms per sample; x = exact / SNF; cold = exact "
         "inverse with the factorisations recomputed)"
@@ -506,12 +439,9 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     targets = check_targets(rows)
     if targets:
         out.append("targets:")
-        for t in targets:
-            mark = "met" if t["met"] else "NOT MET"
-            op = ">" if t["minimum"] == 1.0 else ">="
-            out.append(
-                f"  {t['target']}: x{t['speedup']:.2f} (target {op} {t['minimum']:g}) {mark}"
-            )
+    for t in targets:
+        mark, op = "met" if t["met"] else "NOT MET", ">" if t["minimum"] == 1.0 else ">="
+        out.append(f"  {t['target']}: x{t['speedup']:.2f} (target {op} {t['minimum']:g}) {mark}")
     return "\n".join(out)
 
 
@@ -537,13 +467,8 @@ def plot_cases(rows: Sequence[dict[str, Any]], path: str | Path, title: str = ""
                     ys.append(i + (j - (len(present) - 1) / 2) * height)
                     xs.append(float(row["median_ms"]))
                     if v in ("selfnorm", "learned-inverse") and row.get("speedup"):
-                        ax.text(
-                            xs[-1],
-                            ys[-1],
-                            f" x{float(row['speedup']):.1f}",
-                            va="center",
-                            fontsize=7,
-                        )
+                        note = f" x{float(row['speedup']):.1f}"
+                        ax.text(xs[-1], ys[-1], note, va="center", fontsize=7)
             ax.barh(ys, xs, height=height, color=STYLES[v], label=v)
         ax.set_xscale("log")
         ax.set_xlabel(label)
@@ -563,17 +488,19 @@ def write_outputs(
     out: str | Path,
     *,
     config: dict[str, Any] | None = None,
+    elapsed_s: float | None = None,
     plot: bool = True,
     fit_points: int = 3,
     device: torch.device | str = "cpu",
-    elapsed_s: float | None = None,
 ) -> dict[str, Path]:
     """Write the CSVs, ``environment.json`` and (unless ``plot=False``) the two plots."""
     csvs: dict[str, Any] = {}
     plots: dict[str, Any] = {}
     if rows:
         first = rows[0]
-        where = describe_setup(first.get("device"), first.get("dtype"), first.get("clock", "wall"))
+        where = common.describe_setup(
+            first.get("device"), first.get("dtype"), first.get("clock", "wall")
+        )
         title = f"SNF vs exact, B={first.get('batch')}, {where}"
         csvs["csv"] = (CSV_NAME, rows, CSV_COLUMNS)
         plots["plot"] = (PLOT_NAME, lambda path: plot_cases(rows, path, title))
@@ -589,7 +516,7 @@ def write_outputs(
         "dense_loglog_slopes": slopes,
         "elapsed_s": elapsed_s,
     }
-    return write_results(out, csvs, record, device=device, plots=plots if plot else None)
+    return common.write_results(out, csvs, record, device=device, plots=plots if plot else None)
 
 
 # -- command line -----------------------------------------------------------------------------
@@ -612,71 +539,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "self-normalizing vs exact flows side by side (dense layer, SNF 3x3 convolutions, "
         "FCFlow-2L, CNN-9L, Glow), and a dense layer's step time vs D."
     )
-    parser.add_argument(
-        "--cases",
-        type=_case_list,
-        nargs="+",
-        default=None,
-        help="cases: dense-D, fc2l-D, conv-CxHxW, cnn9l-CxHxW, glow-CxHxW (default: "
-        + " ".join(DEFAULT_CASES)
-        + ")",
+    text = "cases: dense-D, fc2l-D, conv-CxHxW, cnn9l-CxHxW, glow-CxHxW"
+    common.add_list_option(parser, "--cases", _case_list, DEFAULT_CASES, text)
+    text = "D of the dense-layer sweep, --dims with no value: none"
+    common.add_list_option(
+        parser, "--dims", common.positive_int_list, DEFAULT_DIMS, text, nargs="*"
     )
-    parser.add_argument(
-        "--dims",
-        type=positive_int_list,
-        nargs="*",
-        default=None,
-        help="D of the dense-layer sweep (default: "
-        + " ".join(map(str, DEFAULT_DIMS))
-        + "); --dims with no value skips the sweep",
-    )
-    parser.add_argument("--batch", type=int, default=100, help="training batch size B (100)")
-    parser.add_argument(
-        "--sample-batch", type=int, default=100, help="samples per timed sampling call (100)"
+    common.add_options(
+        parser,
+        [
+            ("--batch", int, 100, "training batch size B (100)"),
+            ("--sample-batch", int, 100, "samples per timed sampling call (100)"),
+            ("--sample-budget", float, 4.0, "adaptive: seconds of timed sampling per case (4)"),
+            ("--fit-points", int, 3, "log-log slopes over this many largest D (3)"),
+        ],
     )
     parser.add_argument("--no-sample", action="store_true", help="do not time sampling")
-    parser.add_argument(
-        "--sample-budget",
-        type=float,
-        default=4.0,
-        help="adaptive: seconds of timed sampling per case (4)",
-    )
-    add_timing_arguments(
-        parser,
-        budget=8.0,
-        per="case",
-        out=DEFAULT_OUT,
-        outputs=f"{CSV_NAME}, {SCALING_CSV_NAME}, {PLOT_NAME}, {SCALING_PLOT_NAME}, {ENV_NAME}",
-        lr=1e-4,
-    )
-    parser.add_argument(
-        "--fit-points", type=int, default=3, help="log-log slopes over this many largest D (3)"
+    outputs = f"{CSV_NAME}, {SCALING_CSV_NAME}, {PLOT_NAME}, {SCALING_PLOT_NAME}, {ENV_NAME}"
+    common.add_timing_arguments(
+        parser, budget=8.0, per="case", out=DEFAULT_OUT, outputs=outputs, lr=1e-4
     )
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``jacfree bench snf``: benchmark, print the tables, write CSVs, JSON and plots."""
     t0 = time.perf_counter()
-    cases = flatten(args.cases, DEFAULT_CASES)
-    dims = flatten(args.dims, DEFAULT_DIMS)
-    apply_timing_arguments(args)
+    cases = common.flatten(args.cases, DEFAULT_CASES)
+    dims = common.flatten(args.dims, DEFAULT_DIMS)
+    timing = common.apply_timing_arguments(args)
     config = {"cases": cases, "dims": dims, "batch": args.batch, "sample_batch": args.sample_batch}
     config |= {"sample": not args.no_sample, "variants": list(STEP_VARIANTS)}
-    config |= {**timing_config(args), "sample_budget_s": args.sample_budget}
-    rows, scaling_rows = snf_benchmark(
-        cases,
-        dims,
-        batch=args.batch,
-        sample_batch=args.sample_batch,
-        sample=not args.no_sample,
-        sample_budget=args.sample_budget,
-        device=args.device,
-        dtype=DTYPES[args.dtype],
-        seed=args.seed,
-        lr=args.lr,
-        timing=TimingOptions.from_args(args),
-    )
-    where = describe_setup(args.device, args.dtype, args.clock)
+    config |= {**common.timing_config(args), "sample_budget_s": args.sample_budget}
+    sizes = {"batch": args.batch, "sample_batch": args.sample_batch}
+    sampling = {"sample": not args.no_sample, "sample_budget": args.sample_budget}
+    setup = common.setup_arguments(args)
+    rows, scaling_rows = snf_benchmark(cases, dims, timing=timing, **sizes, **sampling, **setup)
+    where = common.describe_setup(args.device, args.dtype, args.clock)
     if args.compile:
         where += f", loss compiled ({args.compile})"
     if rows:
@@ -686,16 +584,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"one dense layer, B={args.batch}, {where}: median ms per full training step")
         print(scaling.format_table(scaling_rows, args.fit_points))
     elapsed = time.perf_counter() - t0
-    paths = write_outputs(
-        rows,
-        scaling_rows,
-        args.out,
-        config=config,
-        plot=not args.no_plot,
-        fit_points=args.fit_points,
-        device=args.device,
-        elapsed_s=elapsed,
-    )
+    kw = {"plot": not args.no_plot, "fit_points": args.fit_points, "device": args.device}
+    paths = write_outputs(rows, scaling_rows, args.out, config=config, elapsed_s=elapsed, **kw)
     for path in paths.values():
         print(f"wrote {path}")
     print(f"done in {elapsed:.0f} s")
