@@ -26,6 +26,7 @@ import torch
 
 from .. import __version__
 from ..plots import pyplot
+from .step import COMPILE_MODES
 from .timing import CLOCKS, TimingOptions
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "apply_timing_arguments",
     "choice_list",
     "csv_cell",
+    "describe_rows",
     "describe_setup",
     "environment_info",
     "flatten",
@@ -125,6 +127,12 @@ def describe_setup(device: object, dtype: object, clock: str = "wall") -> str:
     """One phrase for table titles: ``"cpu float32, 1 thread(s)"`` plus the clock if not wall."""
     text = f"{device} {dtype}, {torch.get_num_threads()} thread(s)"
     return text if clock == "wall" else f"{text}, {clock} CPU time"
+
+
+def describe_rows(rows: Sequence[dict[str, Any]]) -> str:
+    """:func:`describe_setup` of the first of ``rows`` (for plot titles)."""
+    first = rows[0] if rows else {}
+    return describe_setup(first.get("device"), first.get("dtype"), first.get("clock", "wall"))
 
 
 # -- output files -----------------------------------------------------------------------------
@@ -325,7 +333,7 @@ def add_timing_arguments(
     parser.add_argument(
         "--compile",
         default=None,
-        choices=("default", "reduce-overhead", "max-autotune"),
+        choices=COMPILE_MODES,
         help="time the steps with the loss compiled by torch.compile(fullgraph=True) in this "
         "mode (reduce-overhead: also a CUDA graph on a GPU); default: eager. The profile columns "
         "(operations per step, host reads, GPU busy) are written either way",

@@ -61,6 +61,7 @@ from .common import (
     add_timing_arguments,
     apply_timing_arguments,
     choice_list,
+    describe_rows,
     describe_setup,
     flatten,
     positive_int_list,
@@ -319,8 +320,7 @@ def scaling_outputs(
 ) -> tuple[tuple[str, Sequence[dict[str, Any]], Sequence[str]], tuple[str, Any]]:
     """The CSV entry and the plot entry of a sweep for :func:`~jacfree.bench.common.write_results`
     (``name``: the file stem; ``title``: the plot's title before the run's setup)."""
-    first = rows[0] if rows else {}
-    where = describe_setup(first.get("device"), first.get("dtype"), first.get("clock", "wall"))
+    where = describe_rows(rows)
 
     def draw(path: Path) -> Path:
         return plot_scaling(rows, path, fit_points, f"{title}, {where}: training step")

@@ -64,7 +64,7 @@ import dataclasses
 import gc
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +95,7 @@ from .common import (
     add_timing_arguments,
     apply_timing_arguments,
     choice_list,
+    describe_rows,
     describe_setup,
     flatten,
     setup_arguments,
@@ -102,15 +103,7 @@ from .common import (
     timing_config,
     write_results,
 )
-from .memory import (
-    MEMORY_DEFINITIONS,
-    MIB,
-    LiveTensorMemory,
-    MemoryStats,
-    SavedTensorMemory,
-    measure_memory,
-    state_bytes,
-)
+from .memory import MEMORY_DEFINITIONS, MIB, MemoryStats, measure_memory, state_bytes
 from .models import MLPScoreNet
 from .runner import TimingOptions, check_run, run_variants
 from .step import TrainingStep
@@ -123,10 +116,8 @@ __all__ = [
     "VARIANTS",
     "BenchCase",
     "CaseSettings",
-    "LiveTensorMemory",
     "MLPScoreNet",
     "MemoryStats",
-    "SavedTensorMemory",
     "Variant",
     "build_case",
     "check_targets",
@@ -259,7 +250,6 @@ class BenchCase:
     data: str
     lr: float = 1e-4
     description: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def params(self) -> int:
@@ -797,9 +787,7 @@ def write_outputs(
             "checks": check_targets(rows),
         },
     }
-    first = rows[0] if rows else {}
-    where = describe_setup(first.get("device"), first.get("dtype"), first.get("clock", "wall"))
-    title = f"score matching, full training step (Adam): {where}"
+    title = f"score matching, full training step (Adam): {describe_rows(rows)}"
     plots = {"plot": (PLOT_NAME, lambda path: plot_sm(rows, path, title))}
     csvs = {"csv": (CSV_NAME, rows, CSV_COLUMNS)}
     return write_results(out, csvs, record, device=device, plots=plots if plot else None)

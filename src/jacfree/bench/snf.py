@@ -497,11 +497,7 @@ def write_outputs(
     csvs: dict[str, Any] = {}
     plots: dict[str, Any] = {}
     if rows:
-        first = rows[0]
-        where = common.describe_setup(
-            first.get("device"), first.get("dtype"), first.get("clock", "wall")
-        )
-        title = f"SNF vs exact, B={first.get('batch')}, {where}"
+        title = f"SNF vs exact, B={rows[0].get('batch')}, {common.describe_rows(rows)}"
         csvs["csv"] = (CSV_NAME, rows, CSV_COLUMNS)
         plots["plot"] = (PLOT_NAME, lambda path: plot_cases(rows, path, title))
     if scaling_rows:
