@@ -1,28 +1,14 @@
 r"""Memory of one training step, on any device: the live tensors it allocates and its graph.
 
 Measured on one extra, untimed step (deterministic: it depends on the shapes, not on the
-machine's load):
-
-``peak``
-    the peak, during the step, of the total size of the live tensors *allocated by that step*:
-    activations, everything the autograd graph keeps for the backward, temporaries, the gradients
-    — on top of what is alive before the step (parameters, optimiser state, data). Measured by a
-    ``TorchDispatchMode`` that sees every ATen op of the step (forward and backward), counts each
-    new storage's bytes when an op creates it and subtracts them when a weak reference reports
-    the storage freed (:class:`LiveTensorMemory`; the technique of
-    ``torch.distributed._tools.MemTracker``): the CPU counterpart of
-    ``torch.cuda.max_memory_allocated() − memory_allocated()`` before the step, without the
-    caching allocator's rounding; on CUDA that allocator figure is reported as well.
-``graph``
-    the peak total size of the tensors created during the step that the autograd graph saves for
-    the backward pass (``torch.autograd.graph.saved_tensors_hooks``; parameters and the data
-    batch, which exist anyway, are not counted; each storage once): e.g. the double-backward
-    graph of autograd score matching versus the plain forward graph of its finite-difference form
-    (:class:`SavedTensorMemory`).
-
-Both exclude the Python-side objects, allocator slack and a kernel's internal scratch buffers;
-they measure tensors, which is what GPU memory figures are made of. What every variant of a
-model holds anyway — parameters and Adam's two moments — is :func:`state_bytes`.
+machine's load): ``peak``, the peak total size of the live tensors allocated by the step above
+what was alive before it (:class:`LiveTensorMemory`, the CPU counterpart of
+``torch.cuda.max_memory_allocated()``, which is reported as well on CUDA), and ``graph``, the peak
+total size of the tensors the autograd graph saves for the backward pass
+(:class:`SavedTensorMemory`). Both count tensors — what GPU memory figures are made of — not
+Python objects, allocator slack or a kernel's scratch buffers; what every variant of a model
+holds anyway (parameters, Adam's moments) is :func:`state_bytes`. :data:`MEMORY_DEFINITIONS`
+words them for ``environment.json``.
 """
 
 from __future__ import annotations

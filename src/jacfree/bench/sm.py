@@ -39,14 +39,10 @@ with one optimiser, interleaved, the parameters restored before every step
 (:mod:`jacfree.bench.runner` says why); ``speed-up`` = baseline median / variant median.
 
 **Memory** (:mod:`jacfree.bench.memory`; one extra, untimed step per variant, deterministic):
-``peak MiB``, the peak total size of the live tensors allocated by the step (activations,
-autograd-saved tensors, temporaries, gradients) above what was alive before it, counted per
-storage over every ATen op — the CPU counterpart of ``torch.cuda.max_memory_allocated()``, which
-is reported as well on CUDA (``cuda_peak_mib``); ``graph MiB``, the peak total size of the tensors
-created during the step that autograd saves for the backward pass — the "computing graph" the
-paper contrasts: the double-backward graph of SSM/DSM versus the plain forward graph of FD. What
-every variant of a model holds anyway — parameters and Adam's two moments — is reported once per
-model as ``state_mib``; a GPU-style total is ``state_mib + peak_mib`` (plus the data batch).
+``peak MiB`` allocated by the step above what was alive before it, ``graph MiB`` saved by
+autograd for the backward pass — the "computing graph" the paper contrasts: the double-backward
+graph of SSM/DSM versus the plain forward graph of FD — and, once per model, ``state_mib``
+(parameters and Adam's moments; a GPU-style total is ``state_mib + peak_mib``).
 
 Targets: FD-SSM ≥ 1.7× faster than SSM, FD-SSM-VR ≥ 1.3× faster than SSM-VR, FD-DSM at
 least as fast as DSM, each with a lower peak memory; checked for the parallel FD form of every model
