@@ -81,24 +81,8 @@ from ..scorematching.losses import (
     ssm,
     ssm_scorenet,
 )
-from .common import (
-    ENV_NAME,
-    PLOT_HINT,
-    PROFILE_COLUMNS,
-    STAT_COLUMNS,
-    add_list_option,
-    add_options,
-    add_timing_arguments,
-    apply_timing_arguments,
-    choice_list,
-    describe_rows,
-    describe_setup,
-    flatten,
-    setup_arguments,
-    text_table,
-    timing_config,
-    write_results,
-)
+from . import common
+from .common import ENV_NAME, PLOT_HINT, PROFILE_COLUMNS, STAT_COLUMNS
 from .memory import MEMORY_DEFINITIONS, MIB, MemoryStats, measure_memory, state_bytes
 from .models import MLPScoreNet
 from .runner import TimingOptions, check_run, run_variants
@@ -697,7 +681,7 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     header += ["peak MiB", "peak/base", "graph MiB", "graph/base"]
     keys = ("median_ms", "iqr_ms", "speedup", "peak_mib", "peak_ratio", "graph_mib", "graph_ratio")
     lines = [[r["model"], r["label"], *(_fmt(r[k], ".2f") for k in keys)] for r in rows]
-    table = text_table(header, lines, left=2)
+    table = common.text_table(header, lines, left=2)
     out = table[:1]
     for i, r in enumerate(rows):
         if i and (r["model"], r["pair"]) != (rows[i - 1]["model"], rows[i - 1]["pair"]):
@@ -783,10 +767,10 @@ def write_outputs(
             "checks": check_targets(rows),
         },
     }
-    title = f"score matching, full training step (Adam): {describe_rows(rows)}"
+    title = f"score matching, full training step (Adam): {common.describe_rows(rows)}"
     plots = {"plot": (PLOT_NAME, lambda path: plot_sm(rows, path, title))}
     csvs = {"csv": (CSV_NAME, rows, CSV_COLUMNS)}
-    return write_results(out, csvs, record, device=device, plots=plots if plot else None)
+    return common.write_results(out, csvs, record, device=device, plots=plots if plot else None)
 
 
 # -- command line -----------------------------------------------------------------------------
@@ -800,8 +784,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "2020), parallel and sequential, interleaved, per model."
     )
     text = f"models, space- or comma-separated, among {', '.join(MODELS)}"
-    add_list_option(parser, "--models", choice_list(MODELS, "model(s)"), DEFAULT_MODELS, text)
-    add_options(
+    common.add_list_option(
+        parser, "--models", common.choice_list(MODELS, "model(s)"), DEFAULT_MODELS, text
+    )
+    common.add_options(
         parser,
         [
             ("--batch", int, 128, "batch size B (default 128)"),
@@ -813,7 +799,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
     outputs = f"{CSV_NAME}, {PLOT_NAME}, {ENV_NAME}"
-    add_timing_arguments(parser, budget=20.0, per="model", out=DEFAULT_OUT, outputs=outputs)
+    common.add_timing_arguments(parser, budget=20.0, per="model", out=DEFAULT_OUT, outputs=outputs)
     parser.add_argument(
         "--strict",
         action="store_true",
@@ -823,19 +809,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``jacfree bench sm``: benchmark, print the table and the target checks, write files."""
-    models = flatten(args.models, DEFAULT_MODELS)
+    models = common.flatten(args.models, DEFAULT_MODELS)
     for value, flag in ((args.batch, "--batch"), (args.dim, "--dim"), (args.hidden, "--hidden")):
         if value < 1:
             raise ValueError(f"{flag} must be >= 1, got {value}.")
-    timing = apply_timing_arguments(args)
+    timing = common.apply_timing_arguments(args)
     sizes = {"dim": args.dim, "hidden": args.hidden, "batch": args.batch}
     sizes |= {"dkef_batch": args.dkef_batch, "data": args.data}
-    config = {"models": models, **sizes, "eps": EPS, "sigma": SIGMA, **timing_config(args)}
+    config = {"models": models, **sizes, "eps": EPS, "sigma": SIGMA, **common.timing_config(args)}
     config |= {"memory": not args.no_memory, "optimizer": OPTIMIZER}
     memory = not args.no_memory
-    rows = sm_benchmark(models, memory=memory, timing=timing, **sizes, **setup_arguments(args))
+    rows = sm_benchmark(
+        models, memory=memory, timing=timing, **sizes, **common.setup_arguments(args)
+    )
     print(
-        f"score matching, {describe_setup(args.device, args.dtype, args.clock)}: "
+        f"score matching, {common.describe_setup(args.device, args.dtype, args.clock)}: "
         "median ms per full training step (zero_grad, objective, backward, Adam); speed-up = "
         "baseline ms / variant ms; memory: peak MiB allocated by the step, MiB saved by autograd"
     )

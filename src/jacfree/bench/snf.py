@@ -117,6 +117,14 @@ STYLES: dict[str, str] = {
     "learned-inverse": "C1",
 }
 
+#: the sizes and budgets of ``jacfree bench snf``: (flag, type, default, help)
+OPTIONS: tuple[tuple[str, type, Any, str], ...] = (
+    ("--batch", int, 100, "training batch size B (100)"),
+    ("--sample-batch", int, 100, "samples per timed sampling call (100)"),
+    ("--sample-budget", float, 4.0, "adaptive: seconds of timed sampling per case (4)"),
+    ("--fit-points", int, 3, "log-log slopes over this many largest D (3)"),
+)
+
 _MODELS = {
     "dense": "one SquareAffine(D)",
     "fc2l": "FCFlow(D, layers=2)",
@@ -228,8 +236,27 @@ def _clear_caches(flow: Flow) -> None:
             cache.clear()
 
 
-def _params(step: TrainingStep) -> int:
-    return sum(p.numel() for p in step.params)
+def _step_rows(
+    case: BenchCase,
+    steps: dict[str, TrainingStep],
+    stats: dict[str, dict[str, Any]],
+    setup: _Setup,
+) -> list[dict[str, Any]]:
+    """The ``step`` rows of ``case``: :func:`~jacfree.bench.runner.run_variants`' rows with the
+    speed-up over the exact mode, the batch and the trainable parameters of each mode."""
+    exact = stats["exact"]["median_ms"] if "exact" in stats else None
+    return [
+        setup.row(
+            case,
+            "step",
+            v,
+            **row,
+            speedup=None if exact is None else exact / row["median_ms"],
+            batch=setup.batch,
+            params=sum(p.numel() for p in steps[v].params),
+        )
+        for v, row in stats.items()
+    ]
 
 
 def _time_steps(
@@ -255,12 +282,7 @@ def _time_steps(
         )
     timing.say(f"[snf] {case.name}: timing training steps ({', '.join(variants)}) ...")
     stats = run_variants(steps, timing, device, what=case.name)
-    exact = stats["exact"]["median_ms"] if "exact" in stats else None
-    rows = []
-    for v, row in stats.items():
-        speedup = None if exact is None else exact / row["median_ms"]
-        rows.append(setup.row(case, "step", v, **row, speedup=speedup, batch=setup.batch))
-        rows[-1]["params"] = _params(steps[v])
+    rows = _step_rows(case, steps, stats, setup)
     medians = ", ".join(f"{v} {stats[v]['median_ms']:.2f} ms" for v in variants)
     timing.say(f"[snf] {case.name}: {stats[variants[0]]['repeats']} steps each; {medians}")
     return steps, rows
@@ -319,12 +341,7 @@ def _dense_sweep(dims: Sequence[int], variants: Sequence[str], setup: _Setup) ->
     kw = {"device": setup.device, "dtype": setup.dtype, "seed": setup.seed, "lr": setup.lr}
     kw |= {"batch": setup.batch, "timing": setup.timing, "n_batches": setup.n_batches}
     for dim, steps, stats in scaling.sweep(dims, variants, layers=1, label="snf", **kw):
-        case = parse_case(f"dense-{dim}")
-        exact = stats["exact"]["median_ms"] if "exact" in stats else None
-        for v, row in stats.items():
-            speedup = None if exact is None else exact / row["median_ms"]
-            rows.append(setup.row(case, "step", v, **row, speedup=speedup, batch=setup.batch))
-            rows[-1]["params"] = _params(steps[v])
+        rows += _step_rows(parse_case(f"dense-{dim}"), steps, stats, setup)
     return rows
 
 
@@ -541,15 +558,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     common.add_list_option(
         parser, "--dims", common.positive_int_list, DEFAULT_DIMS, text, nargs="*"
     )
-    common.add_options(
-        parser,
-        [
-            ("--batch", int, 100, "training batch size B (100)"),
-            ("--sample-batch", int, 100, "samples per timed sampling call (100)"),
-            ("--sample-budget", float, 4.0, "adaptive: seconds of timed sampling per case (4)"),
-            ("--fit-points", int, 3, "log-log slopes over this many largest D (3)"),
-        ],
-    )
+    common.add_options(parser, OPTIONS)
     parser.add_argument("--no-sample", action="store_true", help="do not time sampling")
     outputs = f"{CSV_NAME}, {SCALING_CSV_NAME}, {PLOT_NAME}, {SCALING_PLOT_NAME}, {ENV_NAME}"
     common.add_timing_arguments(
