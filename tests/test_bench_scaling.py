@@ -74,6 +74,22 @@ def test_unknown_variant_is_refused() -> None:
         scaling.scaling_benchmark(dims=(4,), variants=("exact", "fast"), progress=False)
 
 
+def test_selfnorm_variant_trains_the_learned_inverses_and_has_its_ratios() -> None:
+    rows = scaling.scaling_benchmark(
+        dims=(6, 8), batch=5, variants=("selfnorm", "floor"), repeats=1, warmup=0, progress=False
+    )
+    assert [(r["dim"], r["variant"]) for r in rows] == [
+        (d, v) for d in (6, 8) for v in ("selfnorm", "floor")
+    ]
+    assert all(set(r) == set(scaling.CSV_COLUMNS) for r in rows)
+    text = scaling.format_table(rows)
+    assert "selfnorm/floor" in text.splitlines()[0] and "relative" not in text
+    flow = jf.FCFlow(4, layers=1)
+    step = scaling.TrainingStep(flow, "selfnorm", [torch.randn(6, 4)], lr=1e-2)
+    assert flow.gradient == "selfnorm"
+    assert len(step.params) == 3  # W, b and the learned inverse R
+
+
 def test_training_step_trains_and_reset_restores_the_initial_weights() -> None:
     flow = jf.FCFlow(6, layers=2)
     before = [p.detach().clone() for p in flow.parameters()]

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from jacfree.bench import cli as bench_cli
-from jacfree.bench import sm
-from jacfree.bench.scaling import TrainingStep
+from jacfree.bench import memory, sm
+from jacfree.bench.step import TrainingStep
 
 TINY = "--dim 16 --hidden 8 --batch 6 --dkef-batch 8 --data gaussian --repeats 1 --warmup 0"
 
@@ -35,7 +35,7 @@ def _parse(argv: str) -> argparse.Namespace:
 
 def test_live_tensor_memory_counts_allocations_frees_and_ignores_existing_tensors() -> None:
     existing = torch.ones(250)  # allocated before the region: counts zero, also through views
-    with sm.LiveTensorMemory() as mem:
+    with memory.LiveTensorMemory() as mem:
         a = torch.ones(1000, dtype=torch.float32)  # +4000
         b = a * 2  # +4000 -> 8000
         view = existing.view(10, 25) + 0  # +1000 (the sum is new, the view is not) -> 9000
@@ -51,7 +51,7 @@ def test_live_tensor_memory_counts_allocations_frees_and_ignores_existing_tensor
 def test_saved_tensor_memory_counts_what_the_graph_keeps_for_backward() -> None:
     lin = torch.nn.Linear(30, 20)
     x = torch.randn(7, 30)
-    with sm.LiveTensorMemory() as live, sm.SavedTensorMemory(live) as saved:
+    with memory.LiveTensorMemory() as live, memory.SavedTensorMemory(live) as saved:
         y = torch.tanh(lin(x))  # addmm saves x and W (not counted); tanh saves its output y
         loss = y.square().sum()  # saves y again: the same storage counts once
     assert saved.peak == y.numel() * 4
@@ -65,7 +65,7 @@ def test_double_backward_ssm_graph_is_larger_than_the_fd_ssm_graph_on_the_same_m
         name: TrainingStep(case.module, name, case.batches, 1e-4, loss_fn=case.losses[name])
         for name in ("ssm", "fd_ssm", "fd_ssm_seq", "dsm", "fd_dsm")
     }
-    mem = {name: sm.measure_memory(step) for name, step in steps.items()}
+    mem = {name: memory.measure_memory(step) for name, step in steps.items()}
     for m in mem.values():
         assert m.peak > 0
         assert m.graph > 0
@@ -76,7 +76,7 @@ def test_double_backward_ssm_graph_is_larger_than_the_fd_ssm_graph_on_the_same_m
     assert mem["ssm"].peak > mem["fd_ssm"].peak
     assert mem["ssm"].graph > mem["fd_ssm_seq"].graph
     # deterministic: the same shapes give the same numbers
-    assert sm.measure_memory(steps["ssm"]) == mem["ssm"]
+    assert memory.measure_memory(steps["ssm"]) == mem["ssm"]
 
 
 # -- the objectives ---------------------------------------------------------------------------
@@ -188,7 +188,7 @@ def test_cli_writes_every_pair_csv_environment_and_plot(tmp_path, capsys) -> Non
     assert env["config"]["models"] == list(sm.DEFAULT_MODELS)
     assert set(env["memory_definitions"]) == {"peak_mib", "graph_mib", "cuda_peak_mib", "state_mib"}
     for r in table:  # parameters + Adam's two moments (+ a 4-byte step count per tensor)
-        state = float(r["state_mib"]) * sm.MIB
+        state = float(r["state_mib"]) * memory.MIB
         assert abs(state - 12 * int(r["params"])) < 4096
     assert len(env["targets"]["checks"]) == sum(1 for r in table if r["target_speedup"])
     assert (tmp_path / "sm.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -55,6 +55,11 @@ def test_bench_snf_end_to_end(tmp_path, capsys) -> None:  # type: ignore[no-unty
     scaling = _rows(out / snf.SCALING_CSV_NAME)
     assert sorted({int(r["dim"]) for r in scaling}) == [8, 16]
     assert {r["variant"] for r in scaling} == set(snf.STEP_VARIANTS)
+    assert list(scaling[0]) == list(snf.CSV_COLUMNS)
+    # the dense sweep is bench scaling's sweep of FCFlow(D, layers=1): one SquareAffine(D)
+    params = {(r["dim"], r["variant"]): int(r["params"]) for r in scaling}
+    assert params[("8", "selfnorm")] == 2 * 8 * 8 + 8 and params[("8", "exact")] == 8 * 8 + 8
+    assert {r["case"] for r in scaling} == {"dense-8", "dense-16"}
 
     env = json.loads((out / snf.ENV_NAME).read_text())
     assert env["environment"]["torch_threads"] == 1

@@ -2,10 +2,9 @@
 
 * the device and dtype of a run (:func:`resolve_device`, :data:`DTYPES`) and the record of the
   environment the timings depend on (:func:`environment_info`);
-* the output files: CSV rows (:func:`write_csv`) and JSON records (:func:`write_json`);
-* the analysis of a sweep over the dimension D: per-variant medians, least-squares log-log
-  slopes (:func:`fit_loglog_slopes`; a slope near 2 is O(D²) behaviour, near 3 is O(D³)) and
-  their plot (:func:`plot_step_scaling`);
+* the outputs: text tables (:func:`text_table`), CSV rows (:func:`write_csv`), JSON records
+  (:func:`write_json`), and a benchmark's whole output folder (:func:`write_results`: its CSVs,
+  ``environment.json`` and plots);
 * the command-line options of a timing run (repeats, warm-up, budget, device, dtype, threads,
   clock, seed, output folder; :func:`add_timing_arguments`) and their checks
   (:func:`apply_timing_arguments`).
@@ -17,40 +16,54 @@ import argparse
 import csv
 import datetime
 import json
-import math
 import os
 import platform
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .. import __version__
-from ..plots import pyplot, save_figure
-from .timing import CLOCKS
+from ..plots import pyplot
+from .step import COMPILE_MODES
+from .timing import CLOCKS, TimingOptions
 
 __all__ = [
     "DTYPES",
+    "ENV_NAME",
     "PLOT_HINT",
+    "PROFILE_COLUMNS",
+    "STAT_COLUMNS",
+    "add_list_option",
+    "add_options",
     "add_timing_arguments",
     "apply_timing_arguments",
     "choice_list",
     "csv_cell",
+    "describe_rows",
     "describe_setup",
     "environment_info",
-    "fit_loglog_slopes",
     "flatten",
-    "plot_step_scaling",
     "positive_int_list",
+    "profile_columns",
     "resolve_device",
-    "step_medians",
+    "setup_arguments",
+    "text_table",
+    "timing_config",
     "write_csv",
     "write_json",
+    "write_results",
 ]
 
 #: the dtypes a benchmark can run in, by their command-line names
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64}
+
+#: the file every benchmark writes its environment, settings and checks to
+ENV_NAME = "environment.json"
+
+THREADS_HELP = "torch.set_num_threads (default 1: reproducible, and fair on a shared machine; 0 = "
+THREADS_HELP += "torch's choice)"
 
 #: what ``pyplot`` says when matplotlib is missing and a benchmark was asked for its plots
 PLOT_HINT = "the benchmark plots need matplotlib (or pass --no-plot)"
@@ -116,18 +129,18 @@ def describe_setup(device: object, dtype: object, clock: str = "wall") -> str:
     return text if clock == "wall" else f"{text}, {clock} CPU time"
 
 
+def describe_rows(rows: Sequence[dict[str, Any]]) -> str:
+    """:func:`describe_setup` of the first of ``rows`` (for plot titles)."""
+    first = rows[0] if rows else {}
+    return describe_setup(first.get("device"), first.get("dtype"), first.get("clock", "wall"))
+
+
 # -- output files -----------------------------------------------------------------------------
 
 
 #: columns every step benchmark adds to its CSV: the compile mode and the step's profile
-PROFILE_COLUMNS: tuple[str, ...] = (
-    "compile",
-    "ops_per_step",
-    "host_reads_per_step",
-    "kernels_per_step",
-    "device_ms",
-    "gpu_busy",
-)
+PROFILE_COLUMNS = ("compile", "ops_per_step", "host_reads_per_step", "kernels_per_step")
+PROFILE_COLUMNS += ("device_ms", "gpu_busy")
 
 
 def profile_columns(
@@ -140,24 +153,37 @@ def profile_columns(
     return {"compile": compile or "eager", **{k: prof.get(k) for k in PROFILE_COLUMNS[1:]}}
 
 
-def csv_cell(value: object) -> object:
-    """A value as written to the CSV and JSON files: floats to 4 decimals, ``None`` empty."""
+#: the summary columns of a timed step, in CSV order (:func:`.runner.stats_columns`)
+STAT_COLUMNS = ("median_ms", "min_ms", "max_ms", "q1_ms", "q3_ms", "iqr_ms", "mean_ms", "repeats")
+
+
+def csv_cell(value: object, float_format: str | None = ".4f") -> object:
+    """A value as written to the CSV and JSON files: floats to 4 decimals (``float_format``;
+    ``None`` writes them as they are), ``None`` empty."""
     if value is None:
         return ""
-    if isinstance(value, float):
-        return f"{value:.4f}"  # ms to 0.1 µs, ratios to 1e-4
+    if isinstance(value, float) and float_format:
+        return format(value, float_format)  # ms to 0.1 µs, ratios to 1e-4
     return value
 
 
-def write_csv(rows: Sequence[dict[str, Any]], path: str | Path, columns: Sequence[str]) -> Path:
-    """Write ``rows`` to ``path`` with the given columns in order (extra keys are ignored)."""
+def write_csv(
+    rows: Sequence[dict[str, Any]],
+    path: str | Path,
+    columns: Sequence[str] | None = None,
+    float_format: str | None = ".4f",
+) -> Path:
+    """Write ``rows`` to ``path`` with the given columns in order (extra keys are ignored);
+    without ``columns``, the keys of the rows in the order they first appear."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if columns is None:
+        columns = list(dict.fromkeys(k for row in rows for k in row))
     with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: csv_cell(row.get(k)) for k in columns})
+            writer.writerow({k: csv_cell(row.get(k), float_format) for k in columns})
     return path
 
 
@@ -169,81 +195,41 @@ def write_json(record: dict[str, Any], path: str | Path) -> Path:
     return path
 
 
-# -- time vs D ---------------------------------------------------------------------------------
-
-
-def step_medians(rows: Iterable[dict[str, Any]]) -> dict[str, dict[int, float]]:
-    """``{variant: {D: median ms}}`` of rows with ``variant``, ``dim`` and ``median_ms``."""
-    out: dict[str, dict[int, float]] = {}
-    for row in rows:
-        out.setdefault(row["variant"], {})[int(row["dim"])] = float(row["median_ms"])
-    return out
-
-
-def fit_loglog_slopes(rows: Sequence[dict[str, Any]], points: int = 3) -> dict[str, float]:
-    """Least-squares slope of log(median time) vs log(D) over each variant's ``points`` largest D.
-
-    A slope near 2 is O(D²) behaviour, near 3 is O(D³). Variants with fewer than two distinct D
-    are left out.
-    """
-    slopes: dict[str, float] = {}
-    for variant, by_dim in step_medians(rows).items():
-        dims = sorted(by_dim)[-max(points, 2) :]
-        if len(dims) < 2:
-            continue
-        xs = [math.log(d) for d in dims]
-        ys = [math.log(by_dim[d]) for d in dims]
-        mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-        sxx = sum((a - mx) ** 2 for a in xs)
-        slopes[variant] = sum((a - mx) * (b - my) for a, b in zip(xs, ys, strict=True)) / sxx
-    return slopes
-
-
-def plot_step_scaling(
-    rows: Sequence[dict[str, Any]],
-    path: str | Path,
+def write_results(
+    out: str | Path,
+    csvs: Mapping[str, tuple[str, Sequence[dict[str, Any]], Sequence[str]]],
+    record: dict[str, Any],
     *,
-    variants: Sequence[str],
-    styles: dict[str, tuple[str, str]],
-    guides: Sequence[tuple[str, int]] = (),
-    fit_points: int = 3,
-    title: str = "",
-) -> Path:
-    """Log-log plot of the median ms per training step vs D, a line per variant.
+    device: torch.device | str = "cpu",
+    plots: Mapping[str, tuple[str, Callable[[Path], Path]]] | None = None,
+) -> dict[str, Path]:
+    """Write a benchmark's output folder ``out`` and return the paths written, by key.
 
-    Each line's label carries its fitted slope (:func:`fit_loglog_slopes`); ``guides`` draws, for
-    each ``(variant, power)``, a faint ∝ D^power line through that variant's largest-D point.
+    Args:
+        csvs: ``{key: (file name, rows, columns)}``, one CSV each (see :func:`write_csv`).
+        record: written to :data:`ENV_NAME` after ``"environment"`` (:func:`environment_info`).
+        plots: ``{key: (file name, draw)}``; ``draw(path)`` writes one plot. ``None``: no plots.
     """
-    plt = pyplot(PLOT_HINT)
-    med = step_medians(rows)
-    slopes = fit_loglog_slopes(rows, fit_points)
-    dims = sorted({int(r["dim"]) for r in rows})
-    fig, ax = plt.subplots(figsize=(6.4, 4.6))
-    for v in (v for v in variants if v in med):
-        ds = sorted(med[v])
-        color, marker = styles[v]
-        label = v if v not in slopes else f"{v} (slope {slopes[v]:.2f})"
-        ax.plot(ds, [med[v][d] for d in ds], marker=marker, color=color, label=label)
-    if len(dims) >= 2:
-        for v, power in guides:
-            if v in med:
-                d0 = max(med[v])
-                ys = [med[v][d0] * (d / d0) ** power for d in dims]
-                ls = ":" if power == 2 else "--"
-                ax.plot(dims, ys, ls, color="0.6", lw=0.8, label=f"∝ D^{power} (through {v})")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xticks(dims)
-    ax.set_xticklabels([str(d) for d in dims])
-    ax.minorticks_off()
-    ax.set_xlabel("D (features)")
-    ax.set_ylabel("ms per training step (median)")
-    ax.set_title(title or "training step time vs D", fontsize=10)
-    top = dims[-max(fit_points, 2) :]
-    ax.legend(title=f"slopes fitted over D ∈ {top}", fontsize=8, title_fontsize=8)
-    ax.grid(True, which="major", alpha=0.3)
-    fig.tight_layout()
-    return save_figure(fig, path, dpi=120)
+    out = Path(out)
+    paths = {key: write_csv(rows, out / name, cols) for key, (name, rows, cols) in csvs.items()}
+    env = {"environment": environment_info(device), **record}
+    paths["environment"] = write_json(env, out / ENV_NAME)
+    for key, (name, draw) in (plots or {}).items():
+        paths[key] = draw(out / name)
+    return paths
+
+
+def text_table(header: Sequence[str], lines: Sequence[Sequence[str]], left: int = 0) -> list[str]:
+    """Lines of a plain-text table; the first ``left`` columns flush left, the others right."""
+    widths = [max([len(h), *(len(c[i]) for c in lines)]) for i, h in enumerate(header)]
+
+    def fmt(cells: Sequence[str]) -> str:
+        return "  ".join(
+            c.ljust(w) if i < left else c.rjust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        )
+
+    return [fmt(header), *(fmt(cells) for cells in lines)]
 
 
 # -- command line -----------------------------------------------------------------------------
@@ -279,6 +265,27 @@ def choice_list(choices: Sequence[str], what: str) -> Callable[[str], list[str]]
     return parse
 
 
+def add_options(
+    parser: argparse.ArgumentParser, options: Sequence[tuple[str, type | None, Any, str]]
+) -> None:
+    """One option per ``(flag, type, default, help)``."""
+    for flag, kind, default, text in options:
+        parser.add_argument(flag, type=kind, default=default, help=text)
+
+
+def add_list_option(
+    parser: argparse.ArgumentParser,
+    flag: str,
+    parse: Callable[[str], list[Any]],
+    default: Sequence[Any],
+    text: str,
+    nargs: str = "+",
+) -> None:
+    """An option of space- or comma-separated values (read back with :func:`flatten`)."""
+    shown = " ".join(map(str, default))
+    parser.add_argument(flag, type=parse, nargs=nargs, help=f"{text} (default: {shown})")
+
+
 def flatten(groups: Sequence[Sequence[Any]] | None, default: Sequence[Any]) -> list[Any]:
     """The values of a ``nargs="+"`` option of list-typed values, or ``default`` if not given."""
     return list(default) if groups is None else [v for group in groups for v in group]
@@ -301,36 +308,21 @@ def add_timing_arguments(
         out: default output folder; ``outputs`` names what is written there.
         lr: default of ``--lr`` (Adam's learning rate), or ``None`` for no such option.
     """
-    parser.add_argument(
-        "--repeats",
-        type=int,
-        default=None,
-        help=f"timed rounds per {per} (default: adaptive, see --budget)",
-    )
-    parser.add_argument("--warmup", type=int, default=2, help="untimed rounds first (default 2)")
-    parser.add_argument(
-        "--budget",
-        type=float,
-        default=budget,
-        help=f"adaptive repeats: seconds of timed rounds per {per} (default {budget:g})",
-    )
-    parser.add_argument(
-        "--min-repeats", type=int, default=7, help="adaptive repeats: at least (default 7)"
-    )
-    parser.add_argument(
-        "--max-repeats", type=int, default=200, help="adaptive repeats: at most (default 200)"
-    )
-    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    adaptive = "adaptive repeats: "
+    options: list[tuple[str, type | None, Any, str]] = [
+        ("--repeats", int, None, f"timed rounds per {per} (default: adaptive, see --budget)"),
+        ("--warmup", int, 2, "untimed rounds first (default 2)"),
+        ("--budget", float, budget, f"{adaptive}seconds of timed rounds per {per} ({budget:g})"),
+        ("--min-repeats", int, 7, f"{adaptive}at least (default 7)"),
+        ("--max-repeats", int, 200, f"{adaptive}at most (default 200)"),
+        ("--device", None, "cpu", "torch device (default cpu)"),
+        ("--lr", float, lr, f"Adam learning rate ({lr or 0:g})"),
+        ("--threads", int, 1, THREADS_HELP),
+        ("--seed", int, 0, "seed of the initial weights and the data (default 0)"),
+        ("--out", Path, out, f"output folder for {outputs} (default {out})"),
+    ]
+    add_options(parser, [o for o in options if o[0] != "--lr" or lr is not None])
     parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
-    if lr is not None:
-        parser.add_argument("--lr", type=float, default=lr, help=f"Adam learning rate ({lr:g})")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch.set_num_threads (default 1: reproducible, and fair on a shared machine; "
-        "0 = torch's choice)",
-    )
     parser.add_argument(
         "--clock",
         default="wall",
@@ -338,25 +330,47 @@ def add_timing_arguments(
         help="wall: wall-clock time (default; use it on a quiet machine); process: CPU time of "
         "this process, which leaves out the waits for a core on a busy machine (with --threads 1)",
     )
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--compile",
         default=None,
-        choices=("default", "reduce-overhead", "max-autotune"),
+        choices=COMPILE_MODES,
         help="time the steps with the loss compiled by torch.compile(fullgraph=True) in this "
         "mode (reduce-overhead: also a CUDA graph on a GPU); default: eager. The profile columns "
         "(operations per step, host reads, GPU busy) are written either way",
-    )
-    parser.add_argument(
-        "--out", type=Path, default=out, help=f"output folder for {outputs} (default {out})"
     )
     parser.add_argument("--no-plot", action="store_true", help="do not write the PNG plots")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
 
 
-def apply_timing_arguments(args: argparse.Namespace) -> None:
-    """Check the options of :func:`add_timing_arguments`, set the thread count, and make sure
-    matplotlib is there when plots are wanted (an error now, not after minutes of timing)."""
+def timing_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The options of :func:`add_timing_arguments` as recorded in ``environment.json``."""
+    config = {
+        "repeats": args.repeats,
+        "warmup": args.warmup,
+        "budget_s": args.budget,
+        "min_repeats": args.min_repeats,
+        "max_repeats": args.max_repeats,
+        "device": args.device,
+        "dtype": args.dtype,
+        "seed": args.seed,
+        "clock": args.clock,
+        "threads": torch.get_num_threads(),
+        "optimizer": "jacfree.train.make_adam",
+    }
+    return {**config, "lr": args.lr} if hasattr(args, "lr") else config
+
+
+def setup_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """``device``, ``dtype``, ``seed`` and (where the benchmark has it) ``lr`` of the options of
+    :func:`add_timing_arguments`, as keyword arguments of a benchmark function."""
+    setup = {"device": args.device, "dtype": DTYPES[args.dtype], "seed": args.seed}
+    return {**setup, "lr": args.lr} if hasattr(args, "lr") else setup
+
+
+def apply_timing_arguments(args: argparse.Namespace) -> TimingOptions:
+    """Check the options of :func:`add_timing_arguments`, set the thread count, make sure
+    matplotlib is there when plots are wanted (an error now, not after minutes of timing), and
+    return the timing options."""
     if args.threads < 0:
         raise ValueError(f"--threads must be >= 0 (0: torch's choice), got {args.threads}.")
     if args.repeats is not None and args.repeats < 1:
@@ -375,3 +389,4 @@ def apply_timing_arguments(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
     if not args.no_plot:
         pyplot(PLOT_HINT)
+    return TimingOptions.from_args(args)

@@ -9,7 +9,6 @@ first load. Prints a table and writes a CSV.
 from __future__ import annotations
 
 import argparse
-import csv
 import shutil
 import statistics
 import tempfile
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data import registry
+from .common import write_csv
 
 DEFAULT_OUT = Path("bench-results")
 CSV_NAME = "data_loading.csv"
@@ -85,11 +85,6 @@ def run(args: argparse.Namespace) -> int:
         )
     for name, cause in missing:
         print(f"{name:<14} not available here: {cause}")
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / CSV_NAME
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["name"])
-        writer.writeheader()
-        writer.writerows(rows)
+    path = write_csv(rows, args.out / CSV_NAME, None if rows else ["name"], float_format=None)
     print(f"wrote {path}")
     return 0

@@ -7,95 +7,42 @@ its finite-difference (FD) form, which needs function evaluations only — run a
 batch (*parallel*) or one forward call per stencil point (*sequential*, the paper's "non-parallel"
 variant, which isolates how much of the gain comes from batching).
 
-Pairs (autograd baseline → FD forms; the FD objectives are §1.7 of the project notes)
--------------------------------------------------------------------------------------
-``ssm`` (energy models)
-    SSM, ``E_v[vᵀ∇²log p̃ v + ½(vᵀ∇log p̃)²]`` — a ``create_graph`` backward for the score, a second
-    one for ``Hv``, then the parameter backward through both (:func:`jacfree.sm.ssm`), vs FD-SSM,
-    ``(d/ε²)[f(x+v) + f(x−v) − 2f(x) + ⅛(f(x+v) − f(x−v))²]`` on ``[x, x+v, x−v]``
-    (:func:`jacfree.sm.fd_ssm`). SSM-VR (:func:`jacfree.sm.ssm` with ``vr=True``, same graph)
-    is timed alongside as a second autograd reference; the FD form of the energy objective is
-    the non-VR one (the VR form would need ``‖∇f‖²``, i.e. ``d`` evaluations).
-``dsm`` (energy models)
-    DSM ``½‖∇log p̃(x̃) + (x̃ − x)/σ²‖²`` — the score by a ``create_graph`` backward, so the
-    parameter gradient is a gradient of a gradient (:func:`jacfree.sm.dsm`), vs FD-DSM
-    ``(d/2ε²)(½(f(x̃+v) − f(x̃−v)) + vᵀ(x̃−x)/σ²)²`` on ``[x̃+v, x̃−v]`` (:func:`jacfree.sm.fd_dsm`).
-``mdsm`` (the deep energy model ``ebm``)
-    multiscale DSM ``½‖∇log p̃(x̃_b) + (x̃_b − x_b)/σ0²‖²/σ_b²`` with per-sample
-    ``σ_b = linspace(0.05, 1.2)`` and ``σ0 = 0.1`` (:func:`jacfree.sm.mdsm`, a gradient of a
-    gradient) vs FD-MDSM on ``[x̃+v, x̃−v]`` with ε = 0.05 (:func:`jacfree.sm.fd_mdsm`); the
-    paper's deep-EBM setting; target: not slower (as for DSM).
-``ssm_vr`` (score networks ``s(x) ≈ ∇log p``)
-    SSM-VR ``E_v[vᵀ∇s v] + ½‖s‖²`` — one ``create_graph`` backward of ``vᵀs``
-    (:func:`jacfree.sm.ssm_scorenet`), vs FD-SSM-VR ``⅛‖s₊ + s₋‖² + (d/2ε²)vᵀ(s₊ − s₋)`` on
-    ``[x+v, x−v]`` (:func:`jacfree.sm.fd_ssm_vr`).
+Pairs (autograd baseline → FD forms; the estimators and their math: :mod:`jacfree.sm`)
+---------------------------------------------------------------------------------------
+``ssm`` (energy models): SSM, a ``create_graph`` backward for the score and a second one for
+``Hv`` (SSM-VR alongside, the same graph), vs FD-SSM on ``[x, x+v, x−v]``. ``dsm`` (energy
+models): DSM, whose parameter gradient is a gradient of a gradient, vs FD-DSM on
+``[x̃+v, x̃−v]``. ``mdsm`` (``ebm``): multiscale DSM with per-sample ``σ_b = linspace(0.05, 1.2)``,
+``σ0 = 0.1``, vs FD-MDSM with ε = 0.05, the paper's deep-EBM setting. ``ssm_vr`` (score networks
+``s(x) ≈ ∇log p``): SSM-VR, one ``create_graph`` backward of ``vᵀs``, vs FD-SSM-VR on
+``[x+v, x−v]``. ε = 0.1 and σ = 0.1 elsewhere (the cost does not depend on them).
 
-Models (``--models``; widths and batches are the paper's)
----------------------------------------------------------
-``mlp``       MLP energy ``D → H → H → 1`` (softplus; :class:`jacfree.MLPEnergy`), D = 784,
-              H = 1000, B = 128 — the deep-EBM timing network; pairs ``ssm``, ``dsm``; Gaussian
-              SSM projections (the reference code's choice for deep EBMs).
-``mlp-ref``   the same network and batch with the four objectives written out in plain PyTorch
-              as in the reference code (no argument checks, no library code): the yardstick for
-              the library's overhead and the setting of the reference figures in docs/bench-sm.md.
-``scorenet``  MLP score network ``D → H → H → D`` (softplus), B = 128; pair ``ssm_vr`` (the
-              implicit-encoder VAE/WAE setting of the paper, at D = 784); Gaussian projections.
-``ncsn``      :class:`jacfree.NCSN` (the small noise-conditional U-Net for 28×28, 16 channels),
-              B = 128, the σ²-weighted annealed objective with one random level per sample (the
-              paper's NCSN setting); pair ``ssm_vr``.
-``nice``      :class:`jacfree.NICE` at D = 784 (4 additive couplings, MLPs with 4 hidden layers
-              of width H = 1000, softplus), trained on its energy ``−log p`` in logit space,
-              B = 128; pairs ``ssm``, ``dsm``; Rademacher projections (the reference's choice).
-``ebm``       :class:`jacfree.ResEBM` on 28×28 images (base width 16, one residual block per
-              stage after each down-sampling block; the paper's Res18 has 128 and 2), B = 128;
-              pair ``mdsm``.
-``dkef``      :class:`jacfree.DKEF` on ``wine-red`` (D = 11; 200 inducing points, 3 kernels on
-              width-30 feature nets), B = 200: each step solves α in closed form on one half of
-              the batch and scores the other half (α's solve is the same for both forms, so only
-              part of the step changes — the paper's caveat); pairs ``ssm``, ``dsm``.
-
-``--dim`` and ``--hidden`` change D and H of the D-dimensional models (``--data gaussian`` for a D
-other than 784: standard normal data; ``ncsn`` needs a square D); ε = 0.1 and σ = 0.1 throughout
-(the cost does not depend on them).
+Models (``--models``; widths and batches are the paper's; :data:`MODELS`)
+--------------------------------------------------------------------------
+``mlp``: the MLP energy ``D → H → H → 1`` (D = 784, H = 1000, B = 128), the deep-EBM timing
+network, Gaussian projections; ``mlp-ref``: the same with the objectives written out in plain
+PyTorch as in the reference code (the yardstick for the library's overhead); ``scorenet``: an MLP
+score network ``D → H → H → D`` (the implicit-encoder VAE/WAE setting); ``ncsn``: the small
+noise-conditional U-Net, the σ²-weighted annealed objective with one random level per sample;
+``nice``: NICE (4 additive couplings, 4 hidden layers of width H) on its energy ``−log p`` in logit
+space, Rademacher projections; ``ebm``: a ResEBM on 28×28 images (base width 16, one block per
+stage; the paper's Res18 has 128 and 2); ``dkef``: DKEF on ``wine-red`` (B = 200), each step
+solving α on one half of the batch and scoring the other (the same solve for both forms: only
+part of the step changes — the paper's caveat). ``--dim`` and ``--hidden`` change D and H
+(``--data gaussian``: standard normal data of any D; ``ncsn`` and ``ebm`` need a square D).
 
 What is measured
 ----------------
-**Time**: the wall-clock time of one full training step — ``zero_grad``, the objective, ``backward``
-and the Adam step (``jacfree.train.make_adam``, fused) — exactly as ``jacfree train`` runs it, with
-:class:`jacfree.bench.scaling.TrainingStep`. All variants of one model train the SAME model
-instance with one optimiser; before every step (untimed) the parameters are restored, so every
-timed step runs on identical weights. The variants are interleaved — one step of each per round,
-the order rotated every round (:func:`jacfree.bench.timing.time_interleaved`) — so a drift of the
-machine's speed hits them alike and the ratios stay meaningful. Reported: the median over the
-timed rounds (min, max, quartiles in the CSV); ``speed-up`` = baseline median / variant median.
-By default one thread (``--threads``) and wall-clock time; ``--clock process`` times the CPU time
-of the process instead, which on a busy machine leaves out the waits for a core.
+**Time**: one full training step — ``zero_grad``, the objective, ``backward`` and the Adam step
+— exactly as ``jacfree train`` runs it. All variants of one model train the SAME model instance
+with one optimiser, interleaved, the parameters restored before every step
+(:mod:`jacfree.bench.runner` says why); ``speed-up`` = baseline median / variant median.
 
-**Memory** (one extra, untimed step per variant; deterministic — it depends on the shapes, not on
-the machine's load):
-
-``peak MiB``
-    the peak, during the step, of the total size of the live tensors *allocated by that step*:
-    activations, everything the autograd graph keeps for the backward, temporaries, the gradients
-    — on top of what is alive before the step (parameters, optimiser state, data), which every
-    variant of a model shares. Measured by a ``TorchDispatchMode`` that sees every ATen op of the
-    step (forward and backward), counts each new storage's bytes when an op creates it and
-    subtracts them when a weak reference reports the storage freed (:class:`LiveTensorMemory`;
-    the technique of ``torch.distributed._tools.MemTracker``). This is the CPU counterpart of
-    ``torch.cuda.max_memory_allocated() − memory_allocated()`` before the step, without the
-    caching allocator's rounding; on CUDA that allocator figure is reported as well
-    (``cuda_peak_mib``).
-``graph MiB``
-    the peak total size of the tensors created during the step that the autograd graph saves for
-    the backward pass (``torch.autograd.graph.saved_tensors_hooks``; parameters and the data batch,
-    which exist anyway, are not counted; each storage once) — the "computing graph" the paper
-    contrasts: the double-backward graph of SSM/DSM versus the plain forward graph of FD
-    (:class:`SavedTensorMemory`).
-
-Both exclude the Python-side objects, allocator slack and a kernel's internal scratch buffers;
-they measure tensors, which is what the paper's GPU memory figures are made of. What every variant
-of a model holds anyway — parameters and Adam's two moments — is reported once per model as
-``state_mib``; a GPU-style total is ``state_mib + peak_mib`` (plus the data batch).
+**Memory** (:mod:`jacfree.bench.memory`; one extra, untimed step per variant, deterministic):
+``peak MiB`` allocated by the step above what was alive before it, ``graph MiB`` saved by
+autograd for the backward pass — the "computing graph" the paper contrasts: the double-backward
+graph of SSM/DSM versus the plain forward graph of FD — and, once per model, ``state_mib``
+(parameters and Adam's moments; a GPU-style total is ``state_mib + peak_mib``).
 
 Targets: FD-SSM ≥ 1.7× faster than SSM, FD-SSM-VR ≥ 1.3× faster than SSM-VR, FD-DSM at
 least as fast as DSM, each with a lower peak memory; checked for the parallel FD form of every model
@@ -109,20 +56,16 @@ target checks) and ``sm.png`` (time and peak memory per variant, one panel pair 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import math
-import sys
-import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
-from torch.utils.weak import WeakIdKeyDictionary
 
 from ..data import load
 from ..plots import pyplot, save_figure
@@ -130,23 +73,12 @@ from ..scorematching import DKEF, NCSN, NICE, MLPEnergy
 from ..scorematching.ebm import ResEBM
 from ..scorematching.ncsn import annealed_loss
 from ..scorematching.objectives import LABELS, ModelType, Settings, objective
-from .common import (
-    DTYPES,
-    PLOT_HINT,
-    PROFILE_COLUMNS,
-    add_timing_arguments,
-    apply_timing_arguments,
-    choice_list,
-    describe_setup,
-    environment_info,
-    flatten,
-    profile_columns,
-    resolve_device,
-    write_csv,
-    write_json,
-)
-from .scaling import TrainingStep
-from .timing import CLOCKS, time_interleaved
+from . import common
+from .common import ENV_NAME, PLOT_HINT, PROFILE_COLUMNS, STAT_COLUMNS
+from .memory import MEMORY_DEFINITIONS, MIB, MemoryStats, measure_memory, state_bytes
+from .models import MLPScoreNet
+from .runner import TimingOptions, check_run, run_variants
+from .step import TrainingStep
 
 __all__ = [
     "CSV_COLUMNS",
@@ -155,9 +87,9 @@ __all__ = [
     "TARGETS",
     "VARIANTS",
     "BenchCase",
-    "LiveTensorMemory",
+    "CaseSettings",
     "MLPScoreNet",
-    "SavedTensorMemory",
+    "MemoryStats",
     "Variant",
     "build_case",
     "check_targets",
@@ -170,11 +102,11 @@ __all__ = [
 DEFAULT_OUT = Path("bench-results") / "sm"
 CSV_NAME = "sm.csv"
 PLOT_NAME = "sm.png"
-ENV_NAME = "environment.json"
-MIB = 2**20
 
 EPS = 0.1  # FD step (L2 norm of the direction), the paper's DKEF/NICE/NCSN value
 SIGMA = 0.1  # DSM noise level
+DATA_HELP = "a dataset of dimension D (default mnist-5k) or 'gaussian'"
+OPTIMIZER = "jacfree.train.make_adam (lr 1e-4; 1e-2 for dkef)"
 
 #: model name -> one-line description (see the module docs)
 MODELS: dict[str, str] = {
@@ -254,233 +186,14 @@ VARIANTS: dict[str, tuple[Variant, ...]] = {
 }
 
 #: columns of ``sm.csv``, in order
-CSV_COLUMNS: tuple[str, ...] = (
-    "model",
-    "pair",
-    "variant",
-    "label",
-    "objective",
-    "fd",
-    "parallel",
-    "median_ms",
-    "min_ms",
-    "max_ms",
-    "q1_ms",
-    "q3_ms",
-    "iqr_ms",
-    "mean_ms",
-    "repeats",
-    "speedup",
-    "peak_mib",
-    "graph_mib",
-    "peak_ratio",
-    "graph_ratio",
-    "cuda_peak_mib",
-    "target_speedup",
-    "meets_target",
-    "dim",
-    "batch",
-    "hidden",
-    "params",
-    "state_mib",
-    "data",
-    "warmup",
-    "optimizer",
-    "device",
-    "dtype",
-    "threads",
-    "clock",
-    "description",
-    *PROFILE_COLUMNS,
-)
+CSV_COLUMNS = ("model", "pair", "variant", "label", "objective", "fd", "parallel", *STAT_COLUMNS)
+CSV_COLUMNS += ("speedup", "peak_mib", "graph_mib", "peak_ratio", "graph_ratio", "cuda_peak_mib")
+CSV_COLUMNS += ("target_speedup", "meets_target", "dim", "batch", "hidden", "params", "state_mib")
+CSV_COLUMNS += ("data", "warmup", "optimizer", "device", "dtype", "threads", "clock")
+CSV_COLUMNS += ("description", *PROFILE_COLUMNS)
 
 
-# -- memory -----------------------------------------------------------------------------------
-
-
-class LiveTensorMemory(TorchDispatchMode):
-    """Peak bytes of the live tensors allocated while the mode is active (any device).
-
-    Every ATen op of the region — forward, ``autograd.grad`` and ``backward`` alike (the dispatch
-    mode is part of the thread-local state the autograd engine carries along) — passes through
-    :meth:`__torch_dispatch__`. Storages seen first as an op's *input* existed before (parameters,
-    optimiser state, data) and count zero; a storage first seen as an op's *output* is a new
-    allocation: its ``nbytes`` are added to :attr:`current` and a weak reference subtracts them
-    when the storage is freed. :attr:`peak` is the maximum of :attr:`current`; :attr:`allocated`
-    the total ever allocated. Views and in-place results share their base's storage and count
-    once. Tensor storages keep their Python object alive exactly as long as the C++ storage lives,
-    so the weak reference fires when the memory is released, not when a Python name goes.
-
-    Example:
-        >>> import torch
-        >>> with LiveTensorMemory() as mem:
-        ...     a = torch.ones(1000)      # +4000 bytes
-        ...     b = a * 2                 # +4000
-        ...     del a                     # -4000
-        >>> mem.peak, mem.current
-        (8000, 4000)
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.current = 0
-        self.peak = 0
-        self.allocated = 0
-        self._bytes: WeakIdKeyDictionary = WeakIdKeyDictionary()
-        self._refs: dict[int, weakref.ref] = {}
-
-    def bytes_of(self, storage: torch.UntypedStorage) -> int:
-        """Bytes counted for ``storage``: its size if allocated in the region, else 0."""
-        return int(self._bytes.get(storage, 0))
-
-    def _freed(self, key: int, nbytes: int) -> None:
-        self.current -= nbytes
-        self._refs.pop(key, None)
-
-    def _see(self, t: Tensor, output: bool) -> None:
-        try:
-            st = t.untyped_storage()
-        except (RuntimeError, NotImplementedError):  # pragma: no cover - storage-less tensors
-            return
-        if st in self._bytes:
-            return
-        n = int(st.nbytes()) if output else 0
-        self._bytes[st] = n
-        if n:
-            key = id(st)
-            self._refs[key] = weakref.ref(st, lambda _ref, k=key, b=n: self._freed(k, b))
-            self.current += n
-            self.allocated += n
-            self.peak = max(self.peak, self.current)
-
-    def __torch_dispatch__(
-        self,
-        func: Any,
-        types: Any,
-        args: tuple[Any, ...] = (),
-        kwargs: dict[str, Any] | None = None,
-    ) -> Any:
-        kwargs = kwargs or {}
-        for t in tree_flatten((args, kwargs))[0]:
-            if isinstance(t, Tensor):
-                self._see(t, output=False)
-        out = func(*args, **kwargs)
-        for t in tree_flatten(out)[0]:
-            if isinstance(t, Tensor):
-                self._see(t, output=True)
-        return out
-
-
-class SavedTensorMemory:
-    """Peak bytes of the tensors that the autograd graph saves for backward, within a region.
-
-    A context manager around ``torch.autograd.graph.saved_tensors_hooks``: every tensor autograd
-    saves (in the forward pass and in ``create_graph`` backward passes) is passed to the pack hook,
-    which counts its storage once if ``live`` (an active :class:`LiveTensorMemory`) saw it being
-    allocated in the region — parameters and the data batch, which exist anyway, count zero. The
-    bytes are subtracted when the storage is freed; :attr:`peak` is the maximum. The hooks keep
-    the saved tensor itself (identity pack/unpack), so double backward works unchanged.
-    """
-
-    def __init__(self, live: LiveTensorMemory) -> None:
-        self.live = live
-        self.current = 0
-        self.peak = 0
-        self._seen: WeakIdKeyDictionary = WeakIdKeyDictionary()
-        self._refs: dict[int, weakref.ref] = {}
-        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
-
-    def _freed(self, key: int, nbytes: int) -> None:
-        self.current -= nbytes
-        self._refs.pop(key, None)
-
-    def _pack(self, t: Tensor) -> Tensor:
-        st = t.untyped_storage()
-        if st not in self._seen:
-            n = self.live.bytes_of(st)
-            self._seen[st] = n
-            if n:
-                key = id(st)
-                self._refs[key] = weakref.ref(st, lambda _ref, k=key, b=n: self._freed(k, b))
-                self.current += n
-                self.peak = max(self.peak, self.current)
-        return t
-
-    @staticmethod
-    def _unpack(t: Tensor) -> Tensor:
-        return t
-
-    def __enter__(self) -> SavedTensorMemory:
-        self._hooks.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._hooks.__exit__(*exc)
-
-
-@dataclass(frozen=True)
-class MemoryStats:
-    """Bytes of one training step (see the module docs): ``peak``, ``graph`` and, on CUDA, the
-    caching allocator's ``cuda_peak`` (``None`` elsewhere)."""
-
-    peak: int
-    graph: int
-    cuda_peak: int | None = None
-
-
-def measure_memory(step: TrainingStep, device: torch.device | str = "cpu") -> MemoryStats:
-    """Peak live-tensor bytes and autograd-graph bytes of one ``step.step()`` (after a reset).
-
-    Two untimed steps: one under :class:`LiveTensorMemory` alone, for the peak (identity pack
-    hooks may hold a saved output in a reference cycle with its node and so delay its release),
-    one under it together with :class:`SavedTensorMemory`; on CUDA a third without either, between
-    ``torch.cuda.reset_peak_memory_stats`` and ``max_memory_allocated``.
-    """
-    device = torch.device(device)
-    step.reset()
-    with LiveTensorMemory() as live:
-        step.step()
-    peak = live.peak
-    step.reset()
-    with LiveTensorMemory() as live2, SavedTensorMemory(live2) as saved:
-        step.step()
-    graph = saved.peak
-    cuda_peak = None
-    if device.type == "cuda":
-        step.reset()
-        torch.cuda.synchronize(device)
-        before = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        step.step()
-        torch.cuda.synchronize(device)
-        cuda_peak = torch.cuda.max_memory_allocated(device) - before
-    return MemoryStats(peak, graph, cuda_peak)
-
-
-# -- models -----------------------------------------------------------------------------------
-
-
-class MLPScoreNet(nn.Module):
-    r"""A score network ``s(x) = MLP(x) ∈ R^D`` (``D → H → … → H → D``, smooth activation).
-
-    The MLP score model of the paper's implicit-encoder VAE/WAE experiments (there on the latent,
-    d = 32, width 256), at D = 784 here so that it matches the MLP energy's size. Row-wise, so
-    the FD batch ``[x + v, x − v]`` may be concatenated.
-    """
-
-    def __init__(self, dim: int, hidden: Sequence[int] = (1000, 1000)) -> None:
-        super().__init__()
-        layers: list[nn.Module] = []
-        width = dim
-        for h in hidden:
-            layers += [nn.Linear(width, h), nn.Softplus()]
-            width = h
-        layers.append(nn.Linear(width, dim))
-        self.dim = dim
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
+# -- models ---------------------------------------------------------------------------------
 
 
 @dataclass
@@ -498,7 +211,6 @@ class BenchCase:
     data: str
     lr: float = 1e-4
     description: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def params(self) -> int:
@@ -640,171 +352,149 @@ def _unit_scale(x: Tensor, levels: int | None, generator: torch.Generator) -> Te
     return (x + torch.rand(x.shape, generator=generator)) / levels
 
 
-def build_case(
-    name: str,
-    *,
-    dim: int = 784,
-    hidden: int = 1000,
-    batch: int = 128,
-    data: str = "mnist-5k",
-    dkef_batch: int = 200,
-    n_batches: int = 4,
-    seed: int = 0,
-    device: torch.device | str = "cpu",
-    dtype: torch.dtype = torch.float32,
-) -> BenchCase:
-    """Build the model, the pre-generated batches and the losses of benchmark model ``name``."""
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}.")
-    gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    if name == "dkef":
-        ds = load("wine-red")
-        rows = ds.train
-        B = dkef_batch
-        if not 4 <= B <= len(rows):
-            raise ValueError(
-                f"--dkef-batch must be between 4 and {len(rows)} (the wine-red training rows), "
-                f"got {B}."
-            )
-        model: nn.Module = DKEF(ds.dim)
-        perm = torch.randperm(len(rows), generator=gen)
-        order = perm[torch.arange(n_batches * B) % len(rows)]  # wraps round if too few rows
-        batches = list(rows[order].split(B))
-        model.remember(batches[0])  # inducing points from the data (first batch), as in training
-        dkef = model
-        assert isinstance(dkef, DKEF)
+@dataclass(frozen=True)
+class CaseSettings:
+    """Sizes, data and placement of the benchmark models (the options of :func:`build_case`):
+    D, the hidden width H and B of the D-dimensional models, ``data`` (``"mnist-5k"``, another
+    dataset of dimension D, or ``"gaussian"``), the batch of ``dkef`` (half solves α, half is
+    scored), the number of pre-generated batches, the seed of weights and data."""
 
-        def energy_of(x: Tensor) -> tuple[Callable[[Tensor], Tensor], Tensor]:
-            half = x.shape[0] // 2
-            alpha = dkef.solve_alpha(x[:half])
-            return (lambda y: dkef.energy(y, alpha)), x[half:]
+    dim: int = 784
+    hidden: int = 1000
+    batch: int = 128
+    data: str = "mnist-5k"
+    dkef_batch: int = 200
+    n_batches: int = 4
+    seed: int = 0
+    device: torch.device | str = "cpu"
+    dtype: torch.dtype = torch.float32
 
-        losses = _energy_losses(energy_of, "rademacher")
-        case = BenchCase(
-            name,
-            model,
-            batches,
-            losses,
-            ENERGY_VARIANTS,
-            ds.dim,
-            B,
-            30,
-            "wine-red",
-            lr=1e-2,
-            description=MODELS[name],
+
+def _dkef_case(s: CaseSettings, gen: torch.Generator) -> BenchCase:
+    """DKEF on wine-red: each step solves α on one half of the batch and scores the other."""
+    ds = load("wine-red")
+    rows = ds.train
+    B = s.dkef_batch
+    if not 4 <= B <= len(rows):
+        raise ValueError(
+            f"--dkef-batch must be between 4 and {len(rows)} (the wine-red training rows), got {B}."
         )
-        return _to(case, device, dtype)
+    dkef = DKEF(ds.dim)
+    perm = torch.randperm(len(rows), generator=gen)
+    order = perm[torch.arange(s.n_batches * B) % len(rows)]  # wraps round if too few rows
+    batches = list(rows[order].split(B))
+    dkef.remember(batches[0])  # inducing points from the data (first batch), as in training
 
-    for value, what in ((dim, "--dim"), (hidden, "--hidden"), (batch, "--batch")):
+    def energy_of(x: Tensor) -> tuple[Callable[[Tensor], Tensor], Tensor]:
+        half = x.shape[0] // 2
+        alpha = dkef.solve_alpha(x[:half])
+        return (lambda y: dkef.energy(y, alpha)), x[half:]
+
+    losses = _energy_losses(energy_of, "rademacher")
+    return BenchCase(
+        "dkef", dkef, batches, losses, ENERGY_VARIANTS, ds.dim, B, 30, "wine-red", 1e-2
+    )
+
+
+def _data_batches(
+    s: CaseSettings, gen: torch.Generator
+) -> tuple[list[Tensor], tuple[int, ...], int | None]:
+    """``n_batches`` batches of B rows of ``data`` on the unit scale, the shape of a sample and
+    the number of quantisation levels of the data (``None``: continuous)."""
+    for value, what in ((s.dim, "--dim"), (s.hidden, "--hidden"), (s.batch, "--batch")):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{what} must be a positive integer, got {value!r}.")
-    raw, shape, levels = _image_data(data, dim, batch * n_batches, gen)
+    raw, shape, levels = _image_data(s.data, s.dim, s.batch * s.n_batches, gen)
     x = _unit_scale(raw, levels, gen)
-    batches = list(x.split(batch))[:n_batches]
-    if len(batches[-1]) < batch:
+    batches = list(x.split(s.batch))[: s.n_batches]
+    if len(batches[-1]) < s.batch:
         raise ValueError(
-            f"{data!r} holds too few rows for {n_batches} batches of {batch}; lower --batch."
+            f"{s.data!r} holds too few rows for {s.n_batches} batches of {s.batch}; lower --batch."
         )
+    return batches, shape, levels
+
+
+def _image_shape(name: str, dim: int, shape: tuple[int, ...]) -> tuple[int, ...]:
+    side = math.isqrt(dim)
+    if side * side != dim or side < 4:
+        raise ValueError(
+            f"{name} models square images: --dim must be a square >= 16 (784 = 28x28), got {dim}."
+        )
+    return (1, side, side) if len(shape) != 3 else shape
+
+
+def _data_case(name: str, s: CaseSettings, gen: torch.Generator) -> BenchCase:
+    """The D-dimensional models: ``mlp``, ``mlp-ref``, ``scorenet``, ``nice``, ``ebm``, ``ncsn``."""
+    batches, shape, levels = _data_batches(s, gen)
     flat = [b.reshape(len(b), -1) for b in batches]
-    H = hidden
+    H, sizes = s.hidden, (s.dim, s.batch)
     if name in ("mlp", "mlp-ref"):
-        energy = MLPEnergy(dim, hidden=(H, H))
+        energy = MLPEnergy(s.dim, hidden=(H, H))
         if name == "mlp":
             losses = _energy_losses(lambda y: (energy, y), "gaussian")
             variants = ENERGY_VARIANTS
         else:
             losses = _plain_losses(energy.net)
             variants = tuple(v for v in ENERGY_VARIANTS if v.name in losses)
-        case = BenchCase(name, energy, flat, losses, variants, dim, batch, H, data)
-    elif name == "scorenet":
-        net = MLPScoreNet(dim, (H, H))
-        case = BenchCase(name, net, flat, _score_losses(net), SCORE_VARIANTS, dim, batch, H, data)
-    elif name == "nice":
-        nice = NICE(dim, couplings=4, hidden=H, hidden_layers=4)
+        return BenchCase(name, energy, flat, losses, variants, *sizes, H, s.data)
+    if name == "scorenet":
+        net = MLPScoreNet(s.dim, (H, H))
+        return BenchCase(name, net, flat, _score_losses(net), SCORE_VARIANTS, *sizes, H, s.data)
+    if name == "nice":
+        nice = NICE(s.dim, couplings=4, hidden=H, hidden_layers=4)
         if levels:  # logit space of the dequantised images, as NICE is trained on MNIST
             flat = [torch.logit(b.clamp(1e-3, 1 - 1e-3)) for b in flat]
         losses = _energy_losses(lambda y: (nice.energy, y), "rademacher")
-        case = BenchCase(name, nice, flat, losses, ENERGY_VARIANTS, dim, batch, H, data)
-    elif name == "ebm":
-        side = math.isqrt(dim)
-        if side * side != dim or side < 4:
-            raise ValueError(f"ebm models square images: --dim must be a square >= 16, got {dim}.")
-        img = (1, side, side) if len(shape) != 3 else shape
+        return BenchCase(name, nice, flat, losses, ENERGY_VARIANTS, *sizes, H, s.data)
+    img = _image_shape(name, s.dim, shape)
+    imgs = [b.reshape(len(b), *img) for b in batches]
+    if name == "ebm":
         ebm = ResEBM(img, width=16, depth=1)
-        imgs = [b.reshape(len(b), *img) for b in batches]
         # the paper's deep-EBM settings: σ_b = linspace(0.05, 1.2), σ0 = 0.1, ε = 0.05
         losses = _library_losses(EBM_VARIANTS, "energy", Settings(eps=0.05), lambda x: (ebm, x))
-        case = BenchCase(name, ebm, imgs, losses, EBM_VARIANTS, dim, batch, 16, data)
-    else:  # ncsn
-        side = math.isqrt(dim)
-        if side * side != dim or side < 4:
-            raise ValueError(
-                f"ncsn models square images: --dim must be a square >= 16 (784 = 28x28), got {dim}."
-            )
-        img = (1, side, side) if len(shape) != 3 else shape
-        ncsn = NCSN(img, channels=16)
-        imgs = [b.reshape(len(b), *img) for b in batches]
-        losses = _score_losses(ncsn)
-        case = BenchCase(name, ncsn, imgs, losses, SCORE_VARIANTS, dim, batch, 16, data)
+        return BenchCase(name, ebm, imgs, losses, EBM_VARIANTS, *sizes, 16, s.data)
+    ncsn = NCSN(img, channels=16)
+    losses = _score_losses(ncsn)
+    return BenchCase(name, ncsn, imgs, losses, SCORE_VARIANTS, *sizes, 16, s.data)
+
+
+def build_case(name: str, settings: CaseSettings | None = None, **options: Any) -> BenchCase:
+    """Build the model, the pre-generated batches and the losses of benchmark model ``name``;
+    ``settings`` or its fields as keyword arguments (:class:`CaseSettings`)."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}.")
+    s = settings or CaseSettings(**options)
+    gen = torch.Generator().manual_seed(s.seed)
+    torch.manual_seed(s.seed)
+    case = _dkef_case(s, gen) if name == "dkef" else _data_case(name, s, gen)
     case.description = MODELS[name]
-    return _to(case, device, dtype)
-
-
-def _to(case: BenchCase, device: torch.device | str, dtype: torch.dtype) -> BenchCase:
-    case.module.to(device=device, dtype=dtype)
-    case.batches = [b.to(device=device, dtype=dtype) for b in case.batches]
+    case.module.to(device=s.device, dtype=s.dtype)
+    case.batches = [b.to(device=s.device, dtype=s.dtype) for b in case.batches]
     return case
 
 
 # -- the benchmark ----------------------------------------------------------------------------
 
 
-def _check_int(value: object, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
-    return value
-
-
 def sm_benchmark(
     models: Sequence[str] = DEFAULT_MODELS,
     *,
-    dim: int = 784,
-    hidden: int = 1000,
-    batch: int = 128,
-    dkef_batch: int = 200,
-    data: str = "mnist-5k",
-    repeats: int | None = None,
-    warmup: int = 2,
-    budget: float = 20.0,
-    min_repeats: int = 7,
-    max_repeats: int = 200,
     memory: bool = True,
-    device: torch.device | str = "cpu",
-    dtype: torch.dtype = torch.float32,
-    seed: int = 0,
-    n_batches: int = 4,
-    clock: str = "wall",
-    progress: bool = True,
-    compile: str | None = None,
+    timing: TimingOptions | None = None,
+    **options: Any,
 ) -> list[dict[str, Any]]:
     """Time (and measure the memory of) one full training step per model and variant.
 
     Args:
         models: names from :data:`MODELS`.
-        dim, hidden, batch: D, the hidden width H and B of the D-dimensional models.
-        dkef_batch: B of ``dkef`` (half solves α, half is scored).
-        data: ``"mnist-5k"`` (or another dataset of dimension ``dim``) or ``"gaussian"``.
-        repeats: timed rounds per model; ``None`` fits them in ``budget`` seconds per model
-            (at least ``min_repeats``, at most ``max_repeats``).
-        warmup: untimed rounds per model first.
-        memory: also measure the memory of every variant (two untimed steps each).
-        device, dtype: where and in which precision the models and data live.
-        seed: seeds the weights and the data.
-        clock: ``"wall"`` (wall-clock time, for a quiet machine) or ``"process"`` (CPU time of
-            the process: with one thread it leaves out the waits for a core on a busy machine).
-        compile: ``torch.compile`` mode of every variant's loss, or ``None`` (eager). Memory is
-            measured on eager steps only (its saved-tensor hooks see no compiled graph).
+        memory: also measure the memory of every variant (two untimed steps each;
+            eager steps only: the saved-tensor hooks see no compiled graph).
+        timing: how the steps are timed (:class:`~jacfree.bench.timing.TimingOptions`).
+        options: the fields of :class:`CaseSettings` (``dim``, ``hidden``, ``batch``,
+            ``dkef_batch``, ``data``, ``n_batches``, ``seed``, ``device``, ``dtype``) and, without
+            ``timing``, those of ``TimingOptions`` (``repeats``, ``warmup``, ``budget`` —
+            seconds per model, default 20 —, ``min_repeats``, ``max_repeats``, ``clock``,
+            ``compile``, ``progress``).
 
     Returns:
         One dict per (model, variant) with the columns of :data:`CSV_COLUMNS`; times in ms,
@@ -817,70 +507,25 @@ def sm_benchmark(
         raise ValueError(f"unknown or no models {bad or models}; choose from {', '.join(MODELS)}.")
     if len(set(models)) != len(models):
         raise ValueError(f"models must be distinct, got {models}.")
-    for value, what in ((warmup, "warmup"), (n_batches, "n_batches")):
-        _check_int(value, what, 0 if what == "warmup" else 1)
-    if repeats is not None:
-        _check_int(repeats, "repeats")
-    if not (isinstance(budget, int | float) and budget > 0):
-        raise ValueError(f"budget must be a positive number of seconds, got {budget!r}.")
-    if clock not in CLOCKS:
-        raise ValueError(f"unknown clock {clock!r}; choose from {', '.join(CLOCKS)}.")
-    device = resolve_device(device)
-    if dtype not in DTYPES.values():
-        raise ValueError(
-            f"dtype must be torch.float32 or torch.float64, got {dtype} (the FD forms refuse "
-            "half precision: the differences cancel leading digits)."
-        )
+    names = CaseSettings.__dataclass_fields__
+    settings = CaseSettings(**{k: v for k, v in options.items() if k in names})
+    timing = TimingOptions.of(timing, {k: v for k, v in options.items() if k not in names}, 20.0)
+    why = " (the FD forms refuse half precision: the differences cancel leading digits)"
+    device = check_run(settings.device, settings.dtype, why, n_batches=settings.n_batches)
+    settings = dataclasses.replace(settings, device=device)
     rows: list[dict[str, Any]] = []
     for name in models:
-        case = build_case(
-            name,
-            dim=dim,
-            hidden=hidden,
-            batch=batch,
-            data=data,
-            dkef_batch=dkef_batch,
-            n_batches=n_batches,
-            seed=seed,
-            device=device,
-            dtype=dtype,
-        )
-        rows += _run_case(
-            case,
-            repeats=repeats,
-            warmup=warmup,
-            budget=budget,
-            min_repeats=min_repeats,
-            max_repeats=max_repeats,
-            memory=memory,
-            device=device,
-            dtype=dtype,
-            clock=clock,
-            progress=progress,
-            compile=compile,
-        )
+        case = build_case(name, settings)
+        rows += _run_case(case, timing, settings, memory)
         del case
         gc.collect()
     return rows
 
 
-def _run_case(
-    case: BenchCase,
-    *,
-    repeats: int | None,
-    warmup: int,
-    budget: float,
-    min_repeats: int,
-    max_repeats: int,
-    memory: bool,
-    device: torch.device,
-    dtype: torch.dtype,
-    clock: str,
-    progress: bool,
-    compile: str | None = None,
-) -> list[dict[str, Any]]:
-    first: TrainingStep | None = None
+def _shared_steps(case: BenchCase, compile: str | None) -> dict[str, TrainingStep]:
+    """One step per variant, all training ``case.module`` with ONE optimiser and snapshot."""
     steps: dict[str, TrainingStep] = {}
+    first: TrainingStep | None = None
     for v in case.variants:
         steps[v.name] = TrainingStep(
             case.module,
@@ -893,105 +538,75 @@ def _run_case(
             compile=compile,
         )
         first = first or steps[v.name]
-    if progress:
-        print(
-            f"[sm] {case.name}: D={case.dim}, B={case.batch}, {case.params:,} parameters; "
-            f"timing {', '.join(steps)} ...",
-            file=sys.stderr,
-        )
-    stats = time_interleaved(
-        {k: s.step for k, s in steps.items()},
-        setup={k: s.reset for k, s in steps.items()},
-        repeats=repeats,
-        warmup=warmup,
-        device=device,
-        budget=budget,
-        min_repeats=min_repeats,
-        max_repeats=max_repeats,
-        clock=clock,
+    return steps
+
+
+def _run_case(
+    case: BenchCase, timing: TimingOptions, settings: CaseSettings, memory: bool
+) -> list[dict[str, Any]]:
+    device = torch.device(settings.device)
+    steps = _shared_steps(case, timing.compile)
+    first = steps[case.variants[0].name]
+    timing.say(
+        f"[sm] {case.name}: D={case.dim}, B={case.batch}, {case.params:,} parameters; "
+        f"timing {', '.join(steps)} ..."
     )
-    for k, s in steps.items():
-        if s.last_loss is None or not bool(torch.isfinite(s.last_loss)):
-            raise FloatingPointError(
-                f"{k} on {case.name} produced a non-finite loss ({s.last_loss}); the timings "
-                "would be meaningless. Try --dtype float64 or a smaller --hidden."
-            )
-    profiles = {k: profile_columns(s.step, device, compile) for k, s in steps.items()}
+    hint = "Try --dtype float64 or a smaller --hidden."
+    stats = run_variants(steps, timing, device, what=case.name, hint=hint)
     mem: dict[str, MemoryStats] = {}
-    if memory and compile is None:
-        if progress:
-            print(f"[sm] {case.name}: measuring memory ...", file=sys.stderr)
+    if memory and timing.compile is None:
+        timing.say(f"[sm] {case.name}: measuring memory ...")
         mem = {k: measure_memory(s, device) for k, s in steps.items()}
-    if first is not None:
-        first.reset()
-    state_mib = _state_bytes(first) / MIB if first is not None else None
-    rows = []
-    by_name = {v.name: v for v in case.variants}
-    for v in case.variants:
-        base = v.pair
-        summary = stats[v.name].summary("ms")
-        m, mb = mem.get(v.name), mem.get(base)
-        target = TARGETS[v.pair] if v.fd and v.parallel else None
-        speedup = stats[base].median / stats[v.name].median
-        row: dict[str, Any] = {
-            "model": case.name,
-            "pair": v.pair,
-            "variant": v.name,
-            "label": by_name[v.name].label,
-            "objective": v.objective,
-            "fd": v.fd,
-            "parallel": v.parallel,
-            **{k: summary[k] for k in CSV_COLUMNS if k in summary},
-            "repeats": stats[v.name].n,
-            "speedup": speedup,
-            "peak_mib": None if m is None else m.peak / MIB,
-            "graph_mib": None if m is None else m.graph / MIB,
-            "peak_ratio": None if m is None or mb is None or not mb.peak else m.peak / mb.peak,
-            "graph_ratio": None if m is None or mb is None or not mb.graph else m.graph / mb.graph,
-            "cuda_peak_mib": None if m is None or m.cuda_peak is None else m.cuda_peak / MIB,
-            "target_speedup": target,
-            "meets_target": None,
-            "dim": case.dim,
-            "batch": case.batch,
-            "hidden": case.hidden,
-            "params": case.params,
-            "state_mib": state_mib,
-            "data": case.data,
-            "warmup": warmup,
-            "optimizer": steps[v.name].optimizer_name,
-            "device": str(device),
-            "dtype": str(dtype).removeprefix("torch."),
-            "threads": torch.get_num_threads(),
-            "clock": clock,
-            "description": case.description,
-            **profiles[v.name],
-        }
-        if target is not None:
-            ok = speedup >= target
-            if m is not None and mb is not None:
-                ok = ok and m.peak < mb.peak
-            row["meets_target"] = ok
-        rows.append(row)
-    if progress:
-        medians = ", ".join(f"{k} {stats[k].median * 1e3:.1f} ms" for k in steps)
-        print(f"[sm] {case.name}: {stats[first.variant].n} rounds; {medians}", file=sys.stderr)
+    first.reset()
+    common = {
+        "state_mib": state_bytes(first) / MIB,
+        "warmup": timing.warmup,
+        "device": str(device),
+        "dtype": str(settings.dtype).removeprefix("torch."),
+    }
+    rows = [{**_row(case, v, stats, mem), **common} for v in case.variants]
+    medians = ", ".join(f"{k} {r['median_ms']:.1f} ms" for k, r in stats.items())
+    timing.say(f"[sm] {case.name}: {stats[first.variant]['repeats']} rounds; {medians}")
     return rows
 
 
-def _state_bytes(step: TrainingStep) -> int:
-    """Bytes alive before every step and shared by all variants: parameters and optimiser state
-    (after the warm-up, Adam's two moments per parameter)."""
-    seen: set[int] = set()
-    total = 0
-    tensors = list(step.params)
-    for state in step.optimizer.state.values():
-        tensors += [t for t in state.values() if isinstance(t, Tensor)]
-    for t in tensors:
-        st = t.untyped_storage()
-        if st.data_ptr() not in seen:
-            seen.add(st.data_ptr())
-            total += st.nbytes()
-    return total
+def _row(
+    case: BenchCase,
+    v: Variant,
+    stats: dict[str, dict[str, Any]],
+    mem: dict[str, MemoryStats],
+) -> dict[str, Any]:
+    """The CSV row of variant ``v``: timing, speed-up and memory against its pair's baseline."""
+    m, mb = mem.get(v.name), mem.get(v.pair)
+    target = TARGETS[v.pair] if v.fd and v.parallel else None
+    speedup = stats[v.pair]["median_ms"] / stats[v.name]["median_ms"]
+    ok = None if target is None else speedup >= target
+    if ok is not None and m is not None and mb is not None:
+        ok = ok and m.peak < mb.peak
+    return {
+        "model": case.name,
+        "pair": v.pair,
+        "variant": v.name,
+        "label": v.label,
+        "objective": v.objective,
+        "fd": v.fd,
+        "parallel": v.parallel,
+        **stats[v.name],
+        "speedup": speedup,
+        "peak_mib": None if m is None else m.peak / MIB,
+        "graph_mib": None if m is None else m.graph / MIB,
+        "peak_ratio": None if m is None or mb is None or not mb.peak else m.peak / mb.peak,
+        "graph_ratio": None if m is None or mb is None or not mb.graph else m.graph / mb.graph,
+        "cuda_peak_mib": None if m is None or m.cuda_peak is None else m.cuda_peak / MIB,
+        "target_speedup": target,
+        "meets_target": ok,
+        "dim": case.dim,
+        "batch": case.batch,
+        "hidden": case.hidden,
+        "params": case.params,
+        "data": case.data,
+        "description": case.description,
+    }
 
 
 # -- analysis and outputs ---------------------------------------------------------------------
@@ -1024,50 +639,18 @@ def _fmt(value: object, spec: str) -> str:
 
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
-    """Text table: per model, every variant's median ms, IQR, speed-up and memory."""
-    header = [
-        "model",
-        "variant",
-        "ms/step",
-        "IQR ms",
-        "speed-up",
-        "peak MiB",
-        "peak/base",
-        "graph MiB",
-        "graph/base",
-    ]
-    lines: list[list[str]] = []
-    for r in rows:
-        lines.append(
-            [
-                r["model"],
-                r["label"],
-                _fmt(r["median_ms"], ".2f"),
-                _fmt(r["iqr_ms"], ".2f"),
-                _fmt(r["speedup"], ".2f"),
-                _fmt(r["peak_mib"], ".2f"),
-                _fmt(r["peak_ratio"], ".2f"),
-                _fmt(r["graph_mib"], ".2f"),
-                _fmt(r["graph_ratio"], ".2f"),
-            ]
-        )
-    widths = [max(len(h), *(len(c[i]) for c in lines)) for i, h in enumerate(header)]
-    left = {0, 1}
-
-    def fmt_row(cells: Sequence[str]) -> str:
-        return "  ".join(
-            c.ljust(w) if i in left else c.rjust(w)
-            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        )
-
-    out = [fmt_row(header)]
-    previous = None
-    for r, cells in zip(rows, lines, strict=True):
-        key = (r["model"], r["pair"])
-        if previous is not None and key != previous:
+    """Text table: per model, every variant's median ms, IQR, speed-up and memory; a blank line
+    between pairs."""
+    header = ["model", "variant", "ms/step", "IQR ms", "speed-up"]
+    header += ["peak MiB", "peak/base", "graph MiB", "graph/base"]
+    keys = ("median_ms", "iqr_ms", "speedup", "peak_mib", "peak_ratio", "graph_mib", "graph_ratio")
+    lines = [[r["model"], r["label"], *(_fmt(r[k], ".2f") for k in keys)] for r in rows]
+    table = common.text_table(header, lines, left=2)
+    out = table[:1]
+    for i, r in enumerate(rows):
+        if i and (r["model"], r["pair"]) != (rows[i - 1]["model"], rows[i - 1]["pair"]):
             out.append("")
-        previous = key
-        out.append(fmt_row(cells))
+        out.append(table[i + 1])
     return "\n".join(out)
 
 
@@ -1130,20 +713,6 @@ def plot_sm(rows: Sequence[dict[str, Any]], path: str | Path, title: str = "") -
     return save_figure(fig, path, dpi=120)
 
 
-MEMORY_DEFINITIONS = {
-    "peak_mib": "peak during one training step of the total size of live tensors allocated by "
-    "that step (activations, autograd-saved tensors, temporaries, gradients), above what was "
-    "alive before it (parameters, optimiser state, data); counted per storage by a "
-    "TorchDispatchMode over every ATen op, freed via weak references",
-    "graph_mib": "peak total size of the tensors created during the step that autograd saves "
-    "for the backward pass (saved_tensors_hooks; parameters and the data batch excluded)",
-    "cuda_peak_mib": "CUDA only: torch.cuda.max_memory_allocated() during the step minus "
-    "memory_allocated() before it",
-    "state_mib": "parameters and Adam state of the model, alive before every step and shared by "
-    "all its variants (not part of peak_mib)",
-}
-
-
 def write_outputs(
     rows: Sequence[dict[str, Any]],
     out: str | Path,
@@ -1153,10 +722,7 @@ def write_outputs(
     device: torch.device | str = "cpu",
 ) -> dict[str, Path]:
     """Write ``sm.csv``, ``environment.json`` and (unless ``plot=False``) ``sm.png``."""
-    out = Path(out)
-    paths = {"csv": write_csv(rows, out / CSV_NAME, CSV_COLUMNS)}
-    env = {
-        "environment": environment_info(device),
+    record = {
         "config": config or {},
         "memory_definitions": MEMORY_DEFINITIONS,
         "targets": {
@@ -1165,13 +731,10 @@ def write_outputs(
             "checks": check_targets(rows),
         },
     }
-    paths["environment"] = write_json(env, out / ENV_NAME)
-    if plot:
-        first = rows[0] if rows else {}
-        where = describe_setup(first.get("device"), first.get("dtype"), first.get("clock", "wall"))
-        title = f"score matching, full training step (Adam): {where}"
-        paths["plot"] = plot_sm(rows, out / PLOT_NAME, title)
-    return paths
+    title = f"score matching, full training step (Adam): {common.describe_rows(rows)}"
+    plots = {"plot": (PLOT_NAME, lambda path: plot_sm(rows, path, title))}
+    csvs = {"csv": (CSV_NAME, rows, CSV_COLUMNS)}
+    return common.write_results(out, csvs, record, device=device, plots=plots if plot else None)
 
 
 # -- command line -----------------------------------------------------------------------------
@@ -1184,41 +747,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "autograd score matching (SSM, SSM-VR, DSM) vs its finite-difference forms (Pang et al. "
         "2020), parallel and sequential, interleaved, per model."
     )
-    parser.add_argument(
-        "--models",
-        type=choice_list(MODELS, "model(s)"),
-        nargs="+",
-        default=None,
-        help="models, space- or comma-separated, among "
-        + ", ".join(MODELS)
-        + " (default: "
-        + " ".join(DEFAULT_MODELS)
-        + ")",
+    text = f"models, space- or comma-separated, among {', '.join(MODELS)}"
+    common.add_list_option(
+        parser, "--models", common.choice_list(MODELS, "model(s)"), DEFAULT_MODELS, text
     )
-    parser.add_argument("--batch", type=int, default=128, help="batch size B (default 128)")
-    parser.add_argument(
-        "--dkef-batch", type=int, default=200, help="batch of dkef (default 200 = 100 + 100)"
-    )
-    parser.add_argument(
-        "--dim", type=int, default=784, help="D of mlp, scorenet, nice, ncsn (default 784)"
-    )
-    parser.add_argument(
-        "--hidden", type=int, default=1000, help="hidden width H of mlp, scorenet, nice (1000)"
-    )
-    parser.add_argument(
-        "--data",
-        default="mnist-5k",
-        help="data of the D-dimensional models: a dataset of dimension D (default mnist-5k) "
-        "or 'gaussian'",
+    common.add_options(
+        parser,
+        [
+            ("--batch", int, 128, "batch size B (default 128)"),
+            ("--dkef-batch", int, 200, "batch of dkef (default 200 = 100 + 100)"),
+            ("--dim", int, 784, "D of mlp, scorenet, nice, ncsn (default 784)"),
+            ("--hidden", int, 1000, "hidden width H of mlp, scorenet, nice (1000)"),
+            ("--data", str, "mnist-5k", f"data of the D-dim. models: {DATA_HELP}"),
+        ],
     )
     parser.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
-    add_timing_arguments(
-        parser,
-        budget=20.0,
-        per="model",
-        out=DEFAULT_OUT,
-        outputs=f"{CSV_NAME}, {PLOT_NAME}, {ENV_NAME}",
-    )
+    outputs = f"{CSV_NAME}, {PLOT_NAME}, {ENV_NAME}"
+    common.add_timing_arguments(parser, budget=20.0, per="model", out=DEFAULT_OUT, outputs=outputs)
     parser.add_argument(
         "--strict",
         action="store_true",
@@ -1228,55 +773,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``jacfree bench sm``: benchmark, print the table and the target checks, write files."""
-    models = flatten(args.models, DEFAULT_MODELS)
+    models = common.flatten(args.models, DEFAULT_MODELS)
     for value, flag in ((args.batch, "--batch"), (args.dim, "--dim"), (args.hidden, "--hidden")):
         if value < 1:
             raise ValueError(f"{flag} must be >= 1, got {value}.")
-    apply_timing_arguments(args)
-    config = {
-        "models": models,
-        "dim": args.dim,
-        "hidden": args.hidden,
-        "batch": args.batch,
-        "dkef_batch": args.dkef_batch,
-        "data": args.data,
-        "eps": EPS,
-        "sigma": SIGMA,
-        "repeats": args.repeats,
-        "warmup": args.warmup,
-        "budget_s": args.budget,
-        "min_repeats": args.min_repeats,
-        "max_repeats": args.max_repeats,
-        "memory": not args.no_memory,
-        "device": args.device,
-        "dtype": args.dtype,
-        "threads": torch.get_num_threads(),
-        "clock": args.clock,
-        "seed": args.seed,
-        "optimizer": "jacfree.train.make_adam (lr 1e-4; 1e-2 for dkef)",
-    }
+    timing = common.apply_timing_arguments(args)
+    sizes = {"dim": args.dim, "hidden": args.hidden, "batch": args.batch}
+    sizes |= {"dkef_batch": args.dkef_batch, "data": args.data}
+    config = {"models": models, **sizes, "eps": EPS, "sigma": SIGMA, **common.timing_config(args)}
+    config |= {"memory": not args.no_memory, "optimizer": OPTIMIZER}
+    memory = not args.no_memory
     rows = sm_benchmark(
-        models,
-        dim=args.dim,
-        hidden=args.hidden,
-        batch=args.batch,
-        dkef_batch=args.dkef_batch,
-        data=args.data,
-        repeats=args.repeats,
-        warmup=args.warmup,
-        budget=args.budget,
-        min_repeats=args.min_repeats,
-        max_repeats=args.max_repeats,
-        memory=not args.no_memory,
-        device=args.device,
-        dtype=DTYPES[args.dtype],
-        seed=args.seed,
-        clock=args.clock,
-        progress=not args.quiet,
-        compile=args.compile,
+        models, memory=memory, timing=timing, **sizes, **common.setup_arguments(args)
     )
     print(
-        f"score matching, {describe_setup(args.device, args.dtype, args.clock)}: "
+        f"score matching, {common.describe_setup(args.device, args.dtype, args.clock)}: "
         "median ms per full training step (zero_grad, objective, backward, Adam); speed-up = "
         "baseline ms / variant ms; memory: peak MiB allocated by the step, MiB saved by autograd"
     )

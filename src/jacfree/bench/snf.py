@@ -31,26 +31,18 @@ the selfnorm model (the same parameters serve all three ways):
     inverse costs the same either way, which caps the speed-up there (as in the paper).
 
 **Time per step vs D** for one dense layer (D = 128 … 4096): the O(D³) against O(B·D²) scaling,
-with the log-log slopes fitted over the largest D.
+with the log-log slopes fitted over the largest D — timed by the one time-vs-D sweep of
+:mod:`jacfree.bench.scaling` (``FCFlow(D, layers=1)``, one square layer, exact vs selfnorm; the
+same as ``jacfree bench scaling --layers 1 --variants exact selfnorm``).
 
 Default cases (the paper's Tables 2–3 for MNIST-sized inputs): ``dense-784``,
 ``conv-1x28x28``, ``conv-4x14x14``, ``fc2l-784``, ``fc2l-3072``, ``cnn9l-1x28x28`` and
 ``glow-1x28x28`` (Glow-like 2 × 8 steps, width 64: only its 1×1 convolutions are
 self-normalizing, so it gains little — as in the paper, ×1.2 on a GPU).
 
-Why it is measured this way
----------------------------
-The two modes start from the same parameters (a deep copy switched with ``set_gradient``), train on
-the same pre-generated batches with the same optimiser, and are timed **interleaved** (one step of
-each per round, order rotated: :mod:`jacfree.bench.timing`), with the parameters restored before
-every step outside the timed region (the step's cost depends on the shapes, not the values; see
-:mod:`jacfree.bench.scaling`, whose :class:`~jacfree.bench.scaling.TrainingStep` this reuses).
-The reported figure is the median after warm-up; min, max and quartiles are in the CSV.
-
-**Threads.** The default is ``--threads 1``: the per-operation costs the paper's argument is about
-are then not blurred by how well each kernel parallelises (LAPACK's O(D³) factorisations scale
-with threads much better than small convolutions do), and a single-threaded run is far less
-sensitive to other jobs on a shared machine. ``--threads N`` measures N threads.
+The two modes start from the same parameters (a deep copy switched with ``set_gradient``) and
+are timed interleaved, restored before every step, one thread by default
+(:mod:`jacfree.bench.runner` says why).
 
 Outputs (``--out``, default ``bench-results/snf/``): ``snf.csv`` (one row per case, measure and
 variant), ``snf-scaling.csv`` (dense layer vs D), ``environment.json`` (versions, CPU, threads,
@@ -64,7 +56,6 @@ import argparse
 import copy
 import gc
 import re
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -77,26 +68,10 @@ from ..flows import CNNFlow, FCFlow, Flow, GlowFlow, SelfNormConv2d, SquareAffin
 from ..flows.actnorm import initialize_actnorm
 from ..flows.core import ParameterStateCache
 from ..plots import pyplot, save_figure
-from .common import (
-    DTYPES,
-    PLOT_HINT,
-    PROFILE_COLUMNS,
-    add_timing_arguments,
-    apply_timing_arguments,
-    describe_setup,
-    environment_info,
-    fit_loglog_slopes,
-    flatten,
-    plot_step_scaling,
-    positive_int_list,
-    profile_columns,
-    resolve_device,
-    step_medians,
-    write_csv,
-    write_json,
-)
-from .scaling import TrainingStep
-from .timing import CLOCKS, TimingStats, time_interleaved
+from . import common, scaling
+from .common import ENV_NAME, PLOT_HINT, PROFILE_COLUMNS, STAT_COLUMNS
+from .runner import TimingOptions, check_run, check_variants, run_variants, stats_columns
+from .step import TrainingStep
 
 __all__ = [
     "DEFAULT_CASES",
@@ -128,42 +103,27 @@ SAMPLE_VARIANTS: tuple[str, ...] = ("exact-inverse", "exact-inverse-cold", "lear
 DEFAULT_OUT = Path("bench-results") / "snf"
 CSV_NAME, SCALING_CSV_NAME = "snf.csv", "snf-scaling.csv"
 PLOT_NAME, SCALING_PLOT_NAME = "snf.png", "snf-scaling.png"
-ENV_NAME = "environment.json"
 
 #: columns of ``snf.csv`` and ``snf-scaling.csv``, in order
-CSV_COLUMNS: tuple[str, ...] = (
-    "case",
-    "model",
-    "dim",
-    "measure",
-    "variant",
-    "median_ms",
-    "min_ms",
-    "max_ms",
-    "q1_ms",
-    "q3_ms",
-    "iqr_ms",
-    "mean_ms",
-    "repeats",
-    "speedup",
-    "batch",
-    "warmup",
-    "params",
-    "device",
-    "dtype",
-    "threads",
-    "clock",
-    *PROFILE_COLUMNS,
-)
+CSV_COLUMNS = ("case", "model", "dim", "measure", "variant", *STAT_COLUMNS, "speedup", "batch")
+CSV_COLUMNS += ("warmup", "params", "device", "dtype", "threads", "clock", *PROFILE_COLUMNS)
 
-#: colour and marker of each variant in the plots
-STYLES: dict[str, tuple[str, str]] = {
-    "exact": ("C3", "o"),
-    "selfnorm": ("C1", "D"),
-    "exact-inverse": ("C3", "o"),
-    "exact-inverse-cold": ("C5", "v"),
-    "learned-inverse": ("C1", "D"),
+#: colour of each sampling way and training mode in the plot
+STYLES: dict[str, str] = {
+    "exact": "C3",
+    "selfnorm": "C1",
+    "exact-inverse": "C3",
+    "exact-inverse-cold": "C5",
+    "learned-inverse": "C1",
 }
+
+#: the sizes and budgets of ``jacfree bench snf``: (flag, type, default, help)
+OPTIONS: tuple[tuple[str, type, Any, str], ...] = (
+    ("--batch", int, 100, "training batch size B (100)"),
+    ("--sample-batch", int, 100, "samples per timed sampling call (100)"),
+    ("--sample-budget", float, 4.0, "adaptive: seconds of timed sampling per case (4)"),
+    ("--fit-points", int, 3, "log-log slopes over this many largest D (3)"),
+)
 
 _MODELS = {
     "dense": "one SquareAffine(D)",
@@ -172,6 +132,9 @@ _MODELS = {
     "cnn9l": "CNNFlow: 3 blocks x 3 SNF 3x3 convs, element-wise splines",
     "glow": "GlowFlow: 2 blocks x 8 steps, width 64, 1x1 convs",
 }
+
+#: the text table of the dense-layer sweep (D, ms per step per mode, exact / selfnorm, slopes)
+format_scaling_table = scaling.format_table
 
 
 # -- cases ------------------------------------------------------------------------------------
@@ -187,10 +150,7 @@ class BenchCase:
 
     @property
     def dim(self) -> int:
-        out = 1
-        for s in self.shape:
-            out *= s
-        return out
+        return int(torch.Size(self.shape).numel())
 
     @property
     def model(self) -> str:
@@ -221,12 +181,9 @@ def parse_case(text: str) -> BenchCase:
             f"unknown benchmark case {text!r}; use dense-D, fc2l-D, conv-CxHxW, cnn9l-CxHxW or "
             "glow-CxHxW (e.g. dense-784, conv-1x28x28)."
         )
-    if m.group(1):
-        shape: tuple[int, ...] = (int(m.group(2)),)
-        kind = m.group(1)
-    else:
-        kind = m.group(3)
-        shape = (int(m.group(4)), int(m.group(5)), int(m.group(6)))
+    kind = m.group(1) or m.group(3)
+    sizes = (m.group(2),) if m.group(1) else m.group(4, 5, 6)
+    shape = tuple(int(s) for s in sizes)
     if min(shape) < 1:
         raise ValueError(f"benchmark case {text!r} has a zero size.")
     if kind in ("cnn9l", "glow") and (shape[1] % 4 or shape[2] % 4):
@@ -240,6 +197,37 @@ def parse_case(text: str) -> BenchCase:
 # -- timing -----------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _Setup:
+    """What every case of one run shares."""
+
+    timing: TimingOptions
+    device: torch.device
+    dtype: torch.dtype
+    batch: int
+    sample_batch: int
+    sample_budget: float
+    seed: int
+    lr: float
+    n_batches: int
+
+    def row(self, case: BenchCase, measure: str, variant: str, **columns: Any) -> dict[str, Any]:
+        """A CSV row of ``case`` (``columns``: the timing summary, speed-up, batch, params)."""
+        return {
+            "case": case.name,
+            "model": case.model,
+            "dim": case.dim,
+            "measure": measure,
+            "variant": variant,
+            "warmup": self.timing.warmup,
+            "device": str(self.device),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "threads": torch.get_num_threads(),
+            "clock": self.timing.clock,
+            **columns,
+        }
+
+
 def _clear_caches(flow: Flow) -> None:
     """Forget every cached factorisation (the next exact call recomputes them)."""
     for m in flow.modules():
@@ -248,169 +236,112 @@ def _clear_caches(flow: Flow) -> None:
             cache.clear()
 
 
-@dataclass
-class _Timer:
-    repeats: int | None
-    warmup: int
-    budget: float
-    sample_budget: float
-    min_repeats: int
-    max_repeats: int
-    device: torch.device
-    clock: str = "wall"
-
-    def run(
-        self,
-        fns: dict[str, Callable[[], object]],
-        setup: dict[str, Callable[[], object]] | None = None,
-        *,
-        sampling: bool = False,
-    ) -> dict[str, TimingStats]:
-        return time_interleaved(
-            fns,
-            setup=setup,
-            repeats=self.repeats,
-            warmup=self.warmup,
-            device=self.device,
-            budget=self.sample_budget if sampling else self.budget,
-            min_repeats=self.min_repeats,
-            max_repeats=self.max_repeats,
-            clock=self.clock,
-        )
-
-
-def _row(
+def _step_rows(
     case: BenchCase,
-    measure: str,
-    variant: str,
-    stats: TimingStats,
-    *,
-    scale: float,
-    speedup: float | None,
-    batch: int,
-    warmup: int,
-    params: int,
-    device: torch.device,
-    dtype: torch.dtype,
-) -> dict[str, Any]:
-    summary = stats.summary("ms")
-    return {
-        "case": case.name,
-        "model": case.model,
-        "dim": case.dim,
-        "measure": measure,
-        "variant": variant,
-        **{k: float(v) * scale for k, v in summary.items() if k.endswith("_ms")},
-        "repeats": stats.n,
-        "speedup": speedup,
-        "batch": batch,
-        "warmup": warmup,
-        "params": params,
-        "device": str(device),
-        "dtype": str(dtype).removeprefix("torch."),
-        "threads": torch.get_num_threads(),
-    }
-
-
-def _bench_case(
-    case: BenchCase,
-    *,
-    timer: _Timer,
-    batch: int,
-    sample_batch: int,
-    variants: Sequence[str],
-    sample: bool,
-    dtype: torch.dtype,
-    seed: int,
-    lr: float,
-    n_batches: int,
-    progress: bool,
-    compile: str | None = None,
+    steps: dict[str, TrainingStep],
+    stats: dict[str, dict[str, Any]],
+    setup: _Setup,
 ) -> list[dict[str, Any]]:
-    device = timer.device
-    generator = torch.Generator().manual_seed(seed)
-    batches = [
-        torch.randn(batch, *case.shape, generator=generator, dtype=torch.float64).to(device, dtype)
-        for _ in range(n_batches)
+    """The ``step`` rows of ``case``: :func:`~jacfree.bench.runner.run_variants`' rows with the
+    speed-up over the exact mode, the batch and the trainable parameters of each mode."""
+    exact = stats["exact"]["median_ms"] if "exact" in stats else None
+    return [
+        setup.row(
+            case,
+            "step",
+            v,
+            **row,
+            speedup=None if exact is None else exact / row["median_ms"],
+            batch=setup.batch,
+            params=sum(p.numel() for p in steps[v].params),
+        )
+        for v, row in stats.items()
     ]
-    torch.manual_seed(seed)
+
+
+def _time_steps(
+    case: BenchCase, variants: Sequence[str], setup: _Setup
+) -> tuple[dict[str, TrainingStep], list[dict[str, Any]]]:
+    """Train ``case`` in each gradient mode from the same start; time the steps interleaved."""
+    device, dtype, timing = setup.device, setup.dtype, setup.timing
+    generator = torch.Generator().manual_seed(setup.seed)
+    shape = (setup.batch, *case.shape)
+    batches = [
+        torch.randn(shape, generator=generator, dtype=torch.float64).to(device, dtype)
+        for _ in range(setup.n_batches)
+    ]
+    torch.manual_seed(setup.seed)
     base = case.build("exact").to(device=device, dtype=dtype)
     initialize_actnorm(base, batches[0])  # Glow: the same data-dependent start for every mode
     steps: dict[str, TrainingStep] = {}
     for v in variants:
         flow = copy.deepcopy(base)
         flow.set_gradient(v)
-        steps[v] = TrainingStep(flow, v, batches, lr, loss_fn=flow.loss, compile=compile)
-    del base
-    if progress:
-        print(
-            f"[snf] {case.name}: timing training steps ({', '.join(variants)}) ...", file=sys.stderr
+        steps[v] = TrainingStep(
+            flow, v, batches, setup.lr, loss_fn=flow.loss, compile=timing.compile
         )
-    stats = timer.run({v: s.step for v, s in steps.items()}, {v: s.reset for v, s in steps.items()})
-    for v, s in steps.items():
-        if s.last_loss is None or not bool(torch.isfinite(s.last_loss)):
-            raise FloatingPointError(
-                f"the {v} step of {case.name} produced a non-finite loss ({s.last_loss}); the "
-                "timings would be meaningless. Try a smaller --lr or --dtype float64."
-            )
-    common = {"warmup": timer.warmup, "device": device, "dtype": dtype}
-    rows: list[dict[str, Any]] = []
-    exact = stats["exact"].median if "exact" in stats else None
-    for v in variants:
-        row = _row(
+    timing.say(f"[snf] {case.name}: timing training steps ({', '.join(variants)}) ...")
+    stats = run_variants(steps, timing, device, what=case.name)
+    rows = _step_rows(case, steps, stats, setup)
+    medians = ", ".join(f"{v} {stats[v]['median_ms']:.2f} ms" for v in variants)
+    timing.say(f"[snf] {case.name}: {stats[variants[0]]['repeats']} steps each; {medians}")
+    return steps, rows
+
+
+def _time_sampling(case: BenchCase, step: TrainingStep, setup: _Setup) -> list[dict[str, Any]]:
+    """Time drawing samples from ``step``'s flow (restored to its start) in the ways available:
+    the exact inverse warm and cold, and (for selfnorm) the learned inverse R."""
+    flow, n = step.flow, setup.sample_batch
+    step.reset()
+    flow.eval()
+    ways = [w for w in SAMPLE_VARIANTS if step.variant == "selfnorm" or w != "learned-inverse"]
+    gen = torch.Generator(device=setup.device).manual_seed(setup.seed)
+
+    def draw(approximate: bool) -> Callable[[], object]:
+        return lambda: flow.sample(n, generator=gen, approximate=approximate)
+
+    fns = {w: draw(w == "learned-inverse") for w in ways}
+    cold = {"exact-inverse-cold": lambda: _clear_caches(flow)}
+    setup.timing.say(f"[snf] {case.name}: timing sampling ({', '.join(ways)}) ...")
+    stats = setup.timing.time(fns, cold, device=setup.device, budget=setup.sample_budget)
+    base = stats["exact-inverse"].median
+    params = sum(p.numel() for p in flow.parameters())
+    rows = [
+        setup.row(
             case,
-            "step",
-            v,
-            stats[v],
-            scale=1.0,
-            speedup=None if exact is None else exact / stats[v].median,
-            batch=batch,
-            params=sum(p.numel() for p in steps[v].params),
-            **common,
+            "sample",
+            w,
+            **stats_columns(stats[w], 1.0 / n),
+            speedup=base / stats[w].median,
+            batch=n,
+            params=params,
         )
-        rows.append({**row, **profile_columns(steps[v].step, device, compile)})
-    if progress:
-        medians = ", ".join(f"{v} {stats[v].median * 1e3:.2f} ms" for v in variants)
-        print(f"[snf] {case.name}: {stats[variants[0]].n} steps each; {medians}", file=sys.stderr)
+        for w in ways
+    ]
+    per = ", ".join(f"{w} {stats[w].median * 1e3 / n:.3f} ms/sample" for w in ways)
+    setup.timing.say(f"[snf] {case.name}: {per}")
+    return rows
 
+
+def _bench_case(
+    case: BenchCase, variants: Sequence[str], setup: _Setup, sample: bool
+) -> list[dict[str, Any]]:
+    steps, rows = _time_steps(case, variants, setup)
     if sample:
-        which = "selfnorm" if "selfnorm" in steps else variants[0]
-        flow = steps[which].flow
-        steps[which].reset()
-        flow.eval()
-        ways = [w for w in SAMPLE_VARIANTS if which == "selfnorm" or w != "learned-inverse"]
-        gen = torch.Generator(device=device).manual_seed(seed)
-
-        def draw(approximate: bool) -> Callable[[], object]:
-            return lambda: flow.sample(sample_batch, generator=gen, approximate=approximate)
-
-        fns = {w: draw(w == "learned-inverse") for w in ways}
-        setup = {"exact-inverse-cold": lambda: _clear_caches(flow)}
-        if progress:
-            print(f"[snf] {case.name}: timing sampling ({', '.join(ways)}) ...", file=sys.stderr)
-        sstats = timer.run(fns, setup, sampling=True)
-        base_time = sstats["exact-inverse"].median
-        for w in ways:
-            rows.append(
-                _row(
-                    case,
-                    "sample",
-                    w,
-                    sstats[w],
-                    scale=1.0 / sample_batch,
-                    speedup=base_time / sstats[w].median,
-                    batch=sample_batch,
-                    params=sum(p.numel() for p in flow.parameters()),
-                    **common,
-                )
-            )
-        if progress:
-            per = ", ".join(
-                f"{w} {sstats[w].median * 1e3 / sample_batch:.3f} ms/sample" for w in ways
-            )
-            print(f"[snf] {case.name}: {per}", file=sys.stderr)
+        rows += _time_sampling(case, steps.get("selfnorm", steps[variants[0]]), setup)
     del steps
     gc.collect()
+    return rows
+
+
+def _dense_sweep(dims: Sequence[int], variants: Sequence[str], setup: _Setup) -> list[dict]:
+    """One dense layer vs D: the sweep of :func:`jacfree.bench.scaling.sweep` with L = 1, as
+    rows of ``snf-scaling.csv`` (case ``dense-D``)."""
+    rows = []
+    kw = {"device": setup.device, "dtype": setup.dtype, "seed": setup.seed, "lr": setup.lr}
+    kw |= {"batch": setup.batch, "timing": setup.timing, "n_batches": setup.n_batches}
+    for dim, steps, stats in scaling.sweep(dims, variants, layers=1, label="snf", **kw):
+        rows += _step_rows(parse_case(f"dense-{dim}"), steps, stats, setup)
     return rows
 
 
@@ -422,20 +353,14 @@ def snf_benchmark(
     sample_batch: int = 100,
     variants: Sequence[str] = STEP_VARIANTS,
     sample: bool = True,
-    repeats: int | None = None,
-    warmup: int = 2,
-    budget: float = 8.0,
     sample_budget: float = 4.0,
-    min_repeats: int = 7,
-    max_repeats: int = 200,
+    timing: TimingOptions | None = None,
+    n_batches: int = 4,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
     seed: int = 0,
     lr: float = 1e-4,
-    n_batches: int = 4,
-    clock: str = "wall",
-    progress: bool = True,
-    compile: str | None = None,
+    **options: Any,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Time training steps (and sampling) of every case in both modes, and one dense layer vs D.
 
@@ -446,71 +371,29 @@ def snf_benchmark(
         sample_batch: samples drawn per timed sampling call (the time is divided by it).
         variants: gradient modes timed side by side (``"exact"``, ``"selfnorm"``).
         sample: also time sampling (exact inverse warm and cold, learned inverse R).
-        repeats: timed rounds per case; ``None`` fits them in ``budget`` (``sample_budget`` for
-            sampling) seconds, within ``[min_repeats, max_repeats]``.
-        warmup: untimed rounds first.
+        sample_budget: seconds of timed sampling rounds per case (adaptive repeats).
         device, dtype: where and in which precision the models and data live.
         seed: seeds the parameters and the data.
         lr: Adam learning rate (the parameters are restored before every step anyway).
         n_batches: pre-generated batches cycled through.
-        clock: ``"wall"`` (wall-clock time) or ``"process"`` (CPU time of the process: on a
-            shared machine, single-threaded, it leaves out the waits for a core).
-        progress: progress lines on stderr.
-        compile: ``torch.compile`` mode of the training steps' losses, or ``None`` (eager).
+        timing: how the steps are timed; or its fields as keyword arguments (``repeats``,
+            ``warmup``, ``budget`` — seconds per case, default 8 —, ``min_repeats``,
+            ``max_repeats``, ``clock``, ``compile``, ``progress``; see
+            :class:`~jacfree.bench.timing.TimingOptions`).
 
     Returns:
         ``(rows, scaling_rows)``: dicts with the columns of :data:`CSV_COLUMNS`, times in ms
         (per step, or per sample for ``measure == "sample"``); ``speedup`` is the exact
         variant's median over this one (the ``exact-inverse`` one for sampling).
     """
-    variants = tuple(variants)
-    bad = [v for v in variants if v not in STEP_VARIANTS]
-    if bad or not variants or len(set(variants)) != len(variants):
-        raise ValueError(
-            f"variants must be distinct and among {', '.join(STEP_VARIANTS)}, got {list(variants)}."
-        )
+    variants = check_variants(variants, STEP_VARIANTS)
     parsed = [parse_case(c) for c in cases]
-    dims = tuple(int(d) for d in dims)
-    if any(d < 1 for d in dims):
-        raise ValueError(f"dims must be positive integers, got {list(dims)}.")
-    for name, value in (("batch", batch), ("sample_batch", sample_batch), ("n_batches", n_batches)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-    if dtype not in DTYPES.values():
-        raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}.")
-    if clock not in CLOCKS:
-        raise ValueError(f"unknown clock {clock!r}; choose from {', '.join(CLOCKS)}.")
-    timer = _Timer(
-        repeats,
-        warmup,
-        budget,
-        sample_budget,
-        min_repeats,
-        max_repeats,
-        resolve_device(device),
-        clock,
-    )
-    common = {
-        "timer": timer,
-        "batch": batch,
-        "sample_batch": sample_batch,
-        "variants": variants,
-        "dtype": dtype,
-        "seed": seed,
-        "lr": lr,
-        "n_batches": n_batches,
-        "progress": progress,
-        "compile": compile,
-    }
-    rows: list[dict[str, Any]] = []
-    for case in parsed:
-        rows += _bench_case(case, sample=sample, **common)  # type: ignore[arg-type]
-    scaling_rows: list[dict[str, Any]] = []
-    for d in dims:
-        scaling_rows += _bench_case(parse_case(f"dense-{d}"), sample=False, **common)  # type: ignore[arg-type]
-    for row in (*rows, *scaling_rows):
-        row["clock"] = clock
-    return rows, scaling_rows
+    sizes = {"batch": batch, "sample_batch": sample_batch, "n_batches": n_batches}
+    device = check_run(device, dtype, **sizes, **{f"D={d}": d for d in dims})
+    timing = TimingOptions.of(timing, options, budget=8.0)
+    setup = _Setup(timing, device, dtype, sample_budget=sample_budget, seed=seed, lr=lr, **sizes)
+    rows = [r for case in parsed for r in _bench_case(case, variants, setup, sample)]
+    return rows, _dense_sweep(dims, variants, setup) if dims else []
 
 
 # -- targets, tables, outputs -------------------------------------------------------------------
@@ -527,97 +410,45 @@ def check_targets(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """The targets that the rows allow to check: the speed-ups above, and sampling
     through R faster than through the exact inverse (cached factorisation) for every case."""
     by_key = {(r["case"], r["measure"], r["variant"]): r for r in rows}
-    out = []
     checks = list(TARGETS)
     for case in dict.fromkeys(r["case"] for r in rows):
-        checks.append(
-            (
-                f"sampling through R vs exact inverse, {case}",
-                case,
-                "sample",
-                "learned-inverse",
-                1.0,
-            )
-        )
+        text = f"sampling through R vs exact inverse, {case}"
+        checks.append((text, case, "sample", "learned-inverse", 1.0))
+    out = []
     for text, case, measure, variant, minimum in checks:
         row = by_key.get((case, measure, variant))
         if row is None or row.get("speedup") is None:
             continue
-        speedup = float(row["speedup"])
-        out.append(
-            {
-                "target": text,
-                "case": case,
-                "speedup": speedup,
-                "minimum": minimum,
-                "met": speedup > minimum if minimum == 1.0 else speedup >= minimum,
-            }
-        )
+        x = float(row["speedup"])
+        met = x > minimum if minimum == 1.0 else x >= minimum
+        out.append({"target": text, "case": case, "speedup": x, "minimum": minimum, "met": met})
     return out
 
 
-def _table(header: list[str], lines: list[list[str]]) -> list[str]:
-    widths = [
-        max(len(h), *(len(c[i]) for c in lines)) if lines else len(h) for i, h in enumerate(header)
-    ]
-    out = [
-        "  ".join(
-            h.rjust(w) if i else h.ljust(w)
-            for i, (h, w) in enumerate(zip(header, widths, strict=True))
-        )
-    ]
-    for cells in lines:
-        out.append(
-            "  ".join(
-                c.rjust(w) if i else c.ljust(w)
-                for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-            )
-        )
-    return out
-
-
-def _fmt(value: float | None, digits: int = 2) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
+#: the columns of the text table: (header, measure, variant, key, digits)
+_TABLE = (
+    ("step exact", "step", "exact", "median_ms", 2),
+    ("step SNF", "step", "selfnorm", "median_ms", 2),
+    ("x", "step", "selfnorm", "speedup", 2),
+    ("sample exact-inv", "sample", "exact-inverse", "median_ms", 3),
+    ("cold", "sample", "exact-inverse-cold", "median_ms", 3),
+    ("sample R", "sample", "learned-inverse", "median_ms", 3),
+    ("x", "sample", "learned-inverse", "speedup", 2),
+)
 
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
     """Text table: per case, median ms per step (both modes) and per sample (three ways),
     with the speed-ups, then the targets."""
     get = {(r["case"], r["measure"], r["variant"]): r for r in rows}
-    cases = list(dict.fromkeys(r["case"] for r in rows))
-    header = [
-        "case",
-        "D",
-        "step exact",
-        "step SNF",
-        "x",
-        "sample exact-inv",
-        "cold",
-        "sample R",
-        "x",
-    ]
     lines = []
-    for c in cases:
-
-        def val(measure: str, variant: str, key: str = "median_ms", c: str = c) -> float | None:
-            row = get.get((c, measure, variant))
-            return None if row is None or row.get(key) is None else float(row[key])
-
-        dim = next(r["dim"] for r in rows if r["case"] == c)
-        lines.append(
-            [
-                c,
-                str(dim),
-                _fmt(val("step", "exact")),
-                _fmt(val("step", "selfnorm")),
-                _fmt(val("step", "selfnorm", "speedup")),
-                _fmt(val("sample", "exact-inverse"), 3),
-                _fmt(val("sample", "exact-inverse-cold"), 3),
-                _fmt(val("sample", "learned-inverse"), 3),
-                _fmt(val("sample", "learned-inverse", "speedup")),
-            ]
-        )
-    out = _table(header, lines)
+    for c, dim in dict.fromkeys((r["case"], r["dim"]) for r in rows):
+        cells = [c, str(dim)]
+        for _, measure, variant, key, digits in _TABLE:
+            value = get.get((c, measure, variant), {}).get(key)
+            cells.append("-" if value is None else f"{float(value):.{digits}f}")
+        lines.append(cells)
+    out = common.text_table(["case", "D", *(col[0] for col in _TABLE)], lines, left=1)
     out.append(
         "(ms per training step, B as in the CSV; ms per sample; x = exact / SNF; cold = exact "
         "inverse with the factorisations recomputed)"
@@ -625,39 +456,9 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     targets = check_targets(rows)
     if targets:
         out.append("targets:")
-        for t in targets:
-            mark = "met" if t["met"] else "NOT MET"
-            op = ">" if t["minimum"] == 1.0 else ">="
-            out.append(
-                f"  {t['target']}: x{t['speedup']:.2f} (target {op} {t['minimum']:g}) {mark}"
-            )
-    return "\n".join(out)
-
-
-def format_scaling_table(rows: Sequence[dict[str, Any]], fit_points: int = 3) -> str:
-    """Text table of the dense-layer sweep: D, ms per step in each mode, exact / selfnorm, and
-    the log-log slopes over the largest D."""
-    med = step_medians(rows)
-    dims = sorted({int(r["dim"]) for r in rows})
-    variants = [v for v in STEP_VARIANTS if v in med]
-    header = ["D", *(f"{v} ms" for v in variants)]
-    both = "exact" in med and "selfnorm" in med
-    if both:
-        header.append("x")
-    lines = []
-    for d in dims:
-        cells = [str(d), *(_fmt(med[v].get(d)) for v in variants)]
-        if both:
-            cells.append(_fmt(med["exact"][d] / med["selfnorm"][d]))
-        lines.append(cells)
-    out = _table(header, lines)
-    slopes = fit_loglog_slopes(rows, fit_points)
-    if slopes:
-        top = dims[-max(fit_points, 2) :]
-        out.append(
-            f"log-log slope over D in {top}: "
-            + ", ".join(f"{v} {slopes[v]:.2f}" for v in variants if v in slopes)
-        )
+    for t in targets:
+        mark, op = "met" if t["met"] else "NOT MET", ">" if t["minimum"] == 1.0 else ">="
+        out.append(f"  {t['target']}: x{t['speedup']:.2f} (target {op} {t['minimum']:g}) {mark}")
     return "\n".join(out)
 
 
@@ -683,14 +484,9 @@ def plot_cases(rows: Sequence[dict[str, Any]], path: str | Path, title: str = ""
                     ys.append(i + (j - (len(present) - 1) / 2) * height)
                     xs.append(float(row["median_ms"]))
                     if v in ("selfnorm", "learned-inverse") and row.get("speedup"):
-                        ax.text(
-                            xs[-1],
-                            ys[-1],
-                            f" x{float(row['speedup']):.1f}",
-                            va="center",
-                            fontsize=7,
-                        )
-            ax.barh(ys, xs, height=height, color=STYLES[v][0], label=v)
+                        note = f" x{float(row['speedup']):.1f}"
+                        ax.text(xs[-1], ys[-1], note, va="center", fontsize=7)
+            ax.barh(ys, xs, height=height, color=STYLES[v], label=v)
         ax.set_xscale("log")
         ax.set_xlabel(label)
         ax.grid(True, axis="x", which="major", alpha=0.3)
@@ -703,62 +499,37 @@ def plot_cases(rows: Sequence[dict[str, Any]], path: str | Path, title: str = ""
     return save_figure(fig, path, dpi=120)
 
 
-def plot_dense_scaling(
-    rows: Sequence[dict[str, Any]], path: str | Path, fit_points: int = 3, title: str = ""
-) -> Path:
-    """Log-log plot of ms per step vs D of one dense layer, one line per mode, fitted slopes."""
-    return plot_step_scaling(
-        rows,
-        path,
-        variants=STEP_VARIANTS,
-        styles=STYLES,
-        guides=(("selfnorm", 2), ("exact", 3)),
-        fit_points=fit_points,
-        title=title or "one dense layer: training step time vs D",
-    )
-
-
 def write_outputs(
     rows: Sequence[dict[str, Any]],
     scaling_rows: Sequence[dict[str, Any]],
     out: str | Path,
     *,
     config: dict[str, Any] | None = None,
+    elapsed_s: float | None = None,
     plot: bool = True,
     fit_points: int = 3,
     device: torch.device | str = "cpu",
-    elapsed_s: float | None = None,
 ) -> dict[str, Path]:
     """Write the CSVs, ``environment.json`` and (unless ``plot=False``) the two plots."""
-    out = Path(out)
-    paths: dict[str, Path] = {}
+    csvs: dict[str, Any] = {}
+    plots: dict[str, Any] = {}
     if rows:
-        paths["csv"] = write_csv(rows, out / CSV_NAME, CSV_COLUMNS)
+        title = f"SNF vs exact, B={rows[0].get('batch')}, {common.describe_rows(rows)}"
+        csvs["csv"] = (CSV_NAME, rows, CSV_COLUMNS)
+        plots["plot"] = (PLOT_NAME, lambda path: plot_cases(rows, path, title))
     if scaling_rows:
-        paths["scaling_csv"] = write_csv(scaling_rows, out / SCALING_CSV_NAME, CSV_COLUMNS)
-    env = {
-        "environment": environment_info(device),
+        title = f"one dense layer, B={scaling_rows[0].get('batch')}"
+        _, sweep_plot = scaling.scaling_outputs(scaling_rows, fit_points, "snf-scaling", title)
+        csvs["scaling_csv"] = (SCALING_CSV_NAME, scaling_rows, CSV_COLUMNS)
+        plots["scaling_plot"] = sweep_plot
+    slopes = scaling.fit_loglog_slopes(scaling_rows, fit_points) if scaling_rows else {}
+    record = {
         "config": config or {},
         "targets": check_targets(rows),
-        "dense_loglog_slopes": fit_loglog_slopes(scaling_rows, fit_points) if scaling_rows else {},
+        "dense_loglog_slopes": slopes,
         "elapsed_s": elapsed_s,
     }
-    paths["environment"] = write_json(env, out / ENV_NAME)
-    if plot:
-        first = (rows or scaling_rows or [{}])[0]
-        where = describe_setup(first.get("device"), first.get("dtype"), first.get("clock", "wall"))
-        if rows:
-            paths["plot"] = plot_cases(
-                rows, out / PLOT_NAME, f"SNF vs exact, B={first.get('batch')}, {where}"
-            )
-        if scaling_rows:
-            paths["scaling_plot"] = plot_dense_scaling(
-                scaling_rows,
-                out / SCALING_PLOT_NAME,
-                fit_points,
-                f"one dense layer, B={scaling_rows[0].get('batch')}, {where}: full training step",
-            )
-    return paths
+    return common.write_results(out, csvs, record, device=device, plots=plots if plot else None)
 
 
 # -- command line -----------------------------------------------------------------------------
@@ -781,96 +552,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "self-normalizing vs exact flows side by side (dense layer, SNF 3x3 convolutions, "
         "FCFlow-2L, CNN-9L, Glow), and a dense layer's step time vs D."
     )
-    parser.add_argument(
-        "--cases",
-        type=_case_list,
-        nargs="+",
-        default=None,
-        help="cases: dense-D, fc2l-D, conv-CxHxW, cnn9l-CxHxW, glow-CxHxW (default: "
-        + " ".join(DEFAULT_CASES)
-        + ")",
+    text = "cases: dense-D, fc2l-D, conv-CxHxW, cnn9l-CxHxW, glow-CxHxW"
+    common.add_list_option(parser, "--cases", _case_list, DEFAULT_CASES, text)
+    text = "D of the dense-layer sweep, --dims with no value: none"
+    common.add_list_option(
+        parser, "--dims", common.positive_int_list, DEFAULT_DIMS, text, nargs="*"
     )
-    parser.add_argument(
-        "--dims",
-        type=positive_int_list,
-        nargs="*",
-        default=None,
-        help="D of the dense-layer sweep (default: "
-        + " ".join(map(str, DEFAULT_DIMS))
-        + "); --dims with no value skips the sweep",
-    )
-    parser.add_argument("--batch", type=int, default=100, help="training batch size B (100)")
-    parser.add_argument(
-        "--sample-batch", type=int, default=100, help="samples per timed sampling call (100)"
-    )
+    common.add_options(parser, OPTIONS)
     parser.add_argument("--no-sample", action="store_true", help="do not time sampling")
-    parser.add_argument(
-        "--sample-budget",
-        type=float,
-        default=4.0,
-        help="adaptive: seconds of timed sampling per case (4)",
-    )
-    add_timing_arguments(
-        parser,
-        budget=8.0,
-        per="case",
-        out=DEFAULT_OUT,
-        outputs=f"{CSV_NAME}, {SCALING_CSV_NAME}, {PLOT_NAME}, {SCALING_PLOT_NAME}, {ENV_NAME}",
-        lr=1e-4,
-    )
-    parser.add_argument(
-        "--fit-points", type=int, default=3, help="log-log slopes over this many largest D (3)"
+    outputs = f"{CSV_NAME}, {SCALING_CSV_NAME}, {PLOT_NAME}, {SCALING_PLOT_NAME}, {ENV_NAME}"
+    common.add_timing_arguments(
+        parser, budget=8.0, per="case", out=DEFAULT_OUT, outputs=outputs, lr=1e-4
     )
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``jacfree bench snf``: benchmark, print the tables, write CSVs, JSON and plots."""
     t0 = time.perf_counter()
-    cases = flatten(args.cases, DEFAULT_CASES)
-    dims = flatten(args.dims, DEFAULT_DIMS)
-    apply_timing_arguments(args)
-    config = {
-        "cases": cases,
-        "dims": dims,
-        "batch": args.batch,
-        "sample_batch": args.sample_batch,
-        "sample": not args.no_sample,
-        "variants": list(STEP_VARIANTS),
-        "repeats": args.repeats,
-        "warmup": args.warmup,
-        "budget_s": args.budget,
-        "sample_budget_s": args.sample_budget,
-        "min_repeats": args.min_repeats,
-        "max_repeats": args.max_repeats,
-        "device": args.device,
-        "dtype": args.dtype,
-        "lr": args.lr,
-        "seed": args.seed,
-        "clock": args.clock,
-        "threads": torch.get_num_threads(),
-        "optimizer": "jacfree.train.make_adam",
-    }
-    rows, scaling_rows = snf_benchmark(
-        cases,
-        dims,
-        batch=args.batch,
-        sample_batch=args.sample_batch,
-        sample=not args.no_sample,
-        repeats=args.repeats,
-        warmup=args.warmup,
-        budget=args.budget,
-        sample_budget=args.sample_budget,
-        min_repeats=args.min_repeats,
-        max_repeats=args.max_repeats,
-        device=args.device,
-        dtype=DTYPES[args.dtype],
-        seed=args.seed,
-        lr=args.lr,
-        clock=args.clock,
-        progress=not args.quiet,
-        compile=args.compile,
-    )
-    where = describe_setup(args.device, args.dtype, args.clock)
+    cases = common.flatten(args.cases, DEFAULT_CASES)
+    dims = common.flatten(args.dims, DEFAULT_DIMS)
+    timing = common.apply_timing_arguments(args)
+    config = {"cases": cases, "dims": dims, "batch": args.batch, "sample_batch": args.sample_batch}
+    config |= {"sample": not args.no_sample, "variants": list(STEP_VARIANTS)}
+    config |= {**common.timing_config(args), "sample_budget_s": args.sample_budget}
+    sizes = {"batch": args.batch, "sample_batch": args.sample_batch}
+    sampling = {"sample": not args.no_sample, "sample_budget": args.sample_budget}
+    setup = common.setup_arguments(args)
+    rows, scaling_rows = snf_benchmark(cases, dims, timing=timing, **sizes, **sampling, **setup)
+    where = common.describe_setup(args.device, args.dtype, args.clock)
     if args.compile:
         where += f", loss compiled ({args.compile})"
     if rows:
@@ -878,18 +587,10 @@ def run(args: argparse.Namespace) -> int:
         print(format_table(rows))
     if scaling_rows:
         print(f"one dense layer, B={args.batch}, {where}: median ms per full training step")
-        print(format_scaling_table(scaling_rows, args.fit_points))
+        print(scaling.format_table(scaling_rows, args.fit_points))
     elapsed = time.perf_counter() - t0
-    paths = write_outputs(
-        rows,
-        scaling_rows,
-        args.out,
-        config=config,
-        plot=not args.no_plot,
-        fit_points=args.fit_points,
-        device=args.device,
-        elapsed_s=elapsed,
-    )
+    kw = {"plot": not args.no_plot, "fit_points": args.fit_points, "device": args.device}
+    paths = write_outputs(rows, scaling_rows, args.out, config=config, elapsed_s=elapsed, **kw)
     for path in paths.values():
         print(f"wrote {path}")
     print(f"done in {elapsed:.0f} s")

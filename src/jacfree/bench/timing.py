@@ -25,16 +25,22 @@ Example:
 
 from __future__ import annotations
 
+import argparse
 import gc
 import math
+import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 
+from .._checks import check_positive_int
+
 __all__ = [
     "CLOCKS",
+    "TimingOptions",
     "TimingStats",
     "choose_repeats",
     "synchronize",
@@ -264,3 +270,80 @@ def time_function(
         max_repeats=max_repeats,
         clock=clock,
     )["fn"]
+
+
+@dataclass(frozen=True)
+class TimingOptions:
+    """How the steps of a benchmark are timed (the options of ``add_timing_arguments``).
+
+    ``repeats`` timed rounds after ``warmup`` untimed ones; ``repeats=None`` fits as many rounds
+    as take ``budget`` seconds, within ``[min_repeats, max_repeats]``. ``clock`` is ``"wall"`` or
+    ``"process"`` (CPU time of the process), ``compile`` a ``torch.compile`` mode of the losses
+    or ``None`` (eager), ``progress`` prints progress lines on stderr.
+    """
+
+    repeats: int | None = None
+    warmup: int = 2
+    budget: float = 10.0
+    min_repeats: int = 7
+    max_repeats: int = 200
+    clock: str = "wall"
+    compile: str | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        check_positive_int(self.warmup, "warmup", 0)
+        check_positive_int(self.min_repeats, "min_repeats")
+        if self.repeats is not None:
+            check_positive_int(self.repeats, "repeats")
+        if not (isinstance(self.budget, int | float) and self.budget > 0):
+            raise ValueError(f"budget must be a positive number of seconds, got {self.budget!r}.")
+        if self.clock not in CLOCKS:
+            raise ValueError(f"unknown clock {self.clock!r}; choose from {', '.join(CLOCKS)}.")
+
+    @classmethod
+    def of(
+        cls, timing: TimingOptions | None, options: Mapping[str, Any], budget: float
+    ) -> TimingOptions:
+        """``timing`` if given (then ``options`` must be empty), else built from ``options``
+        (keyword arguments of a benchmark function) with a default ``budget``."""
+        if timing is not None and options:
+            raise TypeError(f"pass timing= or {', '.join(options)}, not both.")
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(options) - names)
+        if unknown:
+            raise TypeError(f"unexpected keyword argument(s) {', '.join(unknown)}.")
+        return timing or cls(**{"budget": budget, **options})
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> TimingOptions:
+        """The options of ``add_timing_arguments``, parsed (and checked by
+        :func:`~jacfree.bench.common.apply_timing_arguments`)."""
+        names = ("repeats", "warmup", "budget", "min_repeats", "max_repeats", "clock", "compile")
+        return cls(**{n: getattr(args, n) for n in names}, progress=not args.quiet)
+
+    def time(
+        self,
+        fns: Mapping[str, Callable[[], object]],
+        setup: Mapping[str, Callable[[], object]] | None = None,
+        *,
+        device: torch.device | str | None,
+        budget: float | None = None,
+    ) -> dict[str, TimingStats]:
+        """:func:`~jacfree.bench.timing.time_interleaved` with these options."""
+        return time_interleaved(
+            fns,
+            setup=setup,
+            repeats=self.repeats,
+            warmup=self.warmup,
+            device=device,
+            budget=self.budget if budget is None else budget,
+            min_repeats=self.min_repeats,
+            max_repeats=self.max_repeats,
+            clock=self.clock,
+        )
+
+    def say(self, text: str) -> None:
+        """A progress line on stderr (unless ``progress=False``)."""
+        if self.progress:
+            print(text, file=sys.stderr)

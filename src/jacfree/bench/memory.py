@@ -1,0 +1,226 @@
+r"""Memory of one training step, on any device: the live tensors it allocates and its graph.
+
+Measured on one extra, untimed step (deterministic: it depends on the shapes, not on the
+machine's load): ``peak``, the peak total size of the live tensors allocated by the step above
+what was alive before it (:class:`LiveTensorMemory`, the CPU counterpart of
+``torch.cuda.max_memory_allocated()``, which is reported as well on CUDA), and ``graph``, the peak
+total size of the tensors the autograd graph saves for the backward pass
+(:class:`SavedTensorMemory`). Both count tensors — what GPU memory figures are made of — not
+Python objects, allocator slack or a kernel's scratch buffers; what every variant of a model
+holds anyway (parameters, Adam's moments) is :func:`state_bytes`. :data:`MEMORY_DEFINITIONS`
+words them for ``environment.json``.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+from torch.utils.weak import WeakIdKeyDictionary
+
+from .step import TrainingStep
+
+__all__ = [
+    "MEMORY_DEFINITIONS",
+    "MIB",
+    "LiveTensorMemory",
+    "MemoryStats",
+    "SavedTensorMemory",
+    "measure_memory",
+    "state_bytes",
+]
+
+MIB = 2**20
+
+MEMORY_DEFINITIONS = {
+    "peak_mib": "peak during one training step of the total size of live tensors allocated by "
+    "that step (activations, autograd-saved tensors, temporaries, gradients), above what was "
+    "alive before it (parameters, optimiser state, data); counted per storage by a "
+    "TorchDispatchMode over every ATen op, freed via weak references",
+    "graph_mib": "peak total size of the tensors created during the step that autograd saves "
+    "for the backward pass (saved_tensors_hooks; parameters and the data batch excluded)",
+    "cuda_peak_mib": "CUDA only: torch.cuda.max_memory_allocated() during the step minus "
+    "memory_allocated() before it",
+    "state_mib": "parameters and Adam state of the model, alive before every step and shared by "
+    "all its variants (not part of peak_mib)",
+}
+
+
+class LiveTensorMemory(TorchDispatchMode):
+    """Peak bytes of the live tensors allocated while the mode is active (any device).
+
+    Every ATen op of the region — forward, ``autograd.grad`` and ``backward`` alike (the dispatch
+    mode is part of the thread-local state the autograd engine carries along) — passes through
+    :meth:`__torch_dispatch__`. Storages seen first as an op's *input* existed before (parameters,
+    optimiser state, data) and count zero; a storage first seen as an op's *output* is a new
+    allocation: its ``nbytes`` are added to :attr:`current` and a weak reference subtracts them
+    when the storage is freed. :attr:`peak` is the maximum of :attr:`current`; :attr:`allocated`
+    the total ever allocated. Views and in-place results share their base's storage and count
+    once. Tensor storages keep their Python object alive exactly as long as the C++ storage lives,
+    so the weak reference fires when the memory is released, not when a Python name goes.
+
+    Example:
+        >>> import torch
+        >>> with LiveTensorMemory() as mem:
+        ...     a = torch.ones(1000)      # +4000 bytes
+        ...     b = a * 2                 # +4000
+        ...     del a                     # -4000
+        >>> mem.peak, mem.current
+        (8000, 4000)
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.current = 0
+        self.peak = 0
+        self.allocated = 0
+        self._bytes: WeakIdKeyDictionary = WeakIdKeyDictionary()
+        self._refs: dict[int, weakref.ref] = {}
+
+    def bytes_of(self, storage: torch.UntypedStorage) -> int:
+        """Bytes counted for ``storage``: its size if allocated in the region, else 0."""
+        return int(self._bytes.get(storage, 0))
+
+    def _freed(self, key: int, nbytes: int) -> None:
+        self.current -= nbytes
+        self._refs.pop(key, None)
+
+    def _see(self, t: Tensor, output: bool) -> None:
+        try:
+            st = t.untyped_storage()
+        except (RuntimeError, NotImplementedError):  # pragma: no cover - storage-less tensors
+            return
+        if st in self._bytes:
+            return
+        n = int(st.nbytes()) if output else 0
+        self._bytes[st] = n
+        if n:
+            key = id(st)
+            self._refs[key] = weakref.ref(st, lambda _ref, k=key, b=n: self._freed(k, b))
+            self.current += n
+            self.allocated += n
+            self.peak = max(self.peak, self.current)
+
+    def __torch_dispatch__(
+        self,
+        func: Any,
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        kwargs = kwargs or {}
+        for t in tree_flatten((args, kwargs))[0]:
+            if isinstance(t, Tensor):
+                self._see(t, output=False)
+        out = func(*args, **kwargs)
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, Tensor):
+                self._see(t, output=True)
+        return out
+
+
+class SavedTensorMemory:
+    """Peak bytes of the tensors that the autograd graph saves for backward, within a region.
+
+    A context manager around ``torch.autograd.graph.saved_tensors_hooks``: every tensor autograd
+    saves (in the forward pass and in ``create_graph`` backward passes) is passed to the pack hook,
+    which counts its storage once if ``live`` (an active :class:`LiveTensorMemory`) saw it being
+    allocated in the region — parameters and the data batch, which exist anyway, count zero. The
+    bytes are subtracted when the storage is freed; :attr:`peak` is the maximum. The hooks keep
+    the saved tensor itself (identity pack/unpack), so double backward works unchanged.
+    """
+
+    def __init__(self, live: LiveTensorMemory) -> None:
+        self.live = live
+        self.current = 0
+        self.peak = 0
+        self._seen: WeakIdKeyDictionary = WeakIdKeyDictionary()
+        self._refs: dict[int, weakref.ref] = {}
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
+
+    def _freed(self, key: int, nbytes: int) -> None:
+        self.current -= nbytes
+        self._refs.pop(key, None)
+
+    def _pack(self, t: Tensor) -> Tensor:
+        st = t.untyped_storage()
+        if st not in self._seen:
+            n = self.live.bytes_of(st)
+            self._seen[st] = n
+            if n:
+                key = id(st)
+                self._refs[key] = weakref.ref(st, lambda _ref, k=key, b=n: self._freed(k, b))
+                self.current += n
+                self.peak = max(self.peak, self.current)
+        return t
+
+    @staticmethod
+    def _unpack(t: Tensor) -> Tensor:
+        return t
+
+    def __enter__(self) -> SavedTensorMemory:
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._hooks.__exit__(*exc)
+
+
+@dataclass(frozen=True)
+class MemoryStats:
+    """Bytes of one training step (see the module docs): ``peak``, ``graph`` and, on CUDA, the
+    caching allocator's ``cuda_peak`` (``None`` elsewhere)."""
+
+    peak: int
+    graph: int
+    cuda_peak: int | None = None
+
+
+def measure_memory(step: TrainingStep, device: torch.device | str = "cpu") -> MemoryStats:
+    """Peak live-tensor bytes and autograd-graph bytes of one ``step.step()`` (after a reset).
+
+    Two untimed steps: one under :class:`LiveTensorMemory` alone, for the peak (identity pack
+    hooks may hold a saved output in a reference cycle with its node and so delay its release),
+    one under it together with :class:`SavedTensorMemory`; on CUDA a third without either, between
+    ``torch.cuda.reset_peak_memory_stats`` and ``max_memory_allocated``.
+    """
+    device = torch.device(device)
+    step.reset()
+    with LiveTensorMemory() as live:
+        step.step()
+    peak = live.peak
+    step.reset()
+    with LiveTensorMemory() as live2, SavedTensorMemory(live2) as saved:
+        step.step()
+    graph = saved.peak
+    cuda_peak = None
+    if device.type == "cuda":
+        step.reset()
+        torch.cuda.synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        step.step()
+        torch.cuda.synchronize(device)
+        cuda_peak = torch.cuda.max_memory_allocated(device) - before
+    return MemoryStats(peak, graph, cuda_peak)
+
+
+def state_bytes(step: TrainingStep) -> int:
+    """Bytes alive before every step and shared by all variants: parameters and optimiser state
+    (after the warm-up, Adam's two moments per parameter)."""
+    seen: set[int] = set()
+    total = 0
+    tensors = list(step.params)
+    for state in step.optimizer.state.values():
+        tensors += [t for t in state.values() if isinstance(t, Tensor)]
+    for t in tensors:
+        st = t.untyped_storage()
+        if st.data_ptr() not in seen:
+            seen.add(st.data_ptr())
+            total += st.nbytes()
+    return total
