@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .registry import Dataset, as_float_tensor, register, split_indices
+from .registry import Dataset, labelled_split, register
 
 
 @register(
@@ -38,17 +38,4 @@ def load_digits(root: Path | None = None, seed: int = 0) -> Dataset:
         arrays = np.load(f)
         images, labels = arrays["images"], arrays["labels"]
     images = images.reshape(-1, 1, 8, 8)
-    tr, va, te = split_indices(len(images), (0.7, 0.1, 0.2), seed)
-    return Dataset(
-        name="digits",
-        train=as_float_tensor(images[tr]),
-        val=as_float_tensor(images[va]),
-        test=as_float_tensor(images[te]),
-        shape=(1, 8, 8),
-        levels=17,
-        description="sklearn 8x8 digits",
-        labels={
-            k: as_float_tensor(labels[i]).long()
-            for k, i in (("train", tr), ("val", va), ("test", te))
-        },
-    )
+    return labelled_split("digits", "sklearn 8x8 digits", images, labels, (0.7, 0.1, 0.2), seed, 17)

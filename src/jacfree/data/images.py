@@ -17,7 +17,7 @@ import numpy as np
 
 from . import registry
 from .formats import bad_file, find_folder, package_file, read_cifar_batch, read_idx
-from .registry import Dataset, DatasetUnavailableError, as_float_tensor, register, split_indices
+from .registry import Dataset, DatasetUnavailableError, as_float_tensor, labelled_split, register
 
 IDX_NAMES = {
     "train_images": "train-images-idx3-ubyte",
@@ -232,20 +232,7 @@ def load_mnist_5k(root: Path | None = None, seed: int = 0) -> Dataset:
     if pixels.min() < 0 or pixels.max() > 255 or labels.min() < 0 or labels.max() > 9:
         raise bad_file("mnist-5k", path, "values outside 0..255 or labels outside 0..9", expected)
     images = pixels.astype(np.uint8).reshape(-1, 1, 28, 28)
-    tr, va, te = split_indices(len(images), (0.8, 0.1, 0.1), seed)
-    return Dataset(
-        name="mnist-5k",
-        train=as_float_tensor(images[tr]),
-        val=as_float_tensor(images[va]),
-        test=as_float_tensor(images[te]),
-        shape=(1, 28, 28),
-        levels=256,
-        description="MNIST 5k subset",
-        labels={
-            k: as_float_tensor(labels[i]).long()
-            for k, i in (("train", tr), ("val", va), ("test", te))
-        },
-    )
+    return labelled_split("mnist-5k", "MNIST 5k subset", images, labels, (0.8, 0.1, 0.1), seed, 256)
 
 
 # ---------------------------------------------------------------------------------------------

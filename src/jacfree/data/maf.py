@@ -60,6 +60,17 @@ def _tail_split(data: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return rest[: rest.shape[0] - n_val], rest[rest.shape[0] - n_val :], test
 
 
+def _standardised_tail_split(name: str, description: str, data: np.ndarray) -> Dataset:
+    """:func:`_tail_split`, then standardise every split with the mean and std (ddof 0) of
+    train ∪ validation; ``logdet`` = −Σ log σ_j."""
+    train, val, test = _tail_split(data)
+    both = np.vstack((train, val))
+    mu, s = both.mean(axis=0), both.std(axis=0)
+    splits = tuple((a - mu) / s for a in (train, val, test))
+    meta = {"affine": affine_meta(mu, np.diag(1 / s))}
+    return _maf_dataset(name, description, splits, float(-np.log(s).sum()), meta)
+
+
 def _load_npy(name: str, path: Path, columns: int, expected: str) -> np.ndarray:
     try:
         data = np.load(path, allow_pickle=False)
@@ -115,12 +126,7 @@ def load_power(root: Path | None = None, seed: int = 0) -> Dataset:
     sm_noise = rng.rand(n, 3)
     time_noise = np.zeros((n, 1))
     data = data + np.hstack((gap_noise, voltage_noise, sm_noise, time_noise))
-    train, val, test = _tail_split(data)
-    both = np.vstack((train, val))
-    mu, s = both.mean(axis=0), both.std(axis=0)
-    splits = tuple((a - mu) / s for a in (train, val, test))
-    meta = {"affine": affine_meta(mu, np.diag(1 / s))}
-    return _maf_dataset("power", "POWER (MAF)", splits, float(-np.log(s).sum()), meta)
+    return _standardised_tail_split("power", "POWER (MAF)", data)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -326,12 +332,7 @@ def load_miniboone(root: Path | None = None, seed: int = 0) -> Dataset:
     """
     path = _locate_miniboone(root)["data"]
     data = _load_npy("miniboone", path, 43, "MAF miniboone/data.npy, float64 (36488, 43)")
-    train, val, test = _tail_split(data)
-    both = np.vstack((train, val))
-    mu, s = both.mean(axis=0), both.std(axis=0)
-    splits = tuple((a - mu) / s for a in (train, val, test))
-    meta = {"affine": affine_meta(mu, np.diag(1 / s))}
-    return _maf_dataset("miniboone", "MINIBOONE (MAF)", splits, float(-np.log(s).sum()), meta)
+    return _standardised_tail_split("miniboone", "MINIBOONE (MAF)", data)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -337,6 +337,33 @@ def split_indices(
     return perm[:n_train], perm[n_train : n_train + n_val], perm[n_train + n_val :]
 
 
+def labelled_split(
+    name: str,
+    description: str,
+    images: np.ndarray,
+    labels: np.ndarray,
+    fractions: tuple[float, float, float],
+    seed: int,
+    levels: int,
+) -> Dataset:
+    """A labelled image dataset split at random by :func:`split_indices`; ``images`` has shape
+    ``(N, C, H, W)`` and integer values in ``0..levels-1``."""
+    tr, va, te = split_indices(len(images), fractions, seed)
+    return Dataset(
+        name=name,
+        train=as_float_tensor(images[tr]),
+        val=as_float_tensor(images[va]),
+        test=as_float_tensor(images[te]),
+        shape=tuple(images.shape[1:]),
+        levels=levels,
+        description=description,
+        labels={
+            k: as_float_tensor(labels[i]).long()
+            for k, i in (("train", tr), ("val", va), ("test", te))
+        },
+    )
+
+
 def as_float_tensor(a: np.ndarray) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
 
