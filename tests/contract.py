@@ -116,7 +116,7 @@ def tol(dtype: torch.dtype) -> dict[str, float]:
 
 def gradient_layers(flow: nn.Module) -> list[nn.Module]:
     """Layers with a gradient mode (they own the data-independent log-dets)."""
-    return [m for m in flow.modules() if isinstance(m, jf.flows.core.GradientModeMixin)]
+    return flow.gradient_layers()
 
 
 def assert_follows(t: Tensor, dtype: torch.dtype, device: torch.device) -> None:

@@ -19,13 +19,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from .._checks import check_choice, check_positive_int, check_samples
+
+if TYPE_CHECKING:
+    from .linear import InvertibleLinear
 
 GRADIENT_MODES = ("exact", "relative", "selfnorm")
 
@@ -120,9 +123,15 @@ class FlowLayer(CachedStateModule):
     the layer's parameters (analytic inverses: couplings, scalings). Layers whose inverse is a
     solve or an iteration on detached parameters leave it ``False``, and
     :meth:`inverse_and_logdet` supplies the implicit-function gradient.
+
+    ``supported_gradients`` names the gradient modes (``GRADIENT_MODES``) a layer can train in;
+    it is empty for a layer trained by plain autograd through its exact log-det. Layers with modes
+    are :class:`~jacfree.flows.linear.InvertibleLinear` layers, which :class:`Flow` asks for their
+    mode, λ and reconstruction statistics.
     """
 
     conditional: bool = False
+    supported_gradients: tuple[str, ...] = ()
     inverse_is_differentiable: bool = False
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:  # pragma: no cover - abstract
@@ -423,37 +432,40 @@ class Flow(nn.Module):
         ‖R W h − h‖² (the penalty λ multiplies), and ``recon_rel``, the largest per-layer ratio
         of that error to the batch-mean ‖h‖² (scale-free; what the drift warning watches).
         """
-        layers = [
-            m
-            for m in self.modules()
-            if getattr(m, "gradient", None) == "selfnorm"
-            and getattr(m, "last_reconstruction", None) is not None
-        ]
-        if not layers:
+        stats = [s for m in self.gradient_layers() if (s := m.reconstruction_stats()) is not None]
+        if not stats:
             return {}
         return {
-            "recon": torch.stack([m.last_reconstruction for m in layers]).sum(),
-            "recon_rel": torch.stack([m.last_relative_reconstruction for m in layers]).max(),
+            "recon": torch.stack([mean for mean, _ in stats]).sum(),
+            "recon_rel": torch.stack([rel for _, rel in stats]).max(),
         }
+
+    def gradient_layers(self) -> list[InvertibleLinear]:
+        """The layers, at any depth, that have a gradient mode (non-empty ``supported_gradients``),
+        in data → latent order."""
+        return [m for m in self.modules() if isinstance(m, FlowLayer) and m.supported_gradients]  # type: ignore[misc]
 
     def set_recon_weight(self, value: float) -> Flow:
         """Set λ, the reconstruction weight, of every self-normalizing layer."""
-        for m in self.modules():
-            if hasattr(m, "set_recon_weight") and m is not self:
-                m.set_recon_weight(value)
+        for m in self.gradient_layers():
+            m.set_recon_weight(value)
         return self
 
     @property
     def recon_weight(self) -> float | None:
         """λ of the self-normalizing layers: ``None`` without any, else the largest of their
         values (:meth:`set_recon_weight` gives them all one value)."""
-        values = [float(b) for name, b in self.named_buffers() if name.endswith("recon_weight")]
+        values = [
+            float(lam)
+            for m in self.gradient_layers()
+            if (lam := m.reconstruction_weight()) is not None
+        ]
         return max(values) if values else None
 
     @property
     def gradient(self) -> str | None:
         """The gradient mode shared by the layers that have one (``None`` if they have none)."""
-        modes = {m.gradient for m in self.modules() if isinstance(m, GradientModeMixin)}
+        modes = {m.gradient for m in self.gradient_layers()}
         if len(modes) > 1:
             return "mixed"
         return modes.pop() if modes else None
@@ -461,23 +473,6 @@ class Flow(nn.Module):
     def set_gradient(self, mode: str) -> Flow:
         """Switch every layer that has a gradient mode to ``mode`` (works on a live model)."""
         check_choice(mode, "gradient mode", GRADIENT_MODES)
-        for m in self.modules():
-            if isinstance(m, GradientModeMixin):
-                m.set_gradient(mode)
+        for m in self.gradient_layers():
+            m.set_gradient(mode)
         return self
-
-
-class GradientModeMixin:
-    """A layer whose log-det gradient can be computed in several ways (see ``GRADIENT_MODES``)."""
-
-    supported_gradients: tuple[str, ...] = ("exact",)
-    gradient: str = "exact"
-
-    def set_gradient(self, mode: str) -> None:
-        check_choice(mode, "gradient mode", GRADIENT_MODES)
-        if mode not in self.supported_gradients:
-            raise NotImplementedError(
-                f"{type(self).__name__} supports gradient modes "
-                f"{', '.join(map(repr, self.supported_gradients))}, not {mode!r}."
-            )
-        self.gradient = mode

@@ -1,7 +1,9 @@
-"""Square dense affine layer ``y = x Wᵀ + b`` (W ∈ R^{D×D}) with a switchable gradient mode.
+"""Invertible linear layers with a switchable gradient mode, and the square dense one.
 
-Its log-det is log|det W| for every sample. How its *gradient* is obtained in training is the
-layer's ``gradient`` mode:
+:class:`InvertibleLinear` is the base class of every layer ``z = A(W) h + b`` whose matrix A(W)
+is a function of one weight — a dense matrix (:class:`SquareAffine`), a 1×1 or a K×K
+convolution (:mod:`jacfree.flows.conv`). Its log-det is log|det A(W)| for every sample. How its
+*gradient* is obtained in training is the layer's ``gradient`` mode:
 
 * ``"exact"`` — autograd through ``torch.linalg.slogdet``: the O(D³) baseline;
 * ``"relative"`` — the relative gradient of Gresele et al. (2020), O(B·D²), no inverse or
@@ -10,8 +12,14 @@ layer's ``gradient`` mode:
   inverse ``R ≈ W⁻¹`` (``inverse_weight``) replaces W⁻ᵀ by Rᵀ, trained with a reconstruction
   penalty λ‖R W h − h‖² (:mod:`jacfree.flows.selfnorm`); O(B·D²), and sampling through R.
 
-Exact evaluation (:meth:`SquareAffine.forward`, used by ``Flow.log_prob``) and the inverse share
-one float64 LU factorisation of W, computed once per parameter state and cached.
+The base class holds what the modes share — switching modes (creating R and the λ buffer on
+entering ``selfnorm``), λ, the reconstruction statistics, the exact log-det and inverse from one
+float64 LU factorisation of A(W) cached per parameter state, the approximate inverse through R —
+and asks its subclass for the map itself through a few hooks (:meth:`~InvertibleLinear._map`,
+:meth:`~InvertibleLinear._matrix`, the per-mode training forwards). :class:`~jacfree.flows.Flow`
+asks its layers the same way (``supported_gradients``, :meth:`~InvertibleLinear.set_gradient`,
+:meth:`~InvertibleLinear.set_recon_weight`, :meth:`~InvertibleLinear.reconstruction_weight`,
+:meth:`~InvertibleLinear.reconstruction_stats`).
 """
 
 from __future__ import annotations
@@ -20,63 +28,216 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._checks import check_positive_int
-from .core import FlowLayer, GradientModeMixin, ParameterStateCache
+from .._checks import check_choice, check_positive_int
+from .core import GRADIENT_MODES, FlowLayer, ParameterStateCache
 from .relative import relative_affine
-from .selfnorm import SelfNormalizing, selfnorm_affine
+from .selfnorm import (
+    check_recon_weight,
+    dense_initial_inverse,
+    reconstruction_stats,
+    register_recon_weight,
+    selfnorm_affine,
+)
+
+Size = tuple[int, int] | None
 
 
-class InvertibleMatrix:
-    """A layer built on one square weight matrix ``weight`` (W, D×D).
+class InvertibleLinear(FlowLayer):
+    """Base class of an invertible linear layer ``z = A(weight) h + b`` with a gradient mode.
 
-    Provides what every such layer needs besides its own map: the float64 LU factorisation of W,
-    computed once per parameter state and cached (:meth:`_lu64`); log|det W|
-    (:meth:`matrix_logabsdet`); W⁻¹ applied to columns (:meth:`_solve`); and, on entering the
-    selfnorm mode, the learned inverse ``inverse_weight`` R set to W⁻¹ and the λ buffer.
-    Put it before :class:`GradientModeMixin` in the bases.
+    Subclasses set ``supported_gradients``, create ``weight`` and ``bias`` (or ``None``), then call
+    :meth:`_init_gradient`, and supply the hooks:
+
+    * :meth:`_map` ``(x, weight, bias)`` — the map with a given weight (W, or R for the learned
+      inverse); :meth:`_matrix` ``(weight64, size)`` — A(weight) as a float64 matrix;
+    * :meth:`_logabsdet_at` ``(size)`` — the exact per-sample log-det for inputs of that size;
+    * :meth:`inverse` — the exact inverse (with :meth:`_lu64`);
+    * :meth:`_initial_inverse` — R on entering the selfnorm mode;
+    * :meth:`_relative_forward` / :meth:`_selfnorm_forward` — the training forwards of the
+      modes the layer supports (see :mod:`jacfree.flows.relative` / :mod:`~jacfree.flows.selfnorm`);
+    * optionally :meth:`_check_input` (input checks; returns the size A depends on) and
+      :meth:`_exact_training_forward` (default: the exact forward, differentiated by autograd).
+
+    Attributes: ``gradient`` (the mode), ``inverse_weight`` (R, ``None`` until the layer first
+    enters selfnorm mode), the buffer ``recon_weight`` (λ, from then on; checkpointed),
+    ``last_reconstruction`` (the batch-mean ‖h − R W h‖² of the last selfnorm training forward,
+    detached; ``None`` before one) and ``last_relative_reconstruction`` (the same divided by the
+    batch-mean ‖h‖²: scale-free).
     """
 
+    supported_gradients: tuple[str, ...] = ("exact",)
+    gradient: str = "exact"
     weight: nn.Parameter
+    bias: nn.Parameter | None
     inverse_weight: nn.Parameter | None
-    _cache: ParameterStateCache
+    last_reconstruction: Tensor | None = None
+    last_relative_reconstruction: Tensor | None = None
+
+    def _init_gradient(self, gradient: str, recon_weight: float) -> None:
+        """Finish construction (after ``weight`` and ``bias``): no R yet, the LU cache, λ, mode."""
+        self.register_parameter("inverse_weight", None)
+        self._cache = ParameterStateCache()
+        self.set_recon_weight(recon_weight)
+        self.set_gradient(gradient)
+
+    # -- hooks --------------------------------------------------------------------------------
+
+    def _check_input(self, x: Tensor, name: str = "x") -> Size:
+        """Check an input; return the size the matrix depends on (``None`` for a dense layer)."""
+        return None
+
+    def _map(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+        raise NotImplementedError  # pragma: no cover - hook
+
+    def _matrix(self, weight64: Tensor, size: Size) -> Tensor:
+        """A(weight) as a matrix; by default ``weight`` itself (a dense layer)."""
+        return weight64
+
+    def _logabsdet_at(self, size: Size) -> Tensor:
+        """The exact log-det (scalar, the same for every sample) for inputs of ``size``."""
+        return self.matrix_logabsdet(size)
+
+    def _initial_inverse(self) -> Tensor:
+        """R on entering selfnorm mode; by default W⁻¹ (a dense matrix)."""
+        return dense_initial_inverse(self.weight)
+
+    def _exact_training_forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self(x)
+
+    def _relative_forward(self, x: Tensor, size: Size) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError  # pragma: no cover - unreachable: set_gradient refuses
+
+    def _selfnorm_forward(self, x: Tensor, size: Size) -> tuple[Tensor, Tensor, Tensor]:
+        """``(z, term, recon)`` with the per-sample ‖h − R W h‖² in ``recon``."""
+        raise NotImplementedError  # pragma: no cover - unreachable: set_gradient refuses
+
+    # -- gradient modes and λ -----------------------------------------------------------------
 
     def set_gradient(self, mode: str) -> None:
-        super().set_gradient(mode)  # type: ignore[misc]
-        if mode == "selfnorm" and self.inverse_weight is None:
-            with torch.no_grad():
-                inv = torch.linalg.inv(self.weight.detach().double()).to(self.weight.dtype)
-            # row-major like W: linalg.inv returns a column-major matrix, and an R in that layout
-            # makes every SNF step pay transposed copies of D×D gradients (and a slower Adam)
-            self.inverse_weight = nn.Parameter(inv.contiguous())
-            self._init_selfnorm(self._pending_recon_weight)  # type: ignore[attr-defined]
+        """Switch the gradient mode (works on a live model).
 
-    def _lu64(self) -> tuple[Tensor, Tensor]:
+        Entering ``selfnorm`` the first time creates ``inverse_weight`` R (:meth:`_initial_inverse`)
+        and the buffer ``recon_weight``: build the optimizer afterwards.
+        """
+        check_choice(mode, "gradient mode", GRADIENT_MODES)
+        if mode not in self.supported_gradients:
+            raise NotImplementedError(
+                f"{type(self).__name__} supports gradient modes "
+                f"{', '.join(map(repr, self.supported_gradients))}, not {mode!r}."
+            )
+        self.gradient = mode
+        if mode == "selfnorm" and self.inverse_weight is None:
+            self.inverse_weight = nn.Parameter(self._initial_inverse())
+            register_recon_weight(self, self._pending_recon_weight)
+
+    def set_recon_weight(self, value: float) -> None:
+        """Set λ, the weight of the reconstruction penalty (≥ 0).
+
+        A layer not yet in the selfnorm mode keeps the value for when it enters it.
+        """
+        value = check_recon_weight(value)
+        if "recon_weight" in self._buffers:
+            self.recon_weight.fill_(value)
+        else:
+            self._pending_recon_weight = value
+
+    def reconstruction_weight(self) -> Tensor | None:
+        """λ (the 0-d buffer ``recon_weight``), or ``None`` before the layer entered selfnorm."""
+        return self._buffers.get("recon_weight")
+
+    def reconstruction_stats(self) -> tuple[Tensor, Tensor] | None:
+        """``(last_reconstruction, last_relative_reconstruction)`` in selfnorm mode after a
+        training forward, else ``None``."""
+        if self.gradient != "selfnorm" or self.last_reconstruction is None:
+            return None
+        return self.last_reconstruction, self.last_relative_reconstruction  # type: ignore[return-value]
+
+    def _require_inverse(self) -> Tensor:
+        """The learned inverse, or a clear error for a layer that has none."""
+        if self.inverse_weight is None:
+            raise RuntimeError(
+                "this layer has no learned inverse; switch it to the selfnorm mode first "
+                "(layer.set_gradient('selfnorm'))."
+            )
+        return self.inverse_weight
+
+    # -- exact quantities: one float64 LU factorisation, cached per parameter state -----------
+
+    def _lu64(self, size: Size = None) -> tuple[Tensor, Tensor]:
         def factor() -> tuple[Tensor, Tensor]:
             with torch.no_grad():
-                lu, pivots = torch.linalg.lu_factor(self.weight.detach().double())
+                lu, pivots = torch.linalg.lu_factor(
+                    self._matrix(self.weight.detach().double(), size)
+                )
             return lu, pivots
 
-        return self._cache.get("lu", [self.weight], factor)  # type: ignore[return-value]
+        key = "lu" if size is None else f"lu{size[0]}x{size[1]}"
+        return self._cache.get(key, [self.weight], factor)  # type: ignore[return-value]
 
-    def matrix_logabsdet(self) -> Tensor:
-        """log|det W| (scalar, in W's dtype).
+    def matrix_logabsdet(self, size: Size = None) -> Tensor:
+        """log|det A(W)| (scalar, in W's dtype).
 
         Differentiable (float64 ``slogdet``) when a gradient for W is being recorded; otherwise read
         from the cached float64 LU factorisation.
         """
         w = self.weight
         if torch.is_grad_enabled() and w.requires_grad:
-            return torch.linalg.slogdet(w.double()).logabsdet.to(w.dtype)
-        lu, _ = self._lu64()
+            return torch.linalg.slogdet(self._matrix(w.double(), size)).logabsdet.to(w.dtype)
+        lu, _ = self._lu64(size)
         return lu.diagonal().abs().log().sum().to(w.dtype)
 
-    def _solve(self, columns: Tensor) -> Tensor:
-        """W⁻¹ · columns (D, N), float64, with the cached LU factorisation."""
-        lu, pivots = self._lu64()
+    def _solve(self, columns: Tensor, size: Size = None) -> Tensor:
+        """A(W)⁻¹ · columns, float64, with the cached LU factorisation."""
+        lu, pivots = self._lu64(size)
         return torch.linalg.lu_solve(lu, pivots, columns.double())
 
+    def _unbias(self, z: Tensor) -> Tensor:
+        """z − b (b broadcast over the trailing dimensions of an image)."""
+        if self.bias is None:
+            return z
+        return z - self.bias.view(-1, *[1] * (z.dim() - 2))
 
-class SquareAffine(SelfNormalizing, InvertibleMatrix, GradientModeMixin, FlowLayer):
+    # -- the layer protocol -------------------------------------------------------------------
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        size = self._check_input(x)
+        z = self._map(x, self.weight, self.bias)
+        return z, self._logabsdet_at(size).expand(x.shape[0])
+
+    def training_forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if self.gradient == "exact":
+            return self._exact_training_forward(x)
+        size = self._check_input(x)
+        if self.gradient == "relative":
+            return self._relative_forward(x, size)
+        z, term, recon = self._selfnorm_forward(x, size)
+        self.last_reconstruction, self.last_relative_reconstruction = reconstruction_stats(recon, x)
+        return z, term
+
+    def approximate_inverse(self, z: Tensor) -> Tensor:
+        """h ≈ R(z − b) through the learned inverse (selfnorm mode): O(D²), no solve.
+
+        Falls back to the exact :meth:`inverse` for a layer that has no learned inverse.
+        """
+        if self.inverse_weight is None:
+            return self.inverse(z)
+        self._check_input(z, "z")
+        return self._map(self._unbias(z), self.inverse_weight)
+
+    def reconstruction_error(self, h: Tensor) -> Tensor:
+        """‖h_n − R W h_n‖² per sample (B,), by plain autograd in W and R (h is detached).
+
+        The selfnorm training step folds this penalty into its fused backward; this method is
+        for monitoring, or for training R on the penalty alone.
+        """
+        inv = self._require_inverse()
+        self._check_input(h, "h")
+        h = h.detach()
+        rho = self._map(self._map(h, self.weight), inv) - h
+        return rho.square().sum(tuple(range(1, h.dim())))
+
+
+class SquareAffine(InvertibleLinear):
     """Invertible affine layer ``y = x Wᵀ + b`` (the ``nn.Linear`` convention).
 
     Args:
@@ -97,7 +258,7 @@ class SquareAffine(SelfNormalizing, InvertibleMatrix, GradientModeMixin, FlowLay
     """
 
     supported_gradients = ("exact", "relative", "selfnorm")
-    inverse_weight: nn.Parameter | None
+    bias: nn.Parameter
 
     def __init__(
         self,
@@ -112,11 +273,8 @@ class SquareAffine(SelfNormalizing, InvertibleMatrix, GradientModeMixin, FlowLay
         self.weight = nn.Parameter(torch.empty(features, features))
         self.bias = nn.Parameter(torch.zeros(features))
         nn.init.orthogonal_(self.weight)
-        self.register_parameter("inverse_weight", None)
         self.paper_bias_rule = paper_bias_rule
-        self._cache = ParameterStateCache()
-        self.set_recon_weight(recon_weight)
-        self.set_gradient(gradient)
+        self._init_gradient(gradient, recon_weight)
 
     def extra_repr(self) -> str:
         return f"features={self.features}, gradient={self.gradient!r}"
@@ -125,44 +283,20 @@ class SquareAffine(SelfNormalizing, InvertibleMatrix, GradientModeMixin, FlowLay
         """log|det W| (scalar), the same for every sample; see :meth:`matrix_logabsdet`."""
         return self.matrix_logabsdet()
 
-    # -- the layer protocol ------------------------------------------------------------------
+    def _map(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+        return F.linear(x, weight, bias)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        y = F.linear(x, self.weight, self.bias)
-        return y, self.logabsdet().expand(x.shape[0])
-
-    def training_forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        if self.gradient == "relative":
-            return relative_affine(x, self.weight, self.bias, self.paper_bias_rule)
-        if self.gradient == "selfnorm":
-            z, term, recon = selfnorm_affine(
-                x, self.weight, self.inverse_weight, self.bias, self.recon_weight
-            )
-            self._record_reconstruction(recon, x)
-            return z, term
-        # exact: autograd through slogdet in the parameters' own dtype (the O(D³) baseline)
+    def _exact_training_forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        # autograd through slogdet in the parameters' own dtype (the O(D³) baseline)
         y = F.linear(x, self.weight, self.bias)
         return y, torch.linalg.slogdet(self.weight).logabsdet.expand(x.shape[0])
+
+    def _relative_forward(self, x: Tensor, size: Size) -> tuple[Tensor, Tensor]:
+        return relative_affine(x, self.weight, self.bias, self.paper_bias_rule)
+
+    def _selfnorm_forward(self, x: Tensor, size: Size) -> tuple[Tensor, Tensor, Tensor]:
+        return selfnorm_affine(x, self.weight, self.inverse_weight, self.bias, self.recon_weight)
 
     def inverse(self, z: Tensor) -> Tensor:
         """x = W⁻¹(z − b), solved in float64 with the cached LU factorisation."""
         return self._solve((z.double() - self.bias.detach().double()).t()).t().to(z.dtype)
-
-    def reconstruction_error(self, h: Tensor) -> Tensor:
-        """‖h_n − R W h_n‖² per sample (B,), by plain autograd in W and R (h is detached).
-
-        The selfnorm training step folds this penalty into its fused backward; this method is
-        for monitoring, or for training R on the penalty alone.
-        """
-        inv = self._require_inverse()
-        h = h.detach()
-        return (F.linear(F.linear(h, self.weight), inv) - h).square().sum(1)
-
-    def approximate_inverse(self, z: Tensor) -> Tensor:
-        """x ≈ R(z − b) through the learned inverse (selfnorm mode): O(D²), no solve.
-
-        Falls back to the exact :meth:`inverse` for a layer that has no learned inverse.
-        """
-        if self.inverse_weight is None:
-            return self.inverse(z)
-        return F.linear(z - self.bias, self.inverse_weight)

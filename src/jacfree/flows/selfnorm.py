@@ -1,7 +1,7 @@
-r"""Self-normalizing layers (Keller, Peters, Jaini, Hoogeboom, Forré, Welling; ICML 2021).
+r"""The self-normalizing (SNF) rule (Keller, Peters, Jaini, Hoogeboom, Forré, Welling; ICML 2021).
 
-A self-normalizing (SNF) linear layer ``z = W h + b`` keeps a learned approximate inverse
-``R ≈ W⁻¹`` and is trained on
+An SNF linear layer ``z = W h + b`` keeps a learned approximate inverse ``R ≈ W⁻¹`` and is
+trained on
 
 .. math::
 
@@ -21,13 +21,32 @@ NLL, minimised), with ``g_n = ∂loss/∂z_n`` and ``e_n = Wᵀ g_n`` (the exact
 E = (1/B) Σ_n ‖h_n − R W h_n‖² (no bias inside). With R = W⁻¹ exactly, ∇_W is half the exact
 NLL gradient and ∇_R half the exact gradient of −log p^g.
 
-This module holds the dense rule (:class:`SelfNormAffineFunction`, one fused backward: six
-B×D×D products per layer in all) and :class:`SelfNormalizing`, the mixin every SNF layer (dense
-or convolutional) shares: the reconstruction weight λ (a buffer, so it is checkpointed), the
-last batch's reconstruction error for the metrics, and the convention for the training term.
+**Convolutions** (§3.2 and Appendix A.2). For ``z = w ⋆ h + b`` (odd K, stride 1, same zero
+padding) with learned inverse ``h ≈ r ⋆ (z − b)``, T(k) the D×D matrix of a convolution
+(:mod:`jacfree.flows.toeplitz`), the kernel-space form of T(w)⁻ᵀ is replaced by ``flip(r) ⊙ m``,
+the kernel-space form of T(r)ᵀ (z' = w ⋆ h, m = flip(m) the tap multiplicities):
 
-**Training-term convention.** ``training_forward`` returns ``(z, term)`` with the per-sample
-``term_n = −λ‖h_n − R W h_n‖²`` (zero-valued log-det, penalty included), so that
+.. math::
+
+    ∇_w &= ½\,(\mathrm{conv\_weight\_grad}(h, g) + c\,\mathrm{flip}(r) ⊙ m) + λ ∂E/∂w ,\\
+    ∇_r &= ½\,(\mathrm{conv\_weight\_grad}(z', -e) - c\,\mathrm{flip}(w) ⊙ m) + λ ∂E/∂r ,\\
+    ∇_b &= \textstyle\sum_{n,y,x} g ,\qquad E = \tfrac1B \sum_n ‖h_n - r ⋆ (w ⋆ h_n)‖² .
+
+Everything is a convolution or a conv weight-gradient (``torch.nn.grad.conv2d_weight``); the
+products with T(k)ᵀ are forward convolutions with flip(k), on CPU several times faster than the
+input-gradient kernel for few channels. A dense layer is the case m = 1, flip = transpose; a 1×1
+convolution runs the dense rule on its (B·H·W, C) pixel rows (m = H·W).
+
+This module is the one home of the rule: the two fused autograd functions
+(:class:`SelfNormAffineFunction`: six B×D×D products per layer in all;
+:class:`SelfNormConv2dFunction`: six convolutions), the initial learned inverses
+(:func:`dense_initial_inverse`, :func:`conv_initial_inverse`), and the reconstruction weight λ
+(:func:`check_recon_weight`, :func:`register_recon_weight`) with the statistics the metrics log
+(:func:`reconstruction_stats`). The layers (:class:`~jacfree.flows.linear.InvertibleLinear` and
+its subclasses) call them.
+
+**Training-term convention.** A layer's ``training_forward`` returns ``(z, term)`` with the
+per-sample ``term_n = −λ‖h_n − R W h_n‖²`` (zero-valued log-det, penalty included), so that
 ``Flow.loss = −mean(log N(z) + Σ terms)`` is the SNF objective: the batch-mean NLL without the
 SNF layers' log|det W| plus λ·E. In the backward pass, the coefficient of log|det W| in the loss is
 ``c = Σ_n ∂loss/∂term_n`` (−1 for the batch-mean NLL) and the weight of sample n's reconstruction
@@ -39,62 +58,108 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from .toeplitz import conv_matrix, conv_matrix_adjoint, flip_kernel, multiplicity
 
-class SelfNormalizing:
-    """Mixin of layers with a learned approximate inverse (the SNF ``selfnorm`` gradient mode).
+__all__ = [
+    "SelfNormAffineFunction",
+    "SelfNormConv2dFunction",
+    "check_recon_weight",
+    "conv_initial_inverse",
+    "dense_initial_inverse",
+    "reconstruction_stats",
+    "register_recon_weight",
+    "selfnorm_affine",
+    "selfnorm_conv2d",
+]
 
-    Provides the reconstruction weight λ (``recon_weight``, a persistent buffer created by
-    :meth:`_init_selfnorm`), ``last_reconstruction`` (the batch-mean ‖h − R W h‖² of the last
-    training forward, detached; ``None`` before one), ``last_relative_reconstruction`` (the same
-    divided by the batch-mean ‖h‖²: scale-free) and :meth:`approximate_inverse` (through the
-    learned inverse: no solve, no Newton).
+
+# -- λ and the reconstruction statistics -------------------------------------------------------
+
+
+def check_recon_weight(value: float) -> float:
+    """λ, the weight of the reconstruction penalty, as a float (≥ 0), or a clear error."""
+    value = float(value)
+    if not value >= 0:
+        raise ValueError(f"recon_weight (λ) must be >= 0, got {value}.")
+    return value
+
+
+def register_recon_weight(layer: nn.Module, value: float) -> None:
+    """Give ``layer`` the persistent 0-d buffer ``recon_weight`` (λ), in its weight's dtype and
+    device, so that λ is checkpointed and read on the device; set it to ``value``."""
+    if "recon_weight" not in layer._buffers:
+        ref = next(layer.parameters())
+        layer.register_buffer("recon_weight", torch.tensor(0.0, dtype=ref.dtype, device=ref.device))
+    layer.recon_weight.fill_(check_recon_weight(value))
+
+
+def reconstruction_stats(recon: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+    """``(mean, relative)``: the batch mean of the per-sample errors ``recon`` = ‖h − R W h‖², and
+    that mean divided by the batch-mean ‖h‖² (scale-free); detached, on the device."""
+    mean = recon.detach().mean()
+    return mean, mean / h.detach().square().flatten(1).sum(1).mean()
+
+
+# -- the initial learned inverse ------------------------------------------------------------------
+
+
+def dense_initial_inverse(weight: Tensor) -> Tensor:
+    """R = W⁻¹ (float64 inverse, in W's dtype, row-major like W).
+
+    ``linalg.inv`` returns a column-major matrix, and an R in that layout makes every SNF step pay
+    transposed copies of D×D gradients (and a slower Adam), hence the contiguous copy.
     """
+    with torch.no_grad():
+        inv = torch.linalg.inv(weight.detach().double()).to(weight.dtype)
+    return inv.contiguous()
 
-    last_reconstruction: Tensor | None = None
-    last_relative_reconstruction: Tensor | None = None
 
-    def _record_reconstruction(self, recon: Tensor, h: Tensor) -> None:
-        """Store the batch means of the per-sample errors ``recon`` of inputs ``h``."""
-        mean = recon.detach().mean()
-        self.last_reconstruction = mean
-        self.last_relative_reconstruction = mean / h.detach().square().flatten(1).sum(1).mean()
+def conv_initial_inverse(weight: Tensor, spatial_size: tuple[int, int]) -> Tensor:
+    """The K×K kernel r whose same-padded convolution is closest to T(w)⁻¹.
 
-    def _init_selfnorm(self, recon_weight: float) -> None:
-        """Register λ as a buffer (call once the parameters exist, e.g. on entering selfnorm)."""
-        if "recon_weight" not in self._buffers:  # type: ignore[attr-defined]
-            ref = next(self.parameters())  # type: ignore[attr-defined]
-            lam = torch.tensor(0.0, dtype=ref.dtype, device=ref.device)
-            self.register_buffer("recon_weight", lam)  # type: ignore[attr-defined]
-        self.set_recon_weight(recon_weight)
+    For a centre-tap-only w (T(w) = W_C ⊗ I, a 1×1 convolution) this is the exact inverse, centre
+    tap W_C⁻¹, with no O(D³) work. Otherwise it is the least-squares projection of T(w)⁻¹ onto the
+    K×K convolutions on images of ``spatial_size``, ``r = adjoint(T(w)⁻¹) / m`` (the A_k are
+    orthogonal with ‖A_k‖² = m_k): one D×D inverse. (The reference code starts from
+    r = flip(w), the kernel of the *adjoint* T(w)ᵀ, which is T(w)⁻¹ only for an orthogonal T(w).)
+    """
+    w = weight.detach()
+    p = (w.shape[-1] - 1) // 2
+    with torch.no_grad():
+        off_centre = w.clone()
+        off_centre[:, :, p, p] = 0
+        if not bool(off_centre.any()):
+            r = torch.zeros_like(w)
+            r[:, :, p, p] = torch.linalg.inv(w[:, :, p, p].double()).to(w.dtype)
+            return r
+        target = torch.linalg.inv(conv_matrix(w.double(), spatial_size))
+        m = multiplicity(w.shape[-1], spatial_size, dtype=torch.float64, device=w.device)
+        proj = conv_matrix_adjoint(target, tuple(w.shape), spatial_size)
+        return torch.where(m > 0, proj / m.clamp(min=1), 0.0).to(w.dtype)
 
-    def set_recon_weight(self, value: float) -> None:
-        """Set λ, the weight of the reconstruction penalty (≥ 0).
 
-        A layer not yet in the selfnorm mode keeps the value for when it enters it.
-        """
-        value = float(value)
-        if not value >= 0:
-            raise ValueError(f"recon_weight (λ) must be >= 0, got {value}.")
-        if "recon_weight" in self._buffers:  # type: ignore[attr-defined]
-            self.recon_weight.fill_(value)  # type: ignore[attr-defined]
-        else:
-            self._pending_recon_weight = value
+# -- the fused rules ------------------------------------------------------------------------------
 
-    def _require_inverse(self) -> Tensor:
-        """The learned inverse, or a clear error for a layer that has none."""
-        inv = getattr(self, "inverse_weight", None)
-        if inv is None:
-            raise RuntimeError(
-                "this layer has no learned inverse; switch it to the selfnorm mode first "
-                "(layer.set_gradient('selfnorm'))."
-            )
-        return inv
 
-    def approximate_inverse(self, z: Tensor) -> Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+def _finish_forward(
+    ctx: Any, z: Tensor, tensors: tuple[Tensor, ...], rho: Tensor, lam: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Save ``(*tensors, rho, lam)``; return ``(z, term, recon)`` with recon = ‖ρ‖² per sample."""
+    recon = rho.square().sum(tuple(range(1, rho.dim())))
+    ctx.save_for_backward(*tensors, rho, lam)
+    ctx.mark_non_differentiable(recon)
+    return z, recon * -lam, recon
+
+
+def _log_det_and_penalty_weights(g_term: Tensor, rho: Tensor, lam: Tensor) -> tuple[Tensor, Tensor]:
+    """``(½ c, 2aρ)``: c = Σ_n ∂loss/∂term_n, the coefficient of log|det W| in the loss (−1 for the
+    mean NLL), and a_n = −λ ∂loss/∂term_n, the weight of sample n's ‖ρ_n‖², applied to its residual
+    and doubled. Both stay on the device."""
+    return 0.5 * g_term.sum(), rho * (g_term * (-2.0 * lam)).view(-1, *[1] * (rho.dim() - 1))
 
 
 class SelfNormAffineFunction(torch.autograd.Function):
@@ -109,34 +174,71 @@ class SelfNormAffineFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, h: Tensor, weight: Tensor, inv: Tensor, bias: Tensor, lam: Tensor):
         u = h @ weight.t()  # W h, rows
-        z = u + bias
         rho = torch.addmm(h, u, inv.t(), beta=-1)  # R W h − h
-        recon = rho.square().sum(1)
-        ctx.save_for_backward(h, weight, inv, u, rho, lam)
-        ctx.mark_non_differentiable(recon)
-        return z, recon * -lam, recon
+        return _finish_forward(ctx, u + bias, (h, weight, inv, u), rho, lam)
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, g: Tensor, g_term: Tensor, _g_recon: Tensor | None):
         h, weight, inv, u, rho, lam = ctx.saved_tensors
-        # coefficient of log|det W| in the loss (−1 for the mean NLL), kept on the device
-        half_c = 0.5 * g_term.sum()
-        # per-sample weight of ‖h_n − R W h_n‖² in the loss, applied to its residual, doubled
-        wrho = rho * (g_term * (-2.0 * lam)).unsqueeze(1)
+        half_c, wrho = _log_det_and_penalty_weights(g_term, rho, lam)
         e = g @ weight  # exact input gradient Wᵀg (rows), also used by the R rule
         grad_h = e if ctx.needs_input_grad[0] else None
         grad_w = grad_r = grad_b = None
         if ctx.needs_input_grad[1]:
-            # ½(Σ g hᵀ + c Rᵀ) + Σ 2w (Rᵀρ) hᵀ  =  (½ g + 2w ρR)ᵀ h + ½ c Rᵀ
+            # ½(Σ g hᵀ + c Rᵀ) + Σ 2a (Rᵀρ) hᵀ  =  (½ g + 2aρR)ᵀ h + ½ c Rᵀ
             a = torch.addmm(g, wrho, inv, beta=0.5)
             grad_w = torch.addmm(inv.t() * half_c, a.t(), h)
         if ctx.needs_input_grad[2]:
-            # ½(−Σ e (Wh)ᵀ − c Wᵀ) + Σ 2w ρ (Wh)ᵀ  =  (2w ρ − ½ e)ᵀ u − ½ c Wᵀ
+            # ½(−Σ e (Wh)ᵀ − c Wᵀ) + Σ 2a ρ (Wh)ᵀ  =  (2aρ − ½ e)ᵀ u − ½ c Wᵀ
             grad_r = torch.addmm(weight.t() * -half_c, wrho.sub_(e, alpha=0.5).t(), u)
         if ctx.needs_input_grad[3]:
             grad_b = g.sum(0)
         return grad_h, grad_w, grad_r, grad_b, None
+
+
+class SelfNormConv2dFunction(torch.autograd.Function):
+    """``(h, w, r, b, λ) -> (z, term, recon)`` for an SNF convolution ``z = w ⋆ h + b``.
+
+    ``term`` (B,) is −λ‖h_n − r ⋆ (w ⋆ h_n)‖² (the training term) and ``recon`` (B,) the
+    non-differentiable ‖h_n − r ⋆ (w ⋆ h_n)‖². The backward pass leaves the SNF gradients of the
+    module docs in w, r and b and the exact input gradient in h; the penalty never reaches h.
+    Two convolutions forward (w ⋆ h, r ⋆ z'), four backward (e = flip(w) ⋆ g,
+    T(r)ᵀρ = flip(r) ⋆ ρ, two weight-gradients).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, h: Tensor, weight: Tensor, inv: Tensor, bias: Tensor, lam: Tensor):
+        p = (weight.shape[-1] - 1) // 2
+        u = F.conv2d(h, weight, padding=p)  # z' = w ⋆ h
+        rho = F.conv2d(u, inv, padding=p).sub_(h)  # r ⋆ (w ⋆ h) − h
+        return _finish_forward(ctx, u + bias.view(1, -1, 1, 1), (h, weight, inv, u), rho, lam)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, g: Tensor, g_term: Tensor, _g_recon: Tensor | None):
+        h, weight, inv, u, rho, lam = ctx.saved_tensors
+        p = (weight.shape[-1] - 1) // 2
+        needs_h, needs_w, needs_r, needs_b = ctx.needs_input_grad[:4]
+        half_c, wrho = _log_det_and_penalty_weights(g_term, rho, lam)
+        m = multiplicity(weight.shape[-1], h.shape[-2:], dtype=weight.dtype, device=weight.device)
+        e = None
+        if needs_h or needs_r:  # exact input gradient T(w)ᵀ g = flip(w) ⋆ g (same padding)
+            e = F.conv2d(g, flip_kernel(weight), padding=p)
+        grad_w = grad_r = grad_b = None
+        if needs_w:
+            # ½ conv_weight_grad(h, g) + conv_weight_grad(h, T(r)ᵀ 2aρ) + ½ c flip(r) ⊙ m
+            out = F.conv2d(wrho, flip_kernel(inv), padding=p).add_(g, alpha=0.5)  # + T(r)ᵀ 2aρ
+            grad_w = torch.nn.grad.conv2d_weight(h, weight.shape, out, padding=p)
+            grad_w = grad_w + flip_kernel(inv) * m * half_c
+        if needs_r:
+            # conv_weight_grad(z', 2aρ − ½ e) − ½ c flip(w) ⊙ m
+            out = wrho.sub_(e, alpha=0.5)
+            grad_r = torch.nn.grad.conv2d_weight(u, inv.shape, out, padding=p)
+            grad_r = grad_r - flip_kernel(weight) * m * half_c
+        if needs_b:
+            grad_b = g.sum((0, 2, 3))
+        return (e if needs_h else None), grad_w, grad_r, grad_b, None
 
 
 def selfnorm_affine(
@@ -149,3 +251,14 @@ def selfnorm_affine(
     """
     lam = torch.as_tensor(recon_weight, dtype=h.dtype, device=h.device)
     return SelfNormAffineFunction.apply(h, weight, inverse_weight, bias, lam)
+
+
+def selfnorm_conv2d(
+    h: Tensor, weight: Tensor, inverse_weight: Tensor, bias: Tensor, recon_weight: Tensor | float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """SNF convolution: ``(z, term, recon)``, see :class:`SelfNormConv2dFunction`.
+
+    ``recon_weight`` (λ): a 0-d tensor (read on the device) or a number.
+    """
+    lam = torch.as_tensor(recon_weight, dtype=h.dtype, device=h.device)
+    return SelfNormConv2dFunction.apply(h, weight, inverse_weight, bias, lam)
