@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["indexed", "rand_like", "randn_like", "row_keys"]
+__all__ = ["dequantise", "indexed", "rand_like", "randn_like", "row_keys"]
 
 _MASK = 0xFFFFFFFF
 
@@ -105,3 +105,9 @@ def randn_like(x: Tensor) -> Tensor:
     u1, u2 = rand_like(x), rand_like(x)
     radius = torch.sqrt(-2.0 * torch.log1p(-u1))  # 1 − u1 ∈ (0, 1]: finite
     return radius * torch.cos(2 * math.pi * u2)
+
+
+def dequantise(x: Tensor, levels: int) -> Tensor:
+    """Uniform dequantisation onto [0, 1): ``(x + u) / levels`` for data in {0, …, levels − 1},
+    with ``u`` from :func:`rand_like` (per sample inside :func:`indexed`)."""
+    return (x + rand_like(x)) / levels

@@ -121,14 +121,8 @@ class CNNFlow(Flow):
         check_choice(activation, "activation", ACTIVATIONS)
         check_choice(spline_params, "spline_params", SPLINE_PARAMS)
         check_choice(gradient, "gradient mode", SelfNormConv2d.supported_gradients)
+        _check_squeezes(shape, "CNNFlow", blocks, blocks - 1)
         C, H, W = shape
-        f = 2 ** (blocks - 1)
-        if H % f or W % f:
-            raise ValueError(
-                f"CNNFlow with {blocks} blocks squeezes {blocks - 1} times, so the image height "
-                f"and width must be divisible by {f}; got {H}×{W}. Use fewer blocks or crop/pad "
-                f"the images to a multiple of {f}."
-            )
 
         def act(c: int, h: int, w: int) -> FlowLayer:
             if activation == "slr":
@@ -157,8 +151,8 @@ class CNNFlow(Flow):
 
     @property
     def conv_layers(self) -> list[SelfNormConv2d]:
-        """The SNF convolutions, in data → latent order."""
-        return [m for m in self.layers if isinstance(m, SelfNormConv2d)]
+        """The SNF convolutions (the layers with a gradient mode), in data → latent order."""
+        return self.gradient_layers()  # type: ignore[return-value]
 
 
 def _image_shape(shape: Sequence[int], model: str) -> tuple[int, int, int]:
@@ -169,3 +163,15 @@ def _image_shape(shape: Sequence[int], model: str) -> tuple[int, int, int]:
             f"{shape!r}; e.g. (1, 28, 28) for MNIST."
         )
     return shape  # type: ignore[return-value]
+
+
+def _check_squeezes(shape: tuple[int, int, int], model: str, blocks: int, squeezes: int) -> None:
+    """Check that images of ``shape`` can be squeezed (factor 2) ``squeezes`` times."""
+    _, H, W = shape
+    f = 2**squeezes
+    if H % f or W % f:
+        raise ValueError(
+            f"{model} with {blocks} blocks squeezes {squeezes} times, so the image height and "
+            f"width must be divisible by {f}; got {H}×{W}. Use fewer blocks or crop/pad the "
+            f"images to a multiple of {f}."
+        )

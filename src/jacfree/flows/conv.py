@@ -240,8 +240,7 @@ class Conv1x1(ImageLinear):
     ) -> None:
         super().__init__()
         self.channels = C = check_positive_int(channels, "channels")
-        self.weight = nn.Parameter(torch.empty(C, C))
-        nn.init.orthogonal_(self.weight)
+        self.weight = self._orthogonal_weight(C)
         if bias:
             self.bias = nn.Parameter(torch.zeros(C))
         else:

@@ -41,7 +41,7 @@ from collections.abc import Sequence
 
 from .._checks import check_choice, check_positive_int
 from .actnorm import ActNorm
-from .cnn import _image_shape
+from .cnn import _check_squeezes, _image_shape
 from .conditional import ContextAffine, context_encoder
 from .conv import Conv1x1, SelfNormConv2d
 from .core import GRADIENT_MODES, Flow, FlowLayer
@@ -126,14 +126,8 @@ class GlowFlow(Flow):
                 f"support the gradient modes {SelfNormConv2d.supported_gradients}, not "
                 f"{gradient!r}; use conv_kernel=1 (1×1 convolutions) for {gradient!r}."
             )
+        _check_squeezes(shape, "GlowFlow", blocks, blocks)
         C, H, W = shape
-        f = 2**blocks
-        if H % f or W % f:
-            raise ValueError(
-                f"GlowFlow with {blocks} blocks squeezes {blocks} times, so the image height and "
-                f"width must be divisible by {f}; got {H}×{W}. Use fewer blocks or crop/pad the "
-                f"images to a multiple of {f}."
-            )
 
         def conv(c: int) -> FlowLayer:
             if conv_kernel == 1:
@@ -172,4 +166,4 @@ class GlowFlow(Flow):
     @property
     def conv_layers(self) -> list[FlowLayer]:
         """The invertible convolutions (the layers with a gradient mode), data → latent order."""
-        return [m for m in self.modules() if isinstance(m, (Conv1x1, SelfNormConv2d))]
+        return self.gradient_layers()  # type: ignore[return-value]

@@ -80,6 +80,13 @@ class InvertibleLinear(FlowLayer):
         self.set_recon_weight(recon_weight)
         self.set_gradient(gradient)
 
+    @staticmethod
+    def _orthogonal_weight(n: int) -> nn.Parameter:
+        """A random orthogonal n×n weight (log|det| = 0), from torch's global generator."""
+        weight = nn.Parameter(torch.empty(n, n))
+        nn.init.orthogonal_(weight)
+        return weight
+
     # -- hooks --------------------------------------------------------------------------------
 
     def _check_input(self, x: Tensor, name: str = "x") -> Size:
@@ -270,9 +277,8 @@ class SquareAffine(InvertibleLinear):
     ) -> None:
         super().__init__()
         self.features = check_positive_int(features, "features")
-        self.weight = nn.Parameter(torch.empty(features, features))
+        self.weight = self._orthogonal_weight(features)
         self.bias = nn.Parameter(torch.zeros(features))
-        nn.init.orthogonal_(self.weight)
         self.paper_bias_rule = paper_bias_rule
         self._init_gradient(gradient, recon_weight)
 

@@ -33,28 +33,22 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from .. import _activations
 from .._checks import check_positive_int, check_samples
 from .conditional import context_encoder
 from .core import Flow, FlowLayer
 
 __all__ = ["NICE", "AdditiveCoupling", "DiagonalScaling"]
 
-_ACTIVATIONS = {"softplus": nn.Softplus, "elu": nn.ELU, "silu": nn.SiLU, "tanh": nn.Tanh}
-
 
 def _coupling_net(
     n_in: int, n_out: int, hidden: int, hidden_layers: int, activation: str
 ) -> nn.Sequential:
-    if activation not in _ACTIVATIONS:
-        raise ValueError(
-            f"unknown activation {activation!r} for NICE; choose one of "
-            f"{', '.join(map(repr, _ACTIVATIONS))} (smooth, so that score matching sees the "
-            "curvature)."
-        )
+    _activations.activation(activation)  # refuses unknown and piecewise-linear names
     layers: list[nn.Module] = []
     width = n_in
     for _ in range(hidden_layers):
-        layers += [nn.Linear(width, hidden), _ACTIVATIONS[activation]()]
+        layers += [nn.Linear(width, hidden), _activations.Activation(activation)]
         width = hidden
     out = nn.Linear(width, n_out)
     # Zero output layer: every coupling starts as the identity (a common, stable initialisation;
@@ -75,8 +69,8 @@ class AdditiveCoupling(FlowLayer):
         hidden: width of the coupling MLP ``m``.
         hidden_layers: number of hidden layers of ``m`` (the paper's "5 layers" are 4 hidden
             layers plus the output layer).
-        activation: ``"softplus"`` (default, as in the FD-SM reference), ``"elu"``, ``"silu"`` or
-            ``"tanh"``.
+        activation: a smooth activation by name: ``"softplus"`` (default, as in the FD-SM
+            reference), ``"elu"``, ``"silu"``, ``"tanh"``, ... (``jacfree._activations``).
         context_dim: width of an encoded context ``h`` that ``m`` reads next to ``x_I``
             (``y_J = x_J + m(x_I, h)``: still log-det 0, still invertible in x); 0: none.
     """

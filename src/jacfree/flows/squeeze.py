@@ -71,63 +71,62 @@ def _check_unsqueezable(shape: Sequence[int], f: int, layer: str) -> None:
         )
 
 
-class Squeeze(FlowLayer):
+class _Reshuffle(FlowLayer):
+    """Squeeze or unsqueeze by ``factor`` (``to_depth`` says which way the forward map goes)."""
+
+    to_depth: bool
+
+    def __init__(self, factor: int = 2) -> None:
+        super().__init__()
+        self.factor = check_positive_int(factor, "factor", minimum=2)
+
+    def extra_repr(self) -> str:
+        return f"factor={self.factor}"
+
+    def _shuffle(self, x: Tensor, to_depth: bool, where: str) -> Tensor:
+        check = _check_squeezable if to_depth else _check_unsqueezable
+        check(x.shape[1:], self.factor, where)
+        return (squeeze if to_depth else unsqueeze)(x, self.factor)
+
+    def output_shape(self, shape: Sequence[int]) -> tuple[int, ...]:
+        """Event shape of the output for an input event shape ``(C, H, W)``."""
+        f = self.factor
+        if self.to_depth:
+            _check_squeezable(shape, f, type(self).__name__)
+            c, h, w = shape
+            return (c * f * f, h // f, w // f)
+        _check_unsqueezable(shape, f, type(self).__name__)
+        c, h, w = shape
+        return (c // (f * f), h * f, w * f)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self._shuffle(x, self.to_depth, type(self).__name__), x.new_zeros(x.shape[0])
+
+    def inverse(self, z: Tensor) -> Tensor:
+        return self._shuffle(z, not self.to_depth, f"{type(self).__name__}.inverse")
+
+
+class Squeeze(_Reshuffle):
     """Space-to-depth: ``(B, C, H, W) -> (B, C·f², H/f, W/f)``, log-det 0, exact inverse.
 
     Args:
         factor: f (2 in RealNVP/Glow); H and W must be divisible by it.
     """
 
-    def __init__(self, factor: int = 2) -> None:
-        super().__init__()
-        self.factor = check_positive_int(factor, "factor", minimum=2)
-
-    def extra_repr(self) -> str:
-        return f"factor={self.factor}"
-
-    def output_shape(self, shape: Sequence[int]) -> tuple[int, ...]:
-        """Event shape of the output for an input event shape ``(C, H, W)``."""
-        _check_squeezable(shape, self.factor, "Squeeze")
-        c, h, w = shape
-        f = self.factor
-        return (c * f * f, h // f, w // f)
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        _check_squeezable(x.shape[1:], self.factor, "Squeeze")
-        return squeeze(x, self.factor), x.new_zeros(x.shape[0])
-
-    def inverse(self, z: Tensor) -> Tensor:
-        _check_unsqueezable(z.shape[1:], self.factor, "Squeeze.inverse")
-        return unsqueeze(z, self.factor)
+    to_depth = True
 
 
-class Unsqueeze(FlowLayer):
+class Unsqueeze(_Reshuffle):
     """Depth-to-space ``(B, C, H, W) -> (B, C/f², H·f, W·f)``: the inverse of :class:`Squeeze`.
 
     Put one at the end of a flow for every :class:`Squeeze` in it, so the latent has the data's
     shape again (see the module docstring). log-det 0.
+
+    Args:
+        factor: f; C must be divisible by f².
     """
 
-    def __init__(self, factor: int = 2) -> None:
-        super().__init__()
-        self.factor = check_positive_int(factor, "factor", minimum=2)
-
-    def extra_repr(self) -> str:
-        return f"factor={self.factor}"
-
-    def output_shape(self, shape: Sequence[int]) -> tuple[int, ...]:
-        _check_unsqueezable(shape, self.factor, "Unsqueeze")
-        c, h, w = shape
-        f = self.factor
-        return (c // (f * f), h * f, w * f)
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        _check_unsqueezable(x.shape[1:], self.factor, "Unsqueeze")
-        return unsqueeze(x, self.factor), x.new_zeros(x.shape[0])
-
-    def inverse(self, z: Tensor) -> Tensor:
-        _check_squeezable(z.shape[1:], self.factor, "Unsqueeze.inverse")
-        return squeeze(z, self.factor)
+    to_depth = False
 
 
 def output_shape(layers: Iterable[nn.Module], shape: Sequence[int]) -> tuple[int, ...]:

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .. import sample_noise
 from .registry import data_output, model_input, model_kind
 from .scorematching import ebm_samples
 
@@ -64,7 +65,7 @@ def model_score_fn(
         def energy(b: Tensor) -> Tensor:
             b = b.to(ref)
             if levels:
-                b = (b + torch.rand_like(b)) / levels
+                b = sample_noise.dequantise(b, levels)
             return model(b.reshape(len(b), *spec["data_shape"]))
 
         return energy, "energy"

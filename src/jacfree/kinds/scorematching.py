@@ -202,7 +202,7 @@ def _report(prefix: str, est: Estimate) -> dict[str, float]:
 def _unit_dequantise(levels: int | None) -> Callable[[Tensor], Tensor]:
     if not levels:
         return lambda x: x
-    return lambda x: (x + sample_noise.rand_like(x)) / levels  # per sample in fit
+    return lambda x: sample_noise.dequantise(x, levels)  # per sample in fit
 
 
 # -- 2-D grid normalisation ---------------------------------------------------------------------

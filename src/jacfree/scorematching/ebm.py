@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._activations import ACTIVATIONS, Activation
+
 __all__ = [
     "ACTIVATIONS",
     "ResEBM",
@@ -39,37 +41,13 @@ __all__ = [
 ]
 
 
-class NormalizedSoftplus(nn.Module):
-    """``softplus(x) − log 2`` (zero at zero), the reference run's activation."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.softplus(x) - math.log(2.0)
-
-
-ACTIVATIONS: dict[str, type[nn.Module]] = {
-    "nsoftplus": NormalizedSoftplus,
-    "elu": nn.ELU,
-    "swish": nn.SiLU,
-    "softplus": nn.Softplus,
-}
-
-
-def _activation(name: str) -> nn.Module:
-    if name not in ACTIVATIONS:
-        raise ValueError(
-            f"unknown activation {name!r}; choose one of {', '.join(map(repr, ACTIVATIONS))} "
-            "(smooth activations only: score matching differentiates the energy twice)."
-        )
-    return ACTIVATIONS[name]()
-
-
 class ResidualBlock(nn.Module):
     """``x + conv(act(conv(act(x))))``; with ``down`` both branches end in a 2×2 mean pool and
     the shortcut is a 1×1 convolution (as the reference's ``resample="down"`` block)."""
 
     def __init__(self, c_in: int, c_out: int, activation: str, down: bool):
         super().__init__()
-        self.act1, self.act2 = _activation(activation), _activation(activation)
+        self.act1, self.act2 = Activation(activation), Activation(activation)
         self.conv1 = nn.Conv2d(c_in, c_in, 3, padding=1, bias=False)
         self.conv2 = nn.Conv2d(c_in, c_out, 3, padding=1)
         self.down = down
@@ -111,7 +89,7 @@ class ResEBM(nn.Module):
             raise ValueError(f"image_shape must be (C, H, W), got {image_shape!r}")
         if width < 1 or depth < 0:
             raise ValueError(f"need width >= 1 and depth >= 0, got {width}, {depth}")
-        _activation(activation)
+        Activation(activation)
         self.image_shape = tuple(int(s) for s in image_shape)
         self.event_shape = self.image_shape
         c, h, w = self.image_shape

@@ -20,60 +20,16 @@ softplus/ELU units grows at most linearly — so the density can be normalised (
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._activations import ACTIVATIONS, Activation, activation
 from .._checks import check_positive_int, check_samples
 from .sampling import LangevinSampled
 
 __all__ = ["ACTIVATIONS", "MLPEnergy", "activation"]
-
-
-def _nsoftplus(x: Tensor) -> Tensor:
-    return F.softplus(x) - math.log(2.0)
-
-
-ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
-    "softplus": F.softplus,
-    "nsoftplus": _nsoftplus,  # softplus(x) − log 2 (zero at zero), the deep EBMs' choice
-    "elu": F.elu,
-    "silu": F.silu,
-    "swish": F.silu,
-    "gelu": F.gelu,
-    "tanh": torch.tanh,
-}
-_NOT_SMOOTH = ("relu", "leaky_relu", "relu6", "hardtanh", "hardswish")
-
-
-def activation(name: str) -> Callable[[Tensor], Tensor]:
-    """The smooth activation function called ``name`` (see :data:`ACTIVATIONS`)."""
-    if name in _NOT_SMOOTH:
-        raise ValueError(
-            f"activation {name!r} is piecewise linear: its second derivative is zero almost "
-            "everywhere, so score matching (which needs tr ∇²ₓ log p̃) sees no curvature. Use a "
-            f"smooth one: {', '.join(map(repr, ACTIVATIONS))}."
-        )
-    if name not in ACTIVATIONS:
-        raise ValueError(
-            f"unknown activation {name!r}; choose one of {', '.join(map(repr, ACTIVATIONS))}."
-        )
-    return ACTIVATIONS[name]
-
-
-class _Act(nn.Module):
-    def __init__(self, name: str) -> None:
-        super().__init__()
-        self.name = name
-        self.fn = activation(name)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fn(x)
-
-    def extra_repr(self) -> str:
-        return self.name
 
 
 class MLPEnergy(LangevinSampled, nn.Module):
@@ -126,7 +82,7 @@ class MLPEnergy(LangevinSampled, nn.Module):
         layers: list[nn.Module] = []
         width = self.dim
         for h in hidden:
-            layers += [nn.Linear(width, h), _Act(activation)]
+            layers += [nn.Linear(width, h), Activation(activation)]
             width = h
         layers.append(nn.Linear(width, 1))
         self.net = nn.Sequential(*layers)

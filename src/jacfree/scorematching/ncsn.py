@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import sample_noise
+from .._activations import Activation
 from .._checks import check_choice, check_positive_int, check_samples
 from .objectives import Settings, objective_names
 from .objectives import objective as find_objective
@@ -94,9 +95,6 @@ class _ResBlock(nn.Module):
         return h + r
 
 
-_ACTS = {"elu": nn.ELU, "silu": nn.SiLU, "softplus": nn.Softplus}
-
-
 class NCSN(nn.Module):
     r"""Noise-conditional score network ``s(x, σ) -> x.shape`` for images ``(C, H, W)``.
 
@@ -144,7 +142,7 @@ class NCSN(nn.Module):
         if H < 4 or W < 4:
             raise ValueError(f"images must be at least 4x4 (two down-samplings), got {H}x{W}.")
         check_positive_int(channels, "channels")
-        check_choice(activation, "activation", tuple(_ACTS))
+        act = Activation(activation)
         if levels is not None:
             check_positive_int(levels, "levels", minimum=2)
         self.event_shape = shape
@@ -153,7 +151,6 @@ class NCSN(nn.Module):
             "sigmas", geometric_sigmas(sigma_max, sigma_min, n_levels).to(torch.float32)
         )
         c, c2, emb = channels, 2 * channels, 4 * channels
-        act = _ACTS[activation]()
         self.act = act
         self.embed = nn.Sequential(nn.Linear(1, emb), nn.SiLU(), nn.Linear(emb, emb))
         self.inp = nn.Conv2d(C, c, 3, padding=1)
@@ -211,7 +208,7 @@ class NCSN(nn.Module):
         ``None``."""
         if self.levels is None:
             return x
-        return (x + sample_noise.rand_like(x)) / self.levels
+        return sample_noise.dequantise(x, self.levels)
 
     def to_data(self, y: Tensor) -> Tensor:
         """Model-scale samples back to the data scale (``floor(y·levels)`` clipped)."""
