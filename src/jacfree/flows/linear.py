@@ -12,14 +12,9 @@ convolution (:mod:`jacfree.flows.conv`). Its log-det is log|det A(W)| for every 
   inverse ``R ≈ W⁻¹`` (``inverse_weight``) replaces W⁻ᵀ by Rᵀ, trained with a reconstruction
   penalty λ‖R W h − h‖² (:mod:`jacfree.flows.selfnorm`); O(B·D²), and sampling through R.
 
-The base class holds what the modes share — switching modes (creating R and the λ buffer on
-entering ``selfnorm``), λ, the reconstruction statistics, the exact log-det and inverse from one
-float64 LU factorisation of A(W) cached per parameter state, the approximate inverse through R —
-and asks its subclass for the map itself through a few hooks (:meth:`~InvertibleLinear._map`,
-:meth:`~InvertibleLinear._matrix`, the per-mode training forwards). :class:`~jacfree.flows.Flow`
-asks its layers the same way (``supported_gradients``, :meth:`~InvertibleLinear.set_gradient`,
-:meth:`~InvertibleLinear.set_recon_weight`, :meth:`~InvertibleLinear.reconstruction_weight`,
-:meth:`~InvertibleLinear.reconstruction_stats`).
+The base class holds what the modes share (mode switching, λ, the exact log-det and inverse from
+one cached float64 LU factorisation, the approximate inverse through R); a subclass supplies its
+map through a few hooks. :class:`~jacfree.flows.Flow` asks its layers through the same class.
 """
 
 from __future__ import annotations
