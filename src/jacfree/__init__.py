@@ -7,8 +7,30 @@
 
 __version__ = "0.1.0"
 
-from . import data, flows, train
-from .flows import *  # noqa: F403 (the layers, the flow models and the Flow container)
+from . import data, train
+from .flows import (
+    GRADIENT_MODES,
+    ActNorm,
+    AffineCoupling,
+    CNNFlow,
+    ContextEncoder,
+    Conv1x1,
+    Dequantize,
+    FCFlow,
+    Flow,
+    FlowDistribution,
+    FlowLayer,
+    GlowFlow,
+    LogitTransform,
+    RQSplineActivation,
+    SelfNormConv2d,
+    SmoothLeakyReLU,
+    SplitPrior,
+    SquareAffine,
+    Squeeze,
+    StandardNormal,
+    Unsqueeze,
+)
 from .scorematching import DKEF as DKEF
 from .scorematching import NCSN as NCSN
 from .scorematching import NICE as NICE
@@ -20,10 +42,31 @@ from .train import evaluate_nll, fit
 
 __all__ = [
     "DKEF",
+    "GRADIENT_MODES",
     "NCSN",
     "NICE",
+    "ActNorm",
+    "AffineCoupling",
+    "CNNFlow",
+    "ContextEncoder",
+    "Conv1x1",
+    "Dequantize",
+    "FCFlow",
+    "Flow",
+    "FlowDistribution",
+    "FlowLayer",
+    "GlowFlow",
+    "LogitTransform",
     "MLPEnergy",
+    "RQSplineActivation",
     "ResEBM",
+    "SelfNormConv2d",
+    "SmoothLeakyReLU",
+    "SplitPrior",
+    "SquareAffine",
+    "Squeeze",
+    "StandardNormal",
+    "Unsqueeze",
     "__version__",
     "data",
     "evaluate_nll",
@@ -32,4 +75,3 @@ __all__ = [
     "sm",
     "train",
 ]
-__all__ += flows.__all__
