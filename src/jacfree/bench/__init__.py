@@ -1,13 +1,8 @@
-"""Benchmarks behind ``jacfree bench``: a small framework and thin benchmark definitions.
-
-The framework: :mod:`~jacfree.bench.timing` (interleaved timing, robust summaries, the timing
-options), :mod:`~jacfree.bench.step` (one full training step of a variant, and its reset),
-:mod:`~jacfree.bench.runner` (``run_variants``: time, check, summarise as rows),
-:mod:`~jacfree.bench.profile` and :mod:`~jacfree.bench.memory` (what a step asks of the device,
-the memory it allocates), :mod:`~jacfree.bench.common` (environment, options, tables, the
-writer of CSVs, ``environment.json`` and plots). The benchmarks: :mod:`~jacfree.bench.scaling`
-(time per step vs D, the one time-vs-D sweep), :mod:`~jacfree.bench.snf`,
-:mod:`~jacfree.bench.sm` and :mod:`~jacfree.bench.data_loading`.
+"""Benchmarks behind ``jacfree bench``: a small framework (:mod:`~jacfree.bench.timing`,
+:mod:`~jacfree.bench.step`, :mod:`~jacfree.bench.runner`, :mod:`~jacfree.bench.profile`,
+:mod:`~jacfree.bench.memory`, :mod:`~jacfree.bench.common`) and thin benchmark definitions
+(:mod:`~jacfree.bench.scaling`, :mod:`~jacfree.bench.snf`, :mod:`~jacfree.bench.sm`,
+:mod:`~jacfree.bench.data_loading`).
 """
 
 from .runner import run_variants

@@ -1,14 +1,6 @@
-"""What the ``jacfree bench`` benchmarks share.
-
-* the device and dtype of a run (:func:`resolve_device`, :data:`DTYPES`) and the record of the
-  environment the timings depend on (:func:`environment_info`);
-* the outputs: text tables (:func:`text_table`), CSV rows (:func:`write_csv`), JSON records
-  (:func:`write_json`), and a benchmark's whole output folder (:func:`write_results`: its CSVs,
-  ``environment.json`` and plots);
-* the command-line options of a timing run (repeats, warm-up, budget, device, dtype, threads,
-  clock, seed, output folder; :func:`add_timing_arguments`) and their checks
-  (:func:`apply_timing_arguments`).
-"""
+"""What the ``jacfree bench`` benchmarks share: where a run happens and the record of its
+environment, the output files (text tables, CSVs, ``environment.json``, plots) and the
+command-line options of a timing run."""
 
 from __future__ import annotations
 
@@ -28,33 +20,6 @@ from .. import __version__
 from ..plots import pyplot
 from .step import COMPILE_MODES
 from .timing import CLOCKS, TimingOptions
-
-__all__ = [
-    "DTYPES",
-    "ENV_NAME",
-    "PLOT_HINT",
-    "PROFILE_COLUMNS",
-    "STAT_COLUMNS",
-    "add_list_option",
-    "add_options",
-    "add_timing_arguments",
-    "apply_timing_arguments",
-    "choice_list",
-    "csv_cell",
-    "describe_rows",
-    "describe_setup",
-    "environment_info",
-    "flatten",
-    "positive_int_list",
-    "profile_columns",
-    "resolve_device",
-    "setup_arguments",
-    "text_table",
-    "timing_config",
-    "write_csv",
-    "write_json",
-    "write_results",
-]
 
 #: the dtypes a benchmark can run in, by their command-line names
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64}
@@ -265,34 +230,40 @@ def choice_list(choices: Sequence[str], what: str) -> Callable[[str], list[str]]
     return parse
 
 
-def add_options(
-    parser: argparse.ArgumentParser, options: Sequence[tuple[str, type | None, Any, str]]
-) -> None:
-    """One option per ``(flag, type, default, help)``."""
-    for flag, kind, default, text in options:
-        parser.add_argument(flag, type=kind, default=default, help=text)
+class _Flatten(argparse.Action):
+    """A list option: every value parses to a list; the option holds them all, in order."""
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option: Any = None) -> None:
+        setattr(namespace, self.dest, [v for group in values for v in group])
 
 
-def add_list_option(
-    parser: argparse.ArgumentParser,
-    flag: str,
-    parse: Callable[[str], list[Any]],
-    default: Sequence[Any],
-    text: str,
-    nargs: str = "+",
-) -> None:
-    """An option of space- or comma-separated values (read back with :func:`flatten`)."""
-    shown = " ".join(map(str, default))
-    parser.add_argument(flag, type=parse, nargs=nargs, help=f"{text} (default: {shown})")
+#: one command-line option: ``(flag, type, default, help)``. A tuple ``type`` lists the choices,
+#: ``bool`` makes a switch, a tuple ``default`` a list option (``type`` parses one space- or
+#: comma-separated group; an optional fifth item is its ``nargs``, default ``"+"``).
+Option = tuple
 
 
-def flatten(groups: Sequence[Sequence[Any]] | None, default: Sequence[Any]) -> list[Any]:
-    """The values of a ``nargs="+"`` option of list-typed values, or ``default`` if not given."""
-    return list(default) if groups is None else [v for group in groups for v in group]
+def add_options(parser: argparse.ArgumentParser, options: Sequence[Option]) -> None:
+    """One argparse option per :data:`Option` of ``options``."""
+    for flag, kind, default, text, *nargs in options:
+        if kind is bool:
+            parser.add_argument(flag, action="store_true", help=text)
+        elif isinstance(kind, tuple):
+            parser.add_argument(flag, default=default, choices=kind, help=text)
+        elif isinstance(default, tuple):
+            text = f"{text} (default: {' '.join(map(str, default))})"
+            nargs = nargs[0] if nargs else "+"
+            parser.add_argument(
+                flag, type=kind, nargs=nargs, action=_Flatten, default=list(default), help=text
+            )
+        else:
+            parser.add_argument(flag, type=kind, default=default, help=text)
 
 
 def add_timing_arguments(
     parser: argparse.ArgumentParser,
+    description: str,
+    options: Sequence[Option],
     *,
     budget: float,
     per: str,
@@ -300,16 +271,17 @@ def add_timing_arguments(
     outputs: str,
     lr: float | None = None,
 ) -> None:
-    """Options every timing benchmark has.
-
-    Args:
-        budget: default of ``--budget``, seconds of timed rounds per ``per``.
-        per: what one budget is spent on (``"D"``, ``"case"``, ``"model"``).
-        out: default output folder; ``outputs`` names what is written there.
-        lr: default of ``--lr`` (Adam's learning rate), or ``None`` for no such option.
-    """
+    """The benchmark's ``description`` and ``options``, then the options every timing benchmark
+    has: ``budget`` (seconds of timed rounds per ``per``: ``"D"``, ``"case"``, ``"model"``),
+    ``out`` (where ``outputs`` are written) and ``lr`` (Adam's, ``None``: no ``--lr``)."""
+    parser.description = description
     adaptive = "adaptive repeats: "
-    options: list[tuple[str, type | None, Any, str]] = [
+    clock = "wall: wall-clock time (default; use it on a quiet machine); process: CPU time of this "
+    clock += "process, which leaves out the waits for a core on a busy machine (with --threads 1)"
+    compile = "time the steps with the loss compiled by torch.compile(fullgraph=True) in this "
+    compile += "mode (reduce-overhead: also a CUDA graph on a GPU); default: eager. The profile "
+    compile += "columns (operations per step, host reads, GPU busy) are written either way"
+    timing: list[Option] = [
         ("--repeats", int, None, f"timed rounds per {per} (default: adaptive, see --budget)"),
         ("--warmup", int, 2, "untimed rounds first (default 2)"),
         ("--budget", float, budget, f"{adaptive}seconds of timed rounds per {per} ({budget:g})"),
@@ -320,73 +292,74 @@ def add_timing_arguments(
         ("--threads", int, 1, THREADS_HELP),
         ("--seed", int, 0, "seed of the initial weights and the data (default 0)"),
         ("--out", Path, out, f"output folder for {outputs} (default {out})"),
+        ("--dtype", tuple(sorted(DTYPES)), "float32", None),
+        ("--clock", tuple(sorted(CLOCKS)), "wall", clock),
+        ("--compile", COMPILE_MODES, None, compile),
+        ("--no-plot", bool, False, "do not write the PNG plots"),
+        ("--quiet", bool, False, "no progress lines on stderr"),
     ]
-    add_options(parser, [o for o in options if o[0] != "--lr" or lr is not None])
-    parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
-    parser.add_argument(
-        "--clock",
-        default="wall",
-        choices=sorted(CLOCKS),
-        help="wall: wall-clock time (default; use it on a quiet machine); process: CPU time of "
-        "this process, which leaves out the waits for a core on a busy machine (with --threads 1)",
-    )
-    parser.add_argument(
-        "--compile",
-        default=None,
-        choices=COMPILE_MODES,
-        help="time the steps with the loss compiled by torch.compile(fullgraph=True) in this "
-        "mode (reduce-overhead: also a CUDA graph on a GPU); default: eager. The profile columns "
-        "(operations per step, host reads, GPU busy) are written either way",
-    )
-    parser.add_argument("--no-plot", action="store_true", help="do not write the PNG plots")
-    parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    add_options(parser, [*options, *(o for o in timing if o[0] != "--lr" or lr is not None)])
 
 
-def timing_config(args: argparse.Namespace) -> dict[str, Any]:
-    """The options of :func:`add_timing_arguments` as recorded in ``environment.json``."""
-    config = {
-        "repeats": args.repeats,
-        "warmup": args.warmup,
-        "budget_s": args.budget,
-        "min_repeats": args.min_repeats,
-        "max_repeats": args.max_repeats,
-        "device": args.device,
-        "dtype": args.dtype,
-        "seed": args.seed,
-        "clock": args.clock,
-        "threads": torch.get_num_threads(),
-        "optimizer": "jacfree.train.make_adam",
-    }
-    return {**config, "lr": args.lr} if hasattr(args, "lr") else config
-
-
-def setup_arguments(args: argparse.Namespace) -> dict[str, Any]:
-    """``device``, ``dtype``, ``seed`` and (where the benchmark has it) ``lr`` of the options of
-    :func:`add_timing_arguments`, as keyword arguments of a benchmark function."""
-    setup = {"device": args.device, "dtype": DTYPES[args.dtype], "seed": args.seed}
-    return {**setup, "lr": args.lr} if hasattr(args, "lr") else setup
-
-
-def apply_timing_arguments(args: argparse.Namespace) -> TimingOptions:
+def start(args: argparse.Namespace) -> tuple[TimingOptions, dict[str, Any], dict[str, Any]]:
     """Check the options of :func:`add_timing_arguments`, set the thread count, make sure
-    matplotlib is there when plots are wanted (an error now, not after minutes of timing), and
-    return the timing options."""
-    if args.threads < 0:
-        raise ValueError(f"--threads must be >= 0 (0: torch's choice), got {args.threads}.")
-    if args.repeats is not None and args.repeats < 1:
-        raise ValueError(f"--repeats must be >= 1, got {args.repeats}.")
-    if args.warmup < 0:
-        raise ValueError(f"--warmup must be >= 0, got {args.warmup}.")
-    if args.budget <= 0:
-        raise ValueError(f"--budget must be > 0 seconds, got {args.budget}.")
-    if args.min_repeats < 1 or args.max_repeats < args.min_repeats:
-        raise ValueError(
-            f"need 1 <= --min-repeats <= --max-repeats, got {args.min_repeats} and "
-            f"{args.max_repeats}."
-        )
+    matplotlib is there when plots are wanted (an error now, not after minutes of timing).
+
+    Returns:
+        the timing options; ``device``, ``dtype``, ``seed`` (and ``lr``) as keyword arguments of
+        a benchmark function; the options as recorded in ``environment.json``.
+    """
+    checks = (
+        ("--threads", args.threads >= 0, ">= 0 (0: torch's choice)", args.threads),
+        ("--repeats", args.repeats is None or args.repeats >= 1, ">= 1", args.repeats),
+        ("--warmup", args.warmup >= 0, ">= 0", args.warmup),
+        ("--budget", args.budget > 0, "> 0 seconds", args.budget),
+        (
+            "--min-repeats",
+            1 <= args.min_repeats <= args.max_repeats,
+            "between 1 and --max-repeats",
+            args.min_repeats,
+        ),
+    )
+    for flag, ok, need, value in checks:
+        if not ok:
+            raise ValueError(f"{flag} must be {need}, got {value}.")
     resolve_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     if not args.no_plot:
         pyplot(PLOT_HINT)
-    return TimingOptions.from_args(args)
+    names = ("repeats", "warmup", "budget", "min_repeats", "max_repeats", "clock", "compile")
+    timing = TimingOptions(**{n: getattr(args, n) for n in names}, progress=not args.quiet)
+    setup = {"device": args.device, "dtype": DTYPES[args.dtype], "seed": args.seed}
+    recorded = ("repeats", "warmup", "budget", "min_repeats", "max_repeats", "device", "dtype")
+    config = {("budget_s" if k == "budget" else k): getattr(args, k) for k in recorded}
+    config |= {"seed": args.seed, "clock": args.clock, "threads": torch.get_num_threads()}
+    config["optimizer"] = "jacfree.train.make_adam"
+    if hasattr(args, "lr"):
+        setup["lr"] = config["lr"] = args.lr
+    return timing, setup, config
+
+
+def print_paths(paths: Mapping[str, Path]) -> None:
+    """Say which files a benchmark wrote."""
+    for path in paths.values():
+        print(f"wrote {path}")
+
+
+def hbars(
+    ax: Any,
+    ys: Sequence[float],
+    xs: Sequence[float],
+    notes: Sequence[str | None],
+    xlabel: str,
+    **style: Any,
+) -> None:
+    """Horizontal bars on a log x axis (``style``: of ``barh``), ``notes`` written after them."""
+    ax.barh(ys, xs, **style)
+    for y, x, note in zip(ys, xs, notes, strict=True):
+        if note:
+            ax.text(x, y, f" {note}", va="center", fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.grid(True, axis="x", which="major", alpha=0.3)

@@ -1,14 +1,7 @@
-r"""Memory of one training step, on any device: the live tensors it allocates and its graph.
-
-Measured on one extra, untimed step (deterministic: it depends on the shapes, not on the
-machine's load): ``peak``, the peak total size of the live tensors allocated by the step above
-what was alive before it (:class:`LiveTensorMemory`, the CPU counterpart of
-``torch.cuda.max_memory_allocated()``, which is reported as well on CUDA), and ``graph``, the peak
-total size of the tensors the autograd graph saves for the backward pass
-(:class:`SavedTensorMemory`). Both count tensors — what GPU memory figures are made of — not
-Python objects, allocator slack or a kernel's scratch buffers; what every variant of a model
-holds anyway (parameters, Adam's moments) is :func:`state_bytes`. :data:`MEMORY_DEFINITIONS`
-words them for ``environment.json``.
+r"""Memory of one training step, on any device (one extra, untimed step; it depends on the shapes,
+not on the machine's load): ``peak``, the live tensors the step allocates above what was alive
+before it (:class:`LiveTensorMemory`), and ``graph``, the tensors autograd saves for the backward
+pass (:class:`SavedTensorMemory`). Definitions and method: ``docs/bench-sm.md``.
 """
 
 from __future__ import annotations
@@ -24,16 +17,6 @@ from torch.utils._pytree import tree_flatten
 from torch.utils.weak import WeakIdKeyDictionary
 
 from .step import TrainingStep
-
-__all__ = [
-    "MEMORY_DEFINITIONS",
-    "MIB",
-    "LiveTensorMemory",
-    "MemoryStats",
-    "SavedTensorMemory",
-    "measure_memory",
-    "state_bytes",
-]
 
 MIB = 2**20
 
@@ -51,18 +34,34 @@ MEMORY_DEFINITIONS = {
 }
 
 
-class LiveTensorMemory(TorchDispatchMode):
+class _Freed:
+    """Bytes of storages counted while alive: :meth:`add` counts one, a weak reference uncounts
+    it when the storage is freed; :attr:`peak` is the maximum of :attr:`current`."""
+
+    def __init__(self) -> None:
+        self.current = 0
+        self.peak = 0
+        self._refs: dict[int, weakref.ref] = {}
+
+    def _freed(self, key: int, nbytes: int) -> None:
+        self.current -= nbytes
+        self._refs.pop(key, None)
+
+    def add(self, st: torch.UntypedStorage, n: int) -> None:
+        key = id(st)
+        self._refs[key] = weakref.ref(st, lambda _ref, k=key, b=n: self._freed(k, b))
+        self.current += n
+        self.peak = max(self.peak, self.current)
+
+
+class LiveTensorMemory(TorchDispatchMode, _Freed):
     """Peak bytes of the live tensors allocated while the mode is active (any device).
 
-    Every ATen op of the region — forward, ``autograd.grad`` and ``backward`` alike (the dispatch
-    mode is part of the thread-local state the autograd engine carries along) — passes through
-    :meth:`__torch_dispatch__`. Storages seen first as an op's *input* existed before (parameters,
-    optimiser state, data) and count zero; a storage first seen as an op's *output* is a new
-    allocation: its ``nbytes`` are added to :attr:`current` and a weak reference subtracts them
-    when the storage is freed. :attr:`peak` is the maximum of :attr:`current`; :attr:`allocated`
-    the total ever allocated. Views and in-place results share their base's storage and count
-    once. Tensor storages keep their Python object alive exactly as long as the C++ storage lives,
-    so the weak reference fires when the memory is released, not when a Python name goes.
+    Every ATen op of the region, forward and backward alike, passes through
+    :meth:`__torch_dispatch__`: a storage first seen as an op's input existed before and counts
+    zero; one first seen as an output is a new allocation, counted until a weak reference reports
+    it freed. Views and in-place results share their base's storage and count once;
+    :attr:`allocated` is the total ever allocated.
 
     Example:
         >>> import torch
@@ -75,20 +74,14 @@ class LiveTensorMemory(TorchDispatchMode):
     """
 
     def __init__(self) -> None:
-        super().__init__()
-        self.current = 0
-        self.peak = 0
+        TorchDispatchMode.__init__(self)
+        _Freed.__init__(self)
         self.allocated = 0
         self._bytes: WeakIdKeyDictionary = WeakIdKeyDictionary()
-        self._refs: dict[int, weakref.ref] = {}
 
     def bytes_of(self, storage: torch.UntypedStorage) -> int:
         """Bytes counted for ``storage``: its size if allocated in the region, else 0."""
         return int(self._bytes.get(storage, 0))
-
-    def _freed(self, key: int, nbytes: int) -> None:
-        self.current -= nbytes
-        self._refs.pop(key, None)
 
     def _see(self, t: Tensor, output: bool) -> None:
         try:
@@ -100,11 +93,8 @@ class LiveTensorMemory(TorchDispatchMode):
         n = int(st.nbytes()) if output else 0
         self._bytes[st] = n
         if n:
-            key = id(st)
-            self._refs[key] = weakref.ref(st, lambda _ref, k=key, b=n: self._freed(k, b))
-            self.current += n
+            self.add(st, n)
             self.allocated += n
-            self.peak = max(self.peak, self.current)
 
     def __torch_dispatch__(
         self,
@@ -124,28 +114,19 @@ class LiveTensorMemory(TorchDispatchMode):
         return out
 
 
-class SavedTensorMemory:
+class SavedTensorMemory(_Freed):
     """Peak bytes of the tensors that the autograd graph saves for backward, within a region.
 
-    A context manager around ``torch.autograd.graph.saved_tensors_hooks``: every tensor autograd
-    saves (in the forward pass and in ``create_graph`` backward passes) is passed to the pack hook,
-    which counts its storage once if ``live`` (an active :class:`LiveTensorMemory`) saw it being
-    allocated in the region — parameters and the data batch, which exist anyway, count zero. The
-    bytes are subtracted when the storage is freed; :attr:`peak` is the maximum. The hooks keep
-    the saved tensor itself (identity pack/unpack), so double backward works unchanged.
+    A context manager around ``torch.autograd.graph.saved_tensors_hooks``: a saved storage counts
+    once, with the bytes ``live`` (an active :class:`LiveTensorMemory`) saw it allocated with —
+    zero for parameters and the data batch. The identity hooks keep double backward unchanged.
     """
 
     def __init__(self, live: LiveTensorMemory) -> None:
+        super().__init__()
         self.live = live
-        self.current = 0
-        self.peak = 0
         self._seen: WeakIdKeyDictionary = WeakIdKeyDictionary()
-        self._refs: dict[int, weakref.ref] = {}
         self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
-
-    def _freed(self, key: int, nbytes: int) -> None:
-        self.current -= nbytes
-        self._refs.pop(key, None)
 
     def _pack(self, t: Tensor) -> Tensor:
         st = t.untyped_storage()
@@ -153,10 +134,7 @@ class SavedTensorMemory:
             n = self.live.bytes_of(st)
             self._seen[st] = n
             if n:
-                key = id(st)
-                self._refs[key] = weakref.ref(st, lambda _ref, k=key, b=n: self._freed(k, b))
-                self.current += n
-                self.peak = max(self.peak, self.current)
+                self.add(st, n)
         return t
 
     @staticmethod

@@ -1,31 +1,7 @@
-"""The one runner of the step benchmarks: time the variants interleaved, check, summarise.
-
-:func:`run_variants` takes the :class:`~jacfree.bench.step.TrainingStep` of every variant of one
-model (or of one D), times their steps **interleaved** — one step of each per round, the order
-rotated per round, the parameters restored before every step outside the timed region
-(:func:`~jacfree.bench.timing.time_interleaved`) — refuses a variant whose last loss is not finite
-(its timings would be meaningless), and returns one row per variant: the robust summaries of the
-step times in milliseconds, the optimiser, threads and clock, and the step's profile
-(:data:`~jacfree.bench.common.PROFILE_COLUMNS`, :mod:`jacfree.bench.profile`). Each benchmark
-adds its own columns (ratios, sizes, memory) to these rows.
-
-Why the steps are timed this way, in every benchmark:
-
-* interleaved rounds: a drift of a shared machine's speed (other jobs, thermal state) hits every
-  variant alike, so the ratios between variants stay meaningful;
-* the same start: the variants of a model start from the same weights (deep copies, or one
-  model with one optimiser), use the same optimiser (``jacfree.train.make_adam``, fused Adam)
-  on the same few pre-generated batches;
-* the parameters restored before every step: Adam moves every coordinate by ≈ lr per step, which
-  at D = 3072 makes a weight matrix badly conditioned within a few dozen steps; restoring keeps
-  every timed step on the same weights (the optimiser's moments keep accumulating, which does
-  not change the work done). A step's cost depends on the shapes, not on the values;
-* robust figures: the median over the timed rounds after warm-up (min, max and quartiles in the
-  CSVs), the number of rounds fitted to a time budget unless ``repeats`` is given;
-* one thread by default (``--threads``): the per-operation costs are not blurred by how well each
-  kernel parallelises (LAPACK's O(D³) factorisations scale with threads better than small
-  products do), and a single-threaded run is far less sensitive to other jobs; ``--clock
-  process`` counts the CPU time of the process, which leaves out the waits for a core.
+"""The one runner of the step benchmarks: :func:`run_variants` times the training steps of the
+variants interleaved, refuses a non-finite loss, and summarises each variant as a row (robust
+step times, optimiser, threads, clock, profile); each benchmark adds its own columns. Why the
+steps are timed this way: ``docs/bench-sm.md``, "How the time is measured".
 """
 
 from __future__ import annotations
@@ -39,8 +15,6 @@ from .._checks import check_positive_int
 from .common import DTYPES, profile_columns, resolve_device
 from .step import TrainingStep
 from .timing import TimingOptions, TimingStats
-
-__all__ = ["TimingOptions", "check_run", "check_variants", "run_variants", "stats_columns"]
 
 
 def check_run(
@@ -79,6 +53,7 @@ def run_variants(
     device: torch.device,
     *,
     what: str,
+    label: str = "bench",
     hint: str = "Try a smaller --lr or --dtype float64.",
 ) -> dict[str, dict[str, Any]]:
     """Time ``steps`` interleaved, check their losses, and return one row per variant.
@@ -87,8 +62,9 @@ def run_variants(
         steps: the training step of each variant, by name (the row order).
         timing: repeats, warm-up, budget, clock, compile mode.
         device: the device whose queue is synchronised around every timed step.
-        what: what the steps train, for the error message (``"D=784"``, ``"mlp"``).
-        hint: the advice appended to that message.
+        what: what the steps train, for the messages (``"D=784"``, ``"mlp"``).
+        label: the benchmark's name, in the progress lines.
+        hint: the advice appended to the error message.
 
     Returns:
         ``{variant: row}`` with :func:`stats_columns`, ``optimizer``, ``threads``, ``clock`` and
@@ -97,6 +73,7 @@ def run_variants(
     Raises:
         FloatingPointError: a variant's last loss is NaN or infinite.
     """
+    timing.say(f"[{label}] {what}: timing {', '.join(steps)} ...")
     stats = timing.time(
         {k: s.step for k, s in steps.items()},
         {k: s.reset for k, s in steps.items()},
@@ -108,6 +85,8 @@ def run_variants(
                 f"the {k} step of {what} produced a non-finite loss ({s.last_loss}); the timings "
                 f"would be meaningless. {hint}"
             )
+    medians = ", ".join(f"{k} {s.median * 1e3:.2f} ms" for k, s in stats.items())
+    timing.say(f"[{label}] {what}: {next(iter(stats.values())).n} steps each; {medians}")
     return {
         k: {
             **stats_columns(stats[k]),

@@ -1,41 +1,7 @@
-"""``jacfree bench scaling``: cost of one training step vs the dimension D, per gradient mode.
-
-What is measured
-----------------
-The wall-clock time of one **full training step** — ``zero_grad``, forward, backward and the
-optimiser step — of the fully connected flow ``jf.FCFlow(D, layers=L)`` (L square D×D affine
-layers, smooth leaky ReLUs between them) on a batch of B examples, for several D, in up to four
-variants trained side by side (default: exact, relative, floor):
-
-``exact``
-    ``flow.set_gradient("exact")``; ``flow.loss(x)``: autograd through ``torch.linalg.slogdet``.
-    Its backward needs W⁻ᵀ for every layer: O(L·D³) per step — the baseline.
-``relative``
-    ``flow.loss(x)`` in relative mode (Gresele et al. 2020): no inverse, no determinant,
-    O(L·B·D²) per step (:mod:`jacfree.flows.relative`).
-``selfnorm``
-    ``flow.set_gradient("selfnorm")``: the self-normalizing rule (Keller et al. 2021), a learned
-    inverse R ≈ W⁻¹ in place of W⁻ᵀ, O(L·B·D²) per step with twice the parameters.
-``floor``
-    The same network trained with **no log-det term of the affine layers at all**: the loss keeps
-    only the data term −mean(log N(z) + Σ log σ'(y)) (see :func:`floor_loss`). Every method must
-    at least run this forward, this backward and this optimiser step, so its time is the floor no
-    way of handling log|det W| can beat.
-
-``relative / floor`` is the price of the log-det term under the relative gradient: per layer one
-extra B×D×D product (Y W; the weight gradient Δᵀ(YW) replaces the floor's ΔᵀX at the same cost)
-and one extra pass over the D×D weight (the + c·W term), so with L = 2 the relative step does 7
-B×D×D products where the floor does 5 — a ratio near 1.4 wherever the products dominate.
-``exact / relative`` is the saving over the O(D³) baseline.
-
-The variants are timed interleaved from the same orthogonally initialised weights, restored
-before every step (:mod:`jacfree.bench.runner` says why).
-
-Outputs (in ``--out``, default ``bench-results/scaling/``): ``scaling.csv`` (one row per
-(D, variant)), ``environment.json`` (library versions, threads, CPU, the run's settings) and the
-log-log plot ``scaling.png`` (time vs D with each variant's fitted slope over the largest D).
-The sweep itself (:func:`sweep`) also serves ``jacfree bench snf --dims``: one dense layer
-(L = 1), exact vs selfnorm.
+"""``jacfree bench scaling``: time of one full training step of ``FCFlow(D, layers=L)`` vs D, in the
+gradient modes ``exact``, ``relative``, ``selfnorm`` and the no-log-det ``floor``
+(:func:`~jacfree.bench.step.floor_loss`); the one time-vs-D sweep, also behind ``bench snf``.
+What it measures and the figures: ``docs/relative-gradient.md``.
 """
 
 from __future__ import annotations
@@ -52,44 +18,21 @@ import torch
 
 from ..flows import FCFlow
 from ..plots import pyplot, save_figure
+from . import common
 from .common import (
     ENV_NAME,
     PLOT_HINT,
     PROFILE_COLUMNS,
     STAT_COLUMNS,
-    add_list_option,
-    add_timing_arguments,
-    apply_timing_arguments,
     choice_list,
     describe_rows,
     describe_setup,
-    flatten,
     positive_int_list,
-    setup_arguments,
     text_table,
-    timing_config,
     write_results,
 )
 from .runner import TimingOptions, check_run, check_variants, run_variants
-from .step import COMPILE_MODES, TrainingStep, compile_loss, floor_loss, variant_loss
-
-__all__ = [
-    "COMPILE_MODES",
-    "CSV_COLUMNS",
-    "DEFAULT_VARIANTS",
-    "VARIANTS",
-    "TrainingStep",
-    "compile_loss",
-    "fit_loglog_slopes",
-    "floor_loss",
-    "format_table",
-    "plot_scaling",
-    "scaling_benchmark",
-    "step_medians",
-    "sweep",
-    "variant_loss",
-    "write_outputs",
-]
+from .step import TrainingStep, floor_loss, variant_loss  # noqa: F401 (re-exported)
 
 DEFAULT_DIMS: tuple[int, ...] = (256, 512, 784, 1024, 2048, 3072)
 VARIANTS: tuple[str, ...] = ("exact", "relative", "selfnorm", "floor")
@@ -153,10 +96,7 @@ def sweep(
             for v in variants
         }
         del base
-        timing.say(f"[{label}] D={dim}: timing {', '.join(variants)} ...")
-        rows = run_variants(steps, timing, device, what=f"D={dim}")
-        medians = ", ".join(f"{v} {rows[v]['median_ms']:.2f} ms" for v in variants)
-        timing.say(f"[{label}] D={dim}: {rows[variants[0]]['repeats']} steps each; {medians}")
+        rows = run_variants(steps, timing, device, what=f"D={dim}", label=label)
         yield dim, steps, rows
         del steps, rows
         gc.collect()
@@ -351,39 +291,53 @@ def write_outputs(
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``jacfree bench scaling``."""
-    parser.description = (
+    description = (
         "Time one full training step (zero_grad, forward, backward, Adam step) of FCFlow(D) "
         "for the exact (slogdet), relative, selfnorm and floor (no log-det term) variants, "
         "interleaved."
     )
-    add_list_option(parser, "--dims", positive_int_list, DEFAULT_DIMS, "dimensions D")
-    parser.add_argument("--batch", type=int, default=100, help="batch size B (default 100)")
-    parser.add_argument("--layers", type=int, default=2, help="square affine layers L (default 2)")
-    variants = choice_list(VARIANTS, "variant(s)")
-    add_list_option(parser, "--variants", variants, DEFAULT_VARIANTS, f"among {' '.join(VARIANTS)}")
+    options: list[common.Option] = [
+        ("--dims", positive_int_list, DEFAULT_DIMS, "dimensions D"),
+        ("--batch", int, 100, "batch size B (default 100)"),
+        ("--layers", int, 2, "square affine layers L (default 2)"),
+        (
+            "--variants",
+            choice_list(VARIANTS, "variant(s)"),
+            DEFAULT_VARIANTS,
+            f"among {' '.join(VARIANTS)}",
+        ),
+        ("--fit-points", int, 3, "fit the log-log slopes over this many largest D (default 3)"),
+    ]
     outputs = f"{CSV_NAME}, {PLOT_NAME}, {ENV_NAME}"
-    add_timing_arguments(parser, budget=10.0, per="D", out=DEFAULT_OUT, outputs=outputs, lr=1e-4)
-    text = "fit the log-log slopes over this many largest D (default 3)"
-    parser.add_argument("--fit-points", type=int, default=3, help=text)
+    common.add_timing_arguments(
+        parser,
+        description,
+        options,
+        budget=10.0,
+        per="D",
+        out=DEFAULT_OUT,
+        outputs=outputs,
+        lr=1e-4,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``jacfree bench scaling``: benchmark, print the table, write CSV, JSON and plot."""
-    dims = flatten(args.dims, DEFAULT_DIMS)
-    variants = flatten(args.variants, DEFAULT_VARIANTS)
-    timing = apply_timing_arguments(args)
-    config = {"dims": dims, "batch": args.batch, "layers": args.layers, "variants": variants}
-    config.update(timing_config(args))
-    setup = setup_arguments(args)
+    timing, setup, config = common.start(args)
+    config = {
+        "dims": args.dims,
+        "batch": args.batch,
+        "layers": args.layers,
+        "variants": args.variants,
+        **config,
+    }
     rows = scaling_benchmark(
-        dims, args.batch, args.layers, variants=variants, timing=timing, **setup
+        args.dims, args.batch, args.layers, variants=args.variants, timing=timing, **setup
     )
     where = describe_setup(args.device, args.dtype, args.clock)
     mode = f", compiled ({args.compile})" if args.compile else ""
     print(f"FCFlow(D, layers={args.layers}), B={args.batch}, {where}{mode}: median ms per step")
     print(format_table(rows, args.fit_points))
     kw = {"plot": not args.no_plot, "fit_points": args.fit_points, "device": args.device}
-    paths = write_outputs(rows, args.out, config=config, **kw)
-    for path in paths.values():
-        print(f"wrote {path}")
+    common.print_paths(write_outputs(rows, args.out, config=config, **kw))
     return 0

@@ -1,56 +1,7 @@
-r"""``jacfree bench sm``: time and memory of a training step, autograd vs finite-difference SM.
-
-Reproduces the efficiency study of Pang, Xu, Li, Song, Ermon, Zhu, "Efficient Learning of Generative
-Models via Finite-Difference Score Matching" (NeurIPS 2020, Figure 3): each score-matching
-objective that needs a gradient of a gradient when computed by autograd is timed side by side with
-its finite-difference (FD) form, which needs function evaluations only — run as ONE concatenated
-batch (*parallel*) or one forward call per stencil point (*sequential*, the paper's "non-parallel"
-variant, which isolates how much of the gain comes from batching).
-
-Pairs (autograd baseline → FD forms; the estimators and their math: :mod:`jacfree.sm`)
----------------------------------------------------------------------------------------
-``ssm`` (energy models): SSM, a ``create_graph`` backward for the score and a second one for
-``Hv`` (SSM-VR alongside, the same graph), vs FD-SSM on ``[x, x+v, x−v]``. ``dsm`` (energy
-models): DSM, whose parameter gradient is a gradient of a gradient, vs FD-DSM on
-``[x̃+v, x̃−v]``. ``mdsm`` (``ebm``): multiscale DSM with per-sample ``σ_b = linspace(0.05, 1.2)``,
-``σ0 = 0.1``, vs FD-MDSM with ε = 0.05, the paper's deep-EBM setting. ``ssm_vr`` (score networks
-``s(x) ≈ ∇log p``): SSM-VR, one ``create_graph`` backward of ``vᵀs``, vs FD-SSM-VR on
-``[x+v, x−v]``. ε = 0.1 and σ = 0.1 elsewhere (the cost does not depend on them).
-
-Models (``--models``; widths and batches are the paper's; :data:`MODELS`)
---------------------------------------------------------------------------
-``mlp``: the MLP energy ``D → H → H → 1`` (D = 784, H = 1000, B = 128), the deep-EBM timing
-network, Gaussian projections; ``mlp-ref``: the same with the objectives written out in plain
-PyTorch as in the reference code (the yardstick for the library's overhead); ``scorenet``: an MLP
-score network ``D → H → H → D`` (the implicit-encoder VAE/WAE setting); ``ncsn``: the small
-noise-conditional U-Net, the σ²-weighted annealed objective with one random level per sample;
-``nice``: NICE (4 additive couplings, 4 hidden layers of width H) on its energy ``−log p`` in logit
-space, Rademacher projections; ``ebm``: a ResEBM on 28×28 images (base width 16, one block per
-stage; the paper's Res18 has 128 and 2); ``dkef``: DKEF on ``wine-red`` (B = 200), each step
-solving α on one half of the batch and scoring the other (the same solve for both forms: only
-part of the step changes — the paper's caveat). ``--dim`` and ``--hidden`` change D and H
-(``--data gaussian``: standard normal data of any D; ``ncsn`` and ``ebm`` need a square D).
-
-What is measured
-----------------
-**Time**: one full training step — ``zero_grad``, the objective, ``backward`` and the Adam step
-— exactly as ``jacfree train`` runs it. All variants of one model train the SAME model instance
-with one optimiser, interleaved, the parameters restored before every step
-(:mod:`jacfree.bench.runner` says why); ``speed-up`` = baseline median / variant median.
-
-**Memory** (:mod:`jacfree.bench.memory`; one extra, untimed step per variant, deterministic):
-``peak MiB`` allocated by the step above what was alive before it, ``graph MiB`` saved by
-autograd for the backward pass — the "computing graph" the paper contrasts: the double-backward
-graph of SSM/DSM versus the plain forward graph of FD — and, once per model, ``state_mib``
-(parameters and Adam's moments; a GPU-style total is ``state_mib + peak_mib``).
-
-Targets: FD-SSM ≥ 1.7× faster than SSM, FD-SSM-VR ≥ 1.3× faster than SSM-VR, FD-DSM at
-least as fast as DSM, each with a lower peak memory; checked for the parallel FD form of every model
-and printed after the table (``--strict`` makes a missed target the exit status).
-
-Outputs (in ``--out``, default ``bench-results/sm/``): ``sm.csv`` (one row per model and variant),
-``environment.json`` (versions, threads, CPU, the run's settings, the memory definitions, the
-target checks) and ``sm.png`` (time and peak memory per variant, one panel pair per model).
+r"""``jacfree bench sm``: time and memory of one training step, autograd score matching vs its
+finite-difference forms (Pang et al., NeurIPS 2020, Figure 3), parallel and sequential, per model
+(:data:`MODELS`); the memory measures are :mod:`jacfree.bench.memory`'s. What it measures, the
+targets and the figures: ``docs/bench-sm.md``.
 """
 
 from __future__ import annotations
@@ -72,32 +23,13 @@ from ..plots import pyplot, save_figure
 from ..scorematching import DKEF, NCSN, NICE, MLPEnergy
 from ..scorematching.ebm import ResEBM
 from ..scorematching.ncsn import annealed_loss
-from ..scorematching.objectives import LABELS, ModelType, Settings, objective
+from ..scorematching.objectives import LABELS, SM_OBJECTIVES, ModelType, Settings, objective
 from . import common
 from .common import ENV_NAME, PLOT_HINT, PROFILE_COLUMNS, STAT_COLUMNS
 from .memory import MEMORY_DEFINITIONS, MIB, MemoryStats, measure_memory, state_bytes
 from .models import MLPScoreNet
 from .runner import TimingOptions, check_run, run_variants
 from .step import TrainingStep
-
-__all__ = [
-    "CSV_COLUMNS",
-    "MODELS",
-    "PAIRS",
-    "TARGETS",
-    "VARIANTS",
-    "BenchCase",
-    "CaseSettings",
-    "MLPScoreNet",
-    "MemoryStats",
-    "Variant",
-    "build_case",
-    "check_targets",
-    "format_table",
-    "measure_memory",
-    "sm_benchmark",
-    "write_outputs",
-]
 
 DEFAULT_OUT = Path("bench-results") / "sm"
 CSV_NAME = "sm.csv"
@@ -122,13 +54,8 @@ MODELS: dict[str, str] = {
 }
 DEFAULT_MODELS: tuple[str, ...] = ("mlp", "mlp-ref", "scorenet", "nice", "dkef", "ncsn", "ebm")
 
-#: autograd baseline of each pair -> (the FD objective, the model type it applies to)
-PAIRS: dict[str, tuple[str, str]] = {
-    "ssm": ("fd_ssm", "energy"),
-    "dsm": ("fd_dsm", "energy"),
-    "ssm_vr": ("fd_ssm_vr", "score"),
-    "mdsm": ("fd_mdsm", "ebm"),
-}
+#: autograd baseline of each pair -> its FD form (from the objective registry)
+PAIRS: dict[str, str] = {o.baseline: o.name for o in SM_OBJECTIVES if o.baseline}
 #: minimum speed-up of the parallel FD form over the pair's baseline (the library's targets)
 TARGETS: dict[str, float] = {"ssm": 1.7, "ssm_vr": 1.3, "dsm": 1.0, "mdsm": 1.0}
 
@@ -154,10 +81,6 @@ class Variant:
         return self.objective.startswith("fd_")
 
     @property
-    def is_baseline(self) -> bool:
-        return self.objective == self.pair
-
-    @property
     def label(self) -> str:
         base = LABELS[self.objective]
         if self.parallel is None:
@@ -166,7 +89,7 @@ class Variant:
 
 
 def _pair_variants(pair: str, extra: Sequence[str] = ()) -> tuple[Variant, ...]:
-    fd = PAIRS[pair][0]
+    fd = PAIRS[pair]
     return (
         Variant(pair, pair),
         *(Variant(e, pair) for e in extra),
@@ -547,12 +470,9 @@ def _run_case(
     device = torch.device(settings.device)
     steps = _shared_steps(case, timing.compile)
     first = steps[case.variants[0].name]
-    timing.say(
-        f"[sm] {case.name}: D={case.dim}, B={case.batch}, {case.params:,} parameters; "
-        f"timing {', '.join(steps)} ..."
-    )
+    timing.say(f"[sm] {case.name}: D={case.dim}, B={case.batch}, {case.params:,} parameters")
     hint = "Try --dtype float64 or a smaller --hidden."
-    stats = run_variants(steps, timing, device, what=case.name, hint=hint)
+    stats = run_variants(steps, timing, device, what=case.name, label="sm", hint=hint)
     mem: dict[str, MemoryStats] = {}
     if memory and timing.compile is None:
         timing.say(f"[sm] {case.name}: measuring memory ...")
@@ -565,8 +485,6 @@ def _run_case(
         "dtype": str(settings.dtype).removeprefix("torch."),
     }
     rows = [{**_row(case, v, stats, mem), **common} for v in case.variants]
-    medians = ", ".join(f"{k} {r['median_ms']:.1f} ms" for k, r in stats.items())
-    timing.say(f"[sm] {case.name}: {stats[first.variant]['repeats']} rounds; {medians}")
     return rows
 
 
@@ -654,61 +572,38 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+#: colour and legend of the autograd baselines, the parallel and the sequential FD forms
+_KINDS = (("C3", "autograd (the pair's baseline: its first bar)"), ("C0", "FD, parallel"))
+_KINDS += (("C2", "FD, sequential"),)
+
+
 def plot_sm(rows: Sequence[dict[str, Any]], path: str | Path, title: str = "") -> Path:
     """Horizontal bars: median ms per step (left) and peak MiB (right), one row per variant."""
     plt = pyplot(PLOT_HINT)
-    n = len(rows)
     fig, (ax_t, ax_m) = plt.subplots(
-        1, 2, figsize=(11, 0.32 * n + 1.6), sharey=True, layout="constrained"
+        1, 2, figsize=(11, 0.32 * len(rows) + 1.6), sharey=True, layout="constrained"
     )
-    ys = list(range(n))[::-1]
-    colors = []
-    for r in rows:
-        colors.append("C3" if not r["fd"] else ("C0" if r["parallel"] else "C2"))
-    labels = [f"{r['model']}: {r['label']}" for r in rows]
-    ax_t.barh(ys, [r["median_ms"] for r in rows], color=colors)
-    ax_t.errorbar(
-        [r["median_ms"] for r in rows],
-        ys,
-        xerr=[
-            [r["median_ms"] - r["q1_ms"] for r in rows],
-            [r["q3_ms"] - r["median_ms"] for r in rows],
-        ],
-        fmt="none",
-        ecolor="k",
-        lw=0.8,
-    )
-    for y, r in zip(ys, rows, strict=True):
-        if r["fd"]:
-            ax_t.text(r["median_ms"], y, f" {r['speedup']:.2f}x", va="center", fontsize=7)
-    ax_t.set_xscale("log")
-    ax_t.set_yticks(ys)
-    ax_t.set_yticklabels(labels, fontsize=7)
-    ax_t.set_xlabel("ms per training step (median; whiskers: IQR)\nlabels: speed-up vs baseline")
+    ys = list(range(len(rows)))[::-1]
+    colors = [_KINDS[0 if not r["fd"] else 1 if r["parallel"] else 2][0] for r in rows]
+    med = [r["median_ms"] for r in rows]
+    notes = [f"{r['speedup']:.2f}x" if r["fd"] else None for r in rows]
+    label = "ms per training step (median; whiskers: IQR)\nlabels: speed-up vs baseline"
+    common.hbars(ax_t, ys, med, notes, label, color=colors)
+    err = [[r["median_ms"] - r["q1_ms"] for r in rows], [r["q3_ms"] - r["median_ms"] for r in rows]]
+    ax_t.errorbar(med, ys, xerr=err, fmt="none", ecolor="k", lw=0.8)
+    ax_t.set_yticks(ys, [f"{r['model']}: {r['label']}" for r in rows], fontsize=7)
     peaks = [r["peak_mib"] for r in rows]
-    if all(p is not None for p in peaks):
-        ax_m.barh(ys, peaks, color=colors)
-        for y, r in zip(ys, rows, strict=True):
-            if r["fd"] and r["peak_ratio"] is not None:
-                ax_m.text(r["peak_mib"], y, f" {r['peak_ratio']:.2f}x", va="center", fontsize=7)
-        ax_m.set_xscale("log")
-        ax_m.set_xlabel("peak MiB allocated by the step\nlabels: ratio to the baseline's")
-    else:
+    if None in peaks:
         ax_m.text(0.5, 0.5, "memory not measured", ha="center", transform=ax_m.transAxes)
-    for ax in (ax_t, ax_m):
-        ax.grid(True, axis="x", which="both", alpha=0.3)
+    else:
+        ok = [r["fd"] and r["peak_ratio"] is not None for r in rows]
+        notes = [f"{r['peak_ratio']:.2f}x" if o else None for r, o in zip(rows, ok, strict=True)]
+        label = "peak MiB allocated by the step\nlabels: ratio to the baseline's"
+        common.hbars(ax_m, ys, peaks, notes, label, color=colors)
     from matplotlib.patches import Patch
 
-    fig.legend(
-        handles=[
-            Patch(color="C3", label="autograd (the pair's baseline: its first bar)"),
-            Patch(color="C0", label="FD, parallel"),
-            Patch(color="C2", label="FD, sequential"),
-        ],
-        fontsize=7,
-        loc="outside lower center",
-        ncols=3,
-    )
+    handles = [Patch(color=c, label=text) for c, text in _KINDS]
+    fig.legend(handles=handles, fontsize=7, loc="outside lower center", ncols=3)
     fig.suptitle(title or "score matching: full training step", fontsize=10)
     return save_figure(fig, path, dpi=120)
 
@@ -742,56 +637,42 @@ def write_outputs(
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``jacfree bench sm``."""
-    parser.description = (
+    description = (
         "Time and memory of one full training step (zero_grad, objective, backward, Adam) of "
         "autograd score matching (SSM, SSM-VR, DSM) vs its finite-difference forms (Pang et al. "
         "2020), parallel and sequential, interleaved, per model."
     )
-    text = f"models, space- or comma-separated, among {', '.join(MODELS)}"
-    common.add_list_option(
-        parser, "--models", common.choice_list(MODELS, "model(s)"), DEFAULT_MODELS, text
-    )
-    common.add_options(
-        parser,
-        [
-            ("--batch", int, 128, "batch size B (default 128)"),
-            ("--dkef-batch", int, 200, "batch of dkef (default 200 = 100 + 100)"),
-            ("--dim", int, 784, "D of mlp, scorenet, nice, ncsn (default 784)"),
-            ("--hidden", int, 1000, "hidden width H of mlp, scorenet, nice (1000)"),
-            ("--data", str, "mnist-5k", f"data of the D-dim. models: {DATA_HELP}"),
-        ],
-    )
-    parser.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
+    models = f"models, space- or comma-separated, among {', '.join(MODELS)}"
+    options: list[common.Option] = [
+        ("--models", common.choice_list(MODELS, "model(s)"), DEFAULT_MODELS, models),
+        ("--batch", int, 128, "batch size B (default 128)"),
+        ("--dkef-batch", int, 200, "batch of dkef (default 200 = 100 + 100)"),
+        ("--dim", int, 784, "D of mlp, scorenet, nice, ncsn (default 784)"),
+        ("--hidden", int, 1000, "hidden width H of mlp, scorenet, nice (1000)"),
+        ("--data", str, "mnist-5k", f"data of the D-dim. models: {DATA_HELP}"),
+        ("--no-memory", bool, False, "skip the memory measurement"),
+        ("--strict", bool, False, "exit with status 1 if a parallel FD form misses its target"),
+    ]
     outputs = f"{CSV_NAME}, {PLOT_NAME}, {ENV_NAME}"
-    common.add_timing_arguments(parser, budget=20.0, per="model", out=DEFAULT_OUT, outputs=outputs)
-    parser.add_argument(
-        "--strict",
-        action="store_true",
-        help="exit with status 1 if a parallel FD form misses its target",
+    common.add_timing_arguments(
+        parser, description, options, budget=20.0, per="model", out=DEFAULT_OUT, outputs=outputs
     )
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``jacfree bench sm``: benchmark, print the table and the target checks, write files."""
-    models = common.flatten(args.models, DEFAULT_MODELS)
-    for value, flag in ((args.batch, "--batch"), (args.dim, "--dim"), (args.hidden, "--hidden")):
-        if value < 1:
-            raise ValueError(f"{flag} must be >= 1, got {value}.")
-    timing = common.apply_timing_arguments(args)
+    timing, setup, recorded = common.start(args)
     sizes = {"dim": args.dim, "hidden": args.hidden, "batch": args.batch}
     sizes |= {"dkef_batch": args.dkef_batch, "data": args.data}
-    config = {"models": models, **sizes, "eps": EPS, "sigma": SIGMA, **common.timing_config(args)}
+    config = {"models": args.models, **sizes, "eps": EPS, "sigma": SIGMA, **recorded}
     config |= {"memory": not args.no_memory, "optimizer": OPTIMIZER}
-    memory = not args.no_memory
-    rows = sm_benchmark(
-        models, memory=memory, timing=timing, **sizes, **common.setup_arguments(args)
-    )
+    rows = sm_benchmark(args.models, memory=not args.no_memory, timing=timing, **sizes, **setup)
     print(
         f"score matching, {common.describe_setup(args.device, args.dtype, args.clock)}: "
         "median ms per full training step (zero_grad, objective, backward, Adam); speed-up = "
         "baseline ms / variant ms; memory: peak MiB allocated by the step, MiB saved by autograd"
     )
-    for name in models:
+    for name in args.models:
         first = next(r for r in rows if r["model"] == name)
         print(
             f"  {name}: {first['description']}; D={first['dim']}, B={first['batch']}, "
@@ -799,12 +680,10 @@ def run(args: argparse.Namespace) -> int:
             f"state), data {first['data']}"
         )
     print(format_table(rows))
-    checks = check_targets(rows)
     print("targets (parallel FD form vs its autograd baseline):")
-    for line in checks:
+    for line in check_targets(rows):
         print("  " + line)
-    paths = write_outputs(rows, args.out, config=config, plot=not args.no_plot, device=args.device)
-    for path in paths.values():
-        print(f"wrote {path}")
+    plot = not args.no_plot
+    common.print_paths(write_outputs(rows, args.out, config=config, plot=plot, device=args.device))
     missed = [r for r in rows if r.get("meets_target") is False]
     return 1 if args.strict and missed else 0

@@ -1,53 +1,6 @@
-r"""``jacfree bench snf``: training-step and sampling time of self-normalizing vs exact flows.
-
-What is measured
-----------------
-For every *case* (a layer or a model, see :func:`parse_case`), side by side in one run:
-
-**Time per training step** — ``zero_grad``, ``flow.loss(x)``, ``backward`` and a fused Adam step
-on a batch of B = 100 standard-normal inputs — of the same model in two gradient modes:
-
-``exact``
-    autograd through the exact log-determinants: ``slogdet`` of every D×D weight, and of the
-    explicitly built D×D matrix T(w) of every convolution (D = C·H·W; float64). O(D³) per layer.
-``selfnorm``
-    the SNF rule of Keller et al. (ICML 2021): a learned inverse R ≈ W⁻¹ replaces W⁻ᵀ by Rᵀ; no
-    determinant, inverse or solve. O(B·D²) per dense layer (about 8 B·D² multiply-adds and twice
-    the parameters for Adam), six B×C×H×W convolutions per convolutional layer.
-
-**Time per sample** — drawing ``sample_batch`` (100) samples and dividing by their number, from
-the selfnorm model (the same parameters serve all three ways):
-
-``exact-inverse``
-    the exact inverse of every layer: float64 LU solves with the cached factorisation of W or
-    T(w) (a trained model sampled again and again pays the factorisation once);
-``exact-inverse-cold``
-    the same with the caches cleared before each draw, so the O(D³) factorisations are paid
-    again (what sampling costs right after a parameter update);
-``learned-inverse``
-    through R (``flow.sample(n, approximate=True)``): one matrix product or one convolution per
-    SNF layer. The other layers (activations, couplings, ActNorm, squeezes) run their exact
-    inverses in all three ways — for the fully connected flow the smooth leaky ReLU's Newton
-    inverse costs the same either way, which caps the speed-up there (as in the paper).
-
-**Time per step vs D** for one dense layer (D = 128 … 4096): the O(D³) against O(B·D²) scaling,
-with the log-log slopes fitted over the largest D — timed by the one time-vs-D sweep of
-:mod:`jacfree.bench.scaling` (``FCFlow(D, layers=1)``, one square layer, exact vs selfnorm; the
-same as ``jacfree bench scaling --layers 1 --variants exact selfnorm``).
-
-Default cases (the paper's Tables 2–3 for MNIST-sized inputs): ``dense-784``,
-``conv-1x28x28``, ``conv-4x14x14``, ``fc2l-784``, ``fc2l-3072``, ``cnn9l-1x28x28`` and
-``glow-1x28x28`` (Glow-like 2 × 8 steps, width 64: only its 1×1 convolutions are
-self-normalizing, so it gains little — as in the paper, ×1.2 on a GPU).
-
-The two modes start from the same parameters (a deep copy switched with ``set_gradient``) and
-are timed interleaved, restored before every step, one thread by default
-(:mod:`jacfree.bench.runner` says why).
-
-Outputs (``--out``, default ``bench-results/snf/``): ``snf.csv`` (one row per case, measure and
-variant), ``snf-scaling.csv`` (dense layer vs D), ``environment.json`` (versions, CPU, threads,
-settings, the targets and whether they were met), ``snf.png`` (step and sample times per case)
-and ``snf-scaling.png`` (step time vs D, log-log).
+"""``jacfree bench snf``: self-normalizing vs exact flows, per training step and per sample, for
+layers and models (:func:`parse_case`), and one dense layer's step time vs D (the sweep of
+:mod:`jacfree.bench.scaling` with L = 1). What it measures and the figures: ``docs/selfnorm.md``.
 """
 
 from __future__ import annotations
@@ -72,21 +25,6 @@ from . import common, scaling
 from .common import ENV_NAME, PLOT_HINT, PROFILE_COLUMNS, STAT_COLUMNS
 from .runner import TimingOptions, check_run, check_variants, run_variants, stats_columns
 from .step import TrainingStep
-
-__all__ = [
-    "DEFAULT_CASES",
-    "DEFAULT_DIMS",
-    "SAMPLE_VARIANTS",
-    "STEP_VARIANTS",
-    "TARGETS",
-    "BenchCase",
-    "check_targets",
-    "format_scaling_table",
-    "format_table",
-    "parse_case",
-    "snf_benchmark",
-    "write_outputs",
-]
 
 DEFAULT_CASES: tuple[str, ...] = (
     "dense-784",
@@ -117,14 +55,6 @@ STYLES: dict[str, str] = {
     "learned-inverse": "C1",
 }
 
-#: the sizes and budgets of ``jacfree bench snf``: (flag, type, default, help)
-OPTIONS: tuple[tuple[str, type, Any, str], ...] = (
-    ("--batch", int, 100, "training batch size B (100)"),
-    ("--sample-batch", int, 100, "samples per timed sampling call (100)"),
-    ("--sample-budget", float, 4.0, "adaptive: seconds of timed sampling per case (4)"),
-    ("--fit-points", int, 3, "log-log slopes over this many largest D (3)"),
-)
-
 _MODELS = {
     "dense": "one SquareAffine(D)",
     "fc2l": "FCFlow(D, layers=2)",
@@ -132,10 +62,6 @@ _MODELS = {
     "cnn9l": "CNNFlow: 3 blocks x 3 SNF 3x3 convs, element-wise splines",
     "glow": "GlowFlow: 2 blocks x 8 steps, width 64, 1x1 convs",
 }
-
-#: the text table of the dense-layer sweep (D, ms per step per mode, exact / selfnorm, slopes)
-format_scaling_table = scaling.format_table
-
 
 # -- cases ------------------------------------------------------------------------------------
 
@@ -280,12 +206,8 @@ def _time_steps(
         steps[v] = TrainingStep(
             flow, v, batches, setup.lr, loss_fn=flow.loss, compile=timing.compile
         )
-    timing.say(f"[snf] {case.name}: timing training steps ({', '.join(variants)}) ...")
-    stats = run_variants(steps, timing, device, what=case.name)
-    rows = _step_rows(case, steps, stats, setup)
-    medians = ", ".join(f"{v} {stats[v]['median_ms']:.2f} ms" for v in variants)
-    timing.say(f"[snf] {case.name}: {stats[variants[0]]['repeats']} steps each; {medians}")
-    return steps, rows
+    stats = run_variants(steps, timing, device, what=case.name, label="snf")
+    return steps, _step_rows(case, steps, stats, setup)
 
 
 def _time_sampling(case: BenchCase, step: TrainingStep, setup: _Setup) -> list[dict[str, Any]]:
@@ -477,22 +399,17 @@ def plot_cases(rows: Sequence[dict[str, Any]], path: str | Path, title: str = ""
         present = [v for v in variants if any((c, measure, v) in get for c in cases)]
         height = 0.8 / max(len(present), 1)
         for j, v in enumerate(present):
-            ys, xs = [], []
-            for i, c in enumerate(cases):
-                row = get.get((c, measure, v))
-                if row is not None:
-                    ys.append(i + (j - (len(present) - 1) / 2) * height)
-                    xs.append(float(row["median_ms"]))
-                    if v in ("selfnorm", "learned-inverse") and row.get("speedup"):
-                        note = f" x{float(row['speedup']):.1f}"
-                        ax.text(xs[-1], ys[-1], note, va="center", fontsize=7)
-            ax.barh(ys, xs, height=height, color=STYLES[v], label=v)
-        ax.set_xscale("log")
-        ax.set_xlabel(label)
-        ax.grid(True, axis="x", which="major", alpha=0.3)
+            mine = [(i, get[c, measure, v]) for i, c in enumerate(cases) if (c, measure, v) in get]
+            ys = [i + (j - (len(present) - 1) / 2) * height for i, _ in mine]
+            noted = v in ("selfnorm", "learned-inverse")
+            notes = [
+                f"x{float(r['speedup']):.1f}" if noted and r.get("speedup") else None
+                for _, r in mine
+            ]
+            xs = [float(r["median_ms"]) for _, r in mine]
+            common.hbars(ax, ys, xs, notes, label, height=height, color=STYLES[v], label=v)
         ax.legend(fontsize=8)
-    axes[0].set_yticks(range(len(cases)))
-    axes[0].set_yticklabels(cases)
+    axes[0].set_yticks(range(len(cases)), cases)
     axes[0].invert_yaxis()
     fig.suptitle(title or "self-normalizing vs exact", fontsize=10)
     fig.tight_layout()
@@ -547,38 +464,46 @@ def _case_list(text: str) -> list[str]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``jacfree bench snf``."""
-    parser.description = (
+    description = (
         "Time one full training step (zero_grad, loss, backward, Adam) and one sample of "
         "self-normalizing vs exact flows side by side (dense layer, SNF 3x3 convolutions, "
         "FCFlow-2L, CNN-9L, Glow), and a dense layer's step time vs D."
     )
-    text = "cases: dense-D, fc2l-D, conv-CxHxW, cnn9l-CxHxW, glow-CxHxW"
-    common.add_list_option(parser, "--cases", _case_list, DEFAULT_CASES, text)
-    text = "D of the dense-layer sweep, --dims with no value: none"
-    common.add_list_option(
-        parser, "--dims", common.positive_int_list, DEFAULT_DIMS, text, nargs="*"
-    )
-    common.add_options(parser, OPTIONS)
-    parser.add_argument("--no-sample", action="store_true", help="do not time sampling")
+    cases = "cases: dense-D, fc2l-D, conv-CxHxW, cnn9l-CxHxW, glow-CxHxW"
+    dims = "D of the dense-layer sweep, --dims with no value: none"
+    options: list[common.Option] = [
+        ("--cases", _case_list, DEFAULT_CASES, cases),
+        ("--dims", common.positive_int_list, DEFAULT_DIMS, dims, "*"),
+        ("--batch", int, 100, "training batch size B (100)"),
+        ("--sample-batch", int, 100, "samples per timed sampling call (100)"),
+        ("--sample-budget", float, 4.0, "adaptive: seconds of timed sampling per case (4)"),
+        ("--fit-points", int, 3, "log-log slopes over this many largest D (3)"),
+        ("--no-sample", bool, False, "do not time sampling"),
+    ]
     outputs = f"{CSV_NAME}, {SCALING_CSV_NAME}, {PLOT_NAME}, {SCALING_PLOT_NAME}, {ENV_NAME}"
     common.add_timing_arguments(
-        parser, budget=8.0, per="case", out=DEFAULT_OUT, outputs=outputs, lr=1e-4
+        parser,
+        description,
+        options,
+        budget=8.0,
+        per="case",
+        out=DEFAULT_OUT,
+        outputs=outputs,
+        lr=1e-4,
     )
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``jacfree bench snf``: benchmark, print the tables, write CSVs, JSON and plots."""
     t0 = time.perf_counter()
-    cases = common.flatten(args.cases, DEFAULT_CASES)
-    dims = common.flatten(args.dims, DEFAULT_DIMS)
-    timing = common.apply_timing_arguments(args)
-    config = {"cases": cases, "dims": dims, "batch": args.batch, "sample_batch": args.sample_batch}
-    config |= {"sample": not args.no_sample, "variants": list(STEP_VARIANTS)}
-    config |= {**common.timing_config(args), "sample_budget_s": args.sample_budget}
+    timing, setup, recorded = common.start(args)
     sizes = {"batch": args.batch, "sample_batch": args.sample_batch}
     sampling = {"sample": not args.no_sample, "sample_budget": args.sample_budget}
-    setup = common.setup_arguments(args)
-    rows, scaling_rows = snf_benchmark(cases, dims, timing=timing, **sizes, **sampling, **setup)
+    config = {"cases": args.cases, "dims": args.dims, **sizes, "sample": sampling["sample"]}
+    config |= {"variants": list(STEP_VARIANTS), **recorded, "sample_budget_s": args.sample_budget}
+    rows, scaling_rows = snf_benchmark(
+        args.cases, args.dims, timing=timing, **sizes, **sampling, **setup
+    )
     where = common.describe_setup(args.device, args.dtype, args.clock)
     if args.compile:
         where += f", loss compiled ({args.compile})"
@@ -590,8 +515,8 @@ def run(args: argparse.Namespace) -> int:
         print(scaling.format_table(scaling_rows, args.fit_points))
     elapsed = time.perf_counter() - t0
     kw = {"plot": not args.no_plot, "fit_points": args.fit_points, "device": args.device}
-    paths = write_outputs(rows, scaling_rows, args.out, config=config, elapsed_s=elapsed, **kw)
-    for path in paths.values():
-        print(f"wrote {path}")
+    common.print_paths(
+        write_outputs(rows, scaling_rows, args.out, config=config, elapsed_s=elapsed, **kw)
+    )
     print(f"done in {elapsed:.0f} s")
     return 0

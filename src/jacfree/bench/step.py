@@ -14,17 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._checks import check_choice
 from ..flows import Flow, SquareAffine
 from ..train import make_adam
-
-__all__ = [
-    "COMPILE_MODES",
-    "FLOW_VARIANTS",
-    "TrainingStep",
-    "compile_loss",
-    "floor_loss",
-    "variant_loss",
-]
+from ..train.fit import COMPILE_MODES
 
 #: the gradient modes a flow can be timed in (besides the no-log-det ``floor``)
 FLOW_VARIANTS: tuple[str, ...] = ("exact", "relative", "selfnorm")
@@ -59,17 +52,11 @@ def variant_loss(flow: Flow, variant: str) -> Callable[[Tensor], Tensor]:
     raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(FLOW_VARIANTS)}, floor.")
 
 
-COMPILE_MODES: tuple[str, ...] = ("default", "reduce-overhead", "max-autotune")
-
-
 def compile_loss(loss_fn: Callable[[Tensor], Tensor], mode: str) -> Callable[[Tensor], Tensor]:
     """``torch.compile(loss_fn, mode=mode, fullgraph=True)``: the whole loss and its backward as
     one graph (jacfree's losses trace without a break). ``"reduce-overhead"`` also captures it as
     a CUDA graph on a GPU (static shapes: the benchmarks' batches all have one size)."""
-    if mode not in COMPILE_MODES:
-        raise ValueError(
-            f"unknown compile mode {mode!r}; choose one of {', '.join(COMPILE_MODES)}."
-        )
+    check_choice(mode, "compile mode", COMPILE_MODES)
     # a benchmark compiles one loss per variant, and variants built by one lambda share its code
     # object: allow a graph per variant instead of torch's default of eight per code object
     for name in ("recompile_limit", "cache_size_limit"):  # the name changed in torch 2.7

@@ -1,18 +1,7 @@
-"""A small wall-clock timing helper shared by the ``jacfree bench`` benchmarks.
-
-What it measures: the wall-clock time of single calls of a function, each bracketed by a device
-synchronisation (``torch.cuda.synchronize`` on CUDA; nothing is needed on the CPU, whose kernels
-return when done), after a few untimed warm-up calls (allocator growth, kernel selection, caches).
-The summary statistics are robust ones — median, min, max and inter-quartile range — because a
-shared machine adds one-sided noise: a slow outlier must not move the figure that is reported.
-
-Several functions (the variants of a benchmark) are timed **interleaved**: one call of each per
-round, the order rotated from round to round, so slow drift of the machine's speed (other jobs,
-thermal state) hits every variant equally and the ratios between variants stay meaningful.
-
-The number of timed rounds can be chosen adaptively from a time budget: after the warm-up, the
-duration of one round is estimated and as many rounds are run as fit in the budget, clamped to
-``[min_repeats, max_repeats]``.
+"""Timing of single calls, bracketed by device synchronisations, with robust summaries (median,
+quartiles: a shared machine adds one-sided noise); several functions are timed interleaved, the
+order rotated per round, so a drift of the machine's speed hits them alike. The number of rounds
+can be fitted to a time budget. Why the benchmarks time this way: ``docs/bench-sm.md``.
 
 Example:
     >>> import torch
@@ -25,7 +14,6 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import gc
 import math
 import sys
@@ -37,17 +25,6 @@ from typing import Any
 import torch
 
 from .._checks import check_positive_int
-
-__all__ = [
-    "CLOCKS",
-    "TimingOptions",
-    "TimingStats",
-    "choose_repeats",
-    "synchronize",
-    "time_call",
-    "time_function",
-    "time_interleaved",
-]
 
 
 def synchronize(device: torch.device | str | None) -> None:
@@ -73,12 +50,8 @@ def time_call(
 ) -> float:
     """Seconds taken by one call of ``fn``, with the device synchronised before and after.
 
-    Python's garbage collector is paused during the call (as :mod:`timeit` does), so a collection
-    triggered by earlier allocations is not charged to this call.
-
-    ``clock="process"`` counts the CPU time of this process instead of wall-clock time: on a
-    machine shared with other jobs, a single-threaded CPU computation then is not charged the
-    time it waits for a core (it sums the CPU time of every thread, and misses GPU time).
+    The garbage collector is paused during the call (as :mod:`timeit` does). ``clock="process"``
+    counts the CPU time of this process (all threads; no GPU time) instead of wall-clock time.
     """
     timer = CLOCKS[clock]
     gc_was_enabled = gc.isenabled()
@@ -94,17 +67,10 @@ def time_call(
             gc.enable()
 
 
-def _quantile(sorted_values: list[float], q: float) -> float:
-    """Linearly interpolated quantile of already sorted values (numpy's default rule)."""
-    pos = q * (len(sorted_values) - 1)
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(sorted_values) - 1)
-    return sorted_values[lo] + (pos - lo) * (sorted_values[hi] - sorted_values[lo])
-
-
 @dataclass(frozen=True)
 class TimingStats:
-    """Times of repeated calls, in seconds, with robust summaries."""
+    """Times of repeated calls, in seconds, with robust summaries; ``iqr`` = q3 − q1, the spread
+    of the middle half of the samples."""
 
     samples: tuple[float, ...]
 
@@ -112,42 +78,22 @@ class TimingStats:
         if not self.samples:
             raise ValueError("TimingStats needs at least one sample.")
 
-    @property
-    def n(self) -> int:
-        return len(self.samples)
+    def quantile(self, q: float) -> float:
+        """Linearly interpolated quantile of the samples (numpy's default rule)."""
+        values = sorted(self.samples)
+        pos = q * (len(values) - 1)
+        lo = math.floor(pos)
+        hi = min(lo + 1, len(values) - 1)
+        return values[lo] + (pos - lo) * (values[hi] - values[lo])
 
-    @property
-    def _sorted(self) -> list[float]:
-        return sorted(self.samples)
-
-    @property
-    def median(self) -> float:
-        return _quantile(self._sorted, 0.5)
-
-    @property
-    def min(self) -> float:
-        return min(self.samples)
-
-    @property
-    def max(self) -> float:
-        return max(self.samples)
-
-    @property
-    def mean(self) -> float:
-        return sum(self.samples) / len(self.samples)
-
-    @property
-    def q1(self) -> float:
-        return _quantile(self._sorted, 0.25)
-
-    @property
-    def q3(self) -> float:
-        return _quantile(self._sorted, 0.75)
-
-    @property
-    def iqr(self) -> float:
-        """Inter-quartile range q3 − q1: the spread of the middle half of the samples."""
-        return self.q3 - self.q1
+    n = property(lambda self: len(self.samples))
+    median = property(lambda self: self.quantile(0.5))
+    q1 = property(lambda self: self.quantile(0.25))
+    q3 = property(lambda self: self.quantile(0.75))
+    iqr = property(lambda self: self.q3 - self.q1)
+    min = property(lambda self: min(self.samples))
+    max = property(lambda self: max(self.samples))
+    mean = property(lambda self: sum(self.samples) / len(self.samples))
 
     def summary(self, unit: str = "ms", prefix: str = "") -> dict[str, float | int]:
         """Flat dict ``{prefix}median_{unit}``, min, max, mean, q1, q3, iqr and ``{prefix}n``."""
@@ -247,29 +193,11 @@ def time_interleaved(
 
 
 def time_function(
-    fn: Callable[[], object],
-    *,
-    repeats: int | None = None,
-    warmup: int = 1,
-    device: torch.device | str | None = None,
-    setup: Callable[[], object] | None = None,
-    budget: float = 10.0,
-    min_repeats: int = 3,
-    max_repeats: int = 100,
-    clock: str = "wall",
+    fn: Callable[[], object], *, setup: Callable[[], object] | None = None, **options: Any
 ) -> TimingStats:
-    """Time one function: :func:`time_interleaved` with a single entry."""
-    return time_interleaved(
-        {"fn": fn},
-        repeats=repeats,
-        warmup=warmup,
-        device=device,
-        setup=None if setup is None else {"fn": setup},
-        budget=budget,
-        min_repeats=min_repeats,
-        max_repeats=max_repeats,
-        clock=clock,
-    )["fn"]
+    """Time one function: :func:`time_interleaved` with a single entry (the same ``options``)."""
+    setup_fns = None if setup is None else {"fn": setup}
+    return time_interleaved({"fn": fn}, setup=setup_fns, **options)["fn"]
 
 
 @dataclass(frozen=True)
@@ -315,13 +243,6 @@ class TimingOptions:
             raise TypeError(f"unexpected keyword argument(s) {', '.join(unknown)}.")
         return timing or cls(**{"budget": budget, **options})
 
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> TimingOptions:
-        """The options of ``add_timing_arguments``, parsed (and checked by
-        :func:`~jacfree.bench.common.apply_timing_arguments`)."""
-        names = ("repeats", "warmup", "budget", "min_repeats", "max_repeats", "clock", "compile")
-        return cls(**{n: getattr(args, n) for n in names}, progress=not args.quiet)
-
     def time(
         self,
         fns: Mapping[str, Callable[[], object]],
@@ -331,17 +252,10 @@ class TimingOptions:
         budget: float | None = None,
     ) -> dict[str, TimingStats]:
         """:func:`~jacfree.bench.timing.time_interleaved` with these options."""
-        return time_interleaved(
-            fns,
-            setup=setup,
-            repeats=self.repeats,
-            warmup=self.warmup,
-            device=device,
-            budget=self.budget if budget is None else budget,
-            min_repeats=self.min_repeats,
-            max_repeats=self.max_repeats,
-            clock=self.clock,
-        )
+        names = ("repeats", "warmup", "min_repeats", "max_repeats", "clock")
+        budget = self.budget if budget is None else budget
+        kw = {n: getattr(self, n) for n in names}
+        return time_interleaved(fns, setup=setup, device=device, budget=budget, **kw)
 
     def say(self, text: str) -> None:
         """A progress line on stderr (unless ``progress=False``)."""
