@@ -200,34 +200,41 @@ def text_table(header: Sequence[str], lines: Sequence[Sequence[str]], left: int 
 # -- command line -----------------------------------------------------------------------------
 
 
-def _split(text: str) -> list[str]:
-    return [t for t in text.replace(",", " ").split() if t]
+def list_type(convert: Callable[[str], Any]) -> Callable[[str], list[Any]]:
+    """argparse type: space- or comma-separated values, each through ``convert`` (whose
+    ``ValueError`` becomes the usage error)."""
+
+    def parse(text: str) -> list[Any]:
+        try:
+            values = [convert(t) for t in text.replace(",", " ").split()]
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from err
+        if not values:
+            raise argparse.ArgumentTypeError(f"expected at least one value, got {text!r}")
+        return values
+
+    return parse
 
 
-def positive_int_list(text: str) -> list[int]:
-    """argparse type: space- or comma-separated positive integers."""
-    try:
-        values = [int(t) for t in _split(text)]
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"expected integers, got {text!r}") from err
-    if any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"expected positive integers, got {text!r}")
+    return int(text)
 
 
 def choice_list(choices: Sequence[str], what: str) -> Callable[[str], list[str]]:
     """argparse type: a non-empty space- or comma-separated list of names among ``choices``."""
 
-    def parse(text: str) -> list[str]:
-        values = _split(text)
-        bad = [v for v in values if v not in choices]
-        if bad or not values:
-            raise argparse.ArgumentTypeError(
-                f"unknown {what} {', '.join(bad) or repr(text)}; choose among {', '.join(choices)}"
-            )
-        return values
+    def choice(name: str) -> str:
+        if name not in choices:
+            raise ValueError(f"unknown {what} {name}; choose among {', '.join(choices)}")
+        return name
 
-    return parse
+    return list_type(choice)
+
+
+#: argparse type: space- or comma-separated positive integers
+positive_int_list = list_type(_positive_int)
 
 
 class _Flatten(argparse.Action):
@@ -360,6 +367,5 @@ def hbars(
     for y, x, note in zip(ys, xs, notes, strict=True):
         if note:
             ax.text(x, y, f" {note}", va="center", fontsize=7)
-    ax.set_xscale("log")
-    ax.set_xlabel(xlabel)
+    ax.set(xscale="log", xlabel=xlabel)
     ax.grid(True, axis="x", which="major", alpha=0.3)

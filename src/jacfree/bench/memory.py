@@ -191,14 +191,7 @@ def measure_memory(step: TrainingStep, device: torch.device | str = "cpu") -> Me
 def state_bytes(step: TrainingStep) -> int:
     """Bytes alive before every step and shared by all variants: parameters and optimiser state
     (after the warm-up, Adam's two moments per parameter)."""
-    seen: set[int] = set()
-    total = 0
-    tensors = list(step.params)
-    for state in step.optimizer.state.values():
-        tensors += [t for t in state.values() if isinstance(t, Tensor)]
-    for t in tensors:
-        st = t.untyped_storage()
-        if st.data_ptr() not in seen:
-            seen.add(st.data_ptr())
-            total += st.nbytes()
-    return total
+    states = step.optimizer.state.values()
+    tensors = [*step.params, *(t for s in states for t in s.values() if isinstance(t, Tensor))]
+    sizes = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
+    return sum(sizes.values())

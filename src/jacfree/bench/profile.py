@@ -1,12 +1,6 @@
-"""What one training step asks of the device: operations launched and the GPU-busy fraction.
-
-:func:`profile_step` runs a step a few times under ``torch.profiler`` and reports, per step, the
-number of ``aten::`` operations dispatched (a device-free proxy for kernel launches), the host
-reads of tensor values (``aten::_local_scalar_dense``, ``aten::equal``, ``aten::is_nonzero``:
-each one a device synchronisation on a GPU), and on CUDA the kernels launched, the device time
-and ``gpu_busy`` = device time / wall time. A step that keeps the GPU busy is one whose
-arithmetic, not Python and launch overhead, sets the pace.
-"""
+"""What one training step asks of the device, under ``torch.profiler``: ``aten::`` operations
+(a device-free proxy for kernel launches), host reads of tensor values (each a synchronisation
+on a GPU) and, on CUDA, kernels, device time and ``gpu_busy``. See ``docs/gpu.md``."""
 
 from __future__ import annotations
 

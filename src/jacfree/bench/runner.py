@@ -7,6 +7,7 @@ steps are timed this way: ``docs/bench-sm.md``, "How the time is measured".
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -47,6 +48,28 @@ def stats_columns(stats: TimingStats, scale: float = 1.0) -> dict[str, Any]:
     return {**{k: v * scale for k, v in summary.items() if k.endswith("_ms")}, "repeats": stats.n}
 
 
+def setup_columns(
+    timing: TimingOptions, device: torch.device, dtype: torch.dtype
+) -> dict[str, Any]:
+    """``warmup``, ``device`` and ``dtype`` of a run, as in the CSVs."""
+    dtype_name = str(dtype).removeprefix("torch.")
+    return {"warmup": timing.warmup, "device": str(device), "dtype": dtype_name}
+
+
+@dataclass(frozen=True)
+class Run:
+    """What the steps of one benchmark run share: how they are timed, where they run, the seed of
+    weights and data, Adam's learning rate, the batch size and the pre-generated batches."""
+
+    timing: TimingOptions
+    device: torch.device
+    dtype: torch.dtype
+    seed: int
+    lr: float
+    batch: int
+    n_batches: int
+
+
 def run_variants(
     steps: Mapping[str, TrainingStep],
     timing: TimingOptions,
@@ -56,22 +79,11 @@ def run_variants(
     label: str = "bench",
     hint: str = "Try a smaller --lr or --dtype float64.",
 ) -> dict[str, dict[str, Any]]:
-    """Time ``steps`` interleaved, check their losses, and return one row per variant.
-
-    Args:
-        steps: the training step of each variant, by name (the row order).
-        timing: repeats, warm-up, budget, clock, compile mode.
-        device: the device whose queue is synchronised around every timed step.
-        what: what the steps train, for the messages (``"D=784"``, ``"mlp"``).
-        label: the benchmark's name, in the progress lines.
-        hint: the advice appended to the error message.
-
-    Returns:
-        ``{variant: row}`` with :func:`stats_columns`, ``optimizer``, ``threads``, ``clock`` and
-        the profile columns of the step (profiled after all timings).
-
-    Raises:
-        FloatingPointError: a variant's last loss is NaN or infinite.
+    """Time ``steps`` (by variant, in row order) interleaved on ``device`` and return
+    ``{variant: row}``: :func:`stats_columns`, ``optimizer``, ``threads``, ``clock`` and the
+    step's profile (after all timings). ``what`` (``"D=784"``, ``"mlp"``) and ``label`` (the
+    benchmark) name the progress lines; a non-finite last loss raises ``FloatingPointError``
+    with ``hint``.
     """
     timing.say(f"[{label}] {what}: timing {', '.join(steps)} ...")
     stats = timing.time(

@@ -10,6 +10,7 @@ import argparse
 import copy
 import gc
 import math
+import statistics
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,8 +32,17 @@ from .common import (
     text_table,
     write_results,
 )
-from .runner import TimingOptions, check_run, check_variants, run_variants
-from .step import TrainingStep, floor_loss, variant_loss  # noqa: F401 (re-exported)
+from .runner import (
+    Run,
+    TimingOptions,
+    check_run,
+    check_variants,
+    run_variants,
+    setup_columns,
+)
+from .step import TrainingStep, normal_batches
+from .step import floor_loss as floor_loss  # re-exported
+from .step import variant_loss as variant_loss  # re-exported
 
 DEFAULT_DIMS: tuple[int, ...] = (256, 512, 784, 1024, 2048, 3072)
 VARIANTS: tuple[str, ...] = ("exact", "relative", "selfnorm", "floor")
@@ -46,57 +56,33 @@ CSV_COLUMNS = ("dim", "variant", *STAT_COLUMNS, "ratio_to_floor", "batch", "laye
 CSV_COLUMNS += ("optimizer", "device", "dtype", "threads", "clock", *PROFILE_COLUMNS)
 
 #: colour and marker of each variant in the plot
-STYLES: dict[str, tuple[str, str]] = {
-    "exact": ("C3", "o"),
-    "relative": ("C0", "s"),
-    "selfnorm": ("C1", "D"),
-    "floor": ("C2", "^"),
-}
+STYLES = {"exact": ("C3", "o"), "relative": ("C0", "s"), "selfnorm": ("C1", "D")}
+STYLES["floor"] = ("C2", "^")
 
 #: the ratios of the text table, where both variants ran
-RATIOS: tuple[tuple[str, str], ...] = (
-    ("relative", "floor"),
-    ("selfnorm", "floor"),
-    ("exact", "relative"),
-    ("exact", "selfnorm"),
-    ("exact", "floor"),
-)
+RATIOS = (("relative", "floor"), ("selfnorm", "floor"), ("exact", "relative"))
+RATIOS += (("exact", "selfnorm"), ("exact", "floor"))
 
 
 # -- the sweep --------------------------------------------------------------------------------
 
 
 def sweep(
-    dims: Iterable[int],
-    variants: Sequence[str],
-    *,
-    batch: int,
-    layers: int,
-    timing: TimingOptions,
-    device: torch.device,
-    dtype: torch.dtype,
-    seed: int,
-    lr: float,
-    n_batches: int,
-    label: str = "scaling",
+    dims: Iterable[int], variants: Sequence[str], layers: int, run: Run, label: str = "scaling"
 ) -> Iterator[tuple[int, dict[str, TrainingStep], dict[str, dict[str, Any]]]]:
     """For each D: build ``FCFlow(D, layers)`` once per variant (the same initial weights, the
-    same ``n_batches`` standard normal batches), time the steps with
+    same standard normal batches), time the steps with
     :func:`~jacfree.bench.runner.run_variants`, and yield ``(D, steps, rows)``."""
     for dim in dims:
-        generator = torch.Generator().manual_seed(seed)
-        torch.manual_seed(seed)
-        base = FCFlow(dim, layers=layers).to(device=device, dtype=dtype)
-        batches = [
-            torch.randn(batch, dim, generator=generator, dtype=torch.float64).to(device, dtype)
-            for _ in range(n_batches)
-        ]
+        batches = normal_batches((run.batch, dim), run.n_batches, run.seed, run.device, run.dtype)
+        torch.manual_seed(run.seed)
+        base = FCFlow(dim, layers=layers).to(device=run.device, dtype=run.dtype)
         steps = {
-            v: TrainingStep(copy.deepcopy(base), v, batches, lr, compile=timing.compile)
+            v: TrainingStep(copy.deepcopy(base), v, batches, run.lr, compile=run.timing.compile)
             for v in variants
         }
         del base
-        rows = run_variants(steps, timing, device, what=f"D={dim}", label=label)
+        rows = run_variants(steps, run.timing, run.device, what=f"D={dim}", label=label)
         yield dim, steps, rows
         del steps, rows
         gc.collect()
@@ -116,26 +102,13 @@ def scaling_benchmark(
     timing: TimingOptions | None = None,
     **options: Any,
 ) -> list[dict[str, Any]]:
-    """Time one full training step of ``FCFlow(D, layers)`` per variant, for every D in ``dims``.
+    """Time one full training step of ``FCFlow(D, layers)`` per variant (among :data:`VARIANTS`),
+    for every D in ``dims``, on ``n_batches`` standard normal batches of B = ``batch`` rows.
 
-    Args:
-        dims: the dimensions D.
-        batch: batch size B.
-        layers: number L of square affine layers.
-        variants: among ``"exact"``, ``"relative"``, ``"selfnorm"``, ``"floor"`` (module docs).
-        device, dtype: where and in which precision the models and data live.
-        seed: seeds the initial weights and the data (standard normal batches).
-        lr: Adam learning rate (the parameters are restored before every step anyway).
-        n_batches: number of pre-generated batches cycled through.
-        timing: how the steps are timed; or its fields as keyword arguments (``repeats``,
-            ``warmup``, ``budget`` — seconds per D, default 10 —, ``min_repeats``,
-            ``max_repeats``, ``clock``, ``compile``, ``progress``; see
-            :class:`~jacfree.bench.timing.TimingOptions`).
-
-    Returns:
-        One dict per (D, variant) with the columns of :data:`CSV_COLUMNS`; times in milliseconds.
-        ``ratio_to_floor`` is the median over the floor's median at the same D (``None`` without
-        a floor variant).
+    ``timing``, or its fields as keyword arguments (:class:`~jacfree.bench.timing.TimingOptions`;
+    ``budget``: seconds per D, default 10), says how. Returns one dict per (D, variant) with the
+    columns of :data:`CSV_COLUMNS`, times in ms; ``ratio_to_floor`` is the median over the
+    floor's at the same D (``None`` without a floor variant).
     """
     variants = check_variants(variants, VARIANTS)
     timing = TimingOptions.of(timing, options, budget=10.0)
@@ -144,13 +117,10 @@ def scaling_benchmark(
         raise ValueError("dims must not be empty.")
     sizes = {"batch": batch, "layers": layers, "n_batches": n_batches}
     device = check_run(device, dtype, **sizes, **{f"D={d}": d for d in dims})
-    setup = {"batch": batch, "layers": layers, "warmup": timing.warmup, "device": str(device)}
-    setup["dtype"] = str(dtype).removeprefix("torch.")
+    setup = {"batch": batch, "layers": layers, **setup_columns(timing, device, dtype)}
     out: list[dict[str, Any]] = []
-    kw = {"timing": timing, "device": device, "dtype": dtype, "seed": seed, "lr": lr}
-    for dim, _, rows in sweep(
-        dims, variants, batch=batch, layers=layers, n_batches=n_batches, **kw
-    ):
+    run = Run(timing, device, dtype, seed, lr, batch, n_batches)
+    for dim, _, rows in sweep(dims, variants, layers, run):
         floor = rows["floor"]["median_ms"] if "floor" in rows else None
         for v, row in rows.items():
             ratio = None if floor is None else row["median_ms"] / floor
@@ -180,11 +150,8 @@ def fit_loglog_slopes(rows: Sequence[dict[str, Any]], points: int = 3) -> dict[s
         dims = sorted(by_dim)[-max(points, 2) :]
         if len(dims) < 2:
             continue
-        xs = [math.log(d) for d in dims]
-        ys = [math.log(by_dim[d]) for d in dims]
-        mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-        sxx = sum((a - mx) ** 2 for a in xs)
-        slopes[variant] = sum((a - mx) * (b - my) for a, b in zip(xs, ys, strict=True)) / sxx
+        logs = [(math.log(d), math.log(by_dim[d])) for d in dims]
+        slopes[variant] = statistics.linear_regression(*zip(*logs, strict=True)).slope
     return slopes
 
 
@@ -240,13 +207,10 @@ def plot_scaling(
                 ys = [med[v][d0] * (d / d0) ** power for d in dims]
                 ls = ":" if power == 2 else "--"
                 ax.plot(dims, ys, ls, color="0.6", lw=0.8, label=f"∝ D^{power} (through {v})")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xticks(dims)
-    ax.set_xticklabels([str(d) for d in dims])
+    ax.set(xscale="log", yscale="log", xlabel="D (features)")
+    ax.set(ylabel="ms per training step (median)")
+    ax.set_xticks(dims, [str(d) for d in dims])
     ax.minorticks_off()
-    ax.set_xlabel("D (features)")
-    ax.set_ylabel("ms per training step (median)")
     ax.set_title(title or "FCFlow: training step time vs D", fontsize=10)
     top = dims[-max(fit_points, 2) :]
     ax.legend(title=f"slopes fitted over D ∈ {top}", fontsize=8, title_fontsize=8)

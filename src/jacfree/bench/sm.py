@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .._checks import check_positive_int
 from ..data import load
 from ..plots import pyplot, save_figure
 from ..scorematching import DKEF, NCSN, NICE, MLPEnergy
@@ -27,8 +28,7 @@ from ..scorematching.objectives import LABELS, SM_OBJECTIVES, ModelType, Setting
 from . import common
 from .common import ENV_NAME, PLOT_HINT, PROFILE_COLUMNS, STAT_COLUMNS
 from .memory import MEMORY_DEFINITIONS, MIB, MemoryStats, measure_memory, state_bytes
-from .models import MLPScoreNet
-from .runner import TimingOptions, check_run, run_variants
+from .runner import TimingOptions, check_run, run_variants, setup_columns
 from .step import TrainingStep
 
 DEFAULT_OUT = Path("bench-results") / "sm"
@@ -102,11 +102,7 @@ ENERGY_VARIANTS = (*_pair_variants("ssm", ("ssm_vr",)), *_pair_variants("dsm"))
 SCORE_VARIANTS = _pair_variants("ssm_vr")
 EBM_VARIANTS = _pair_variants("mdsm")
 #: variants timed per model kind
-VARIANTS: dict[str, tuple[Variant, ...]] = {
-    "energy": ENERGY_VARIANTS,
-    "score": SCORE_VARIANTS,
-    "ebm": EBM_VARIANTS,
-}
+VARIANTS = {"energy": ENERGY_VARIANTS, "score": SCORE_VARIANTS, "ebm": EBM_VARIANTS}
 
 #: columns of ``sm.csv``, in order
 CSV_COLUMNS = ("model", "pair", "variant", "label", "objective", "fd", "parallel", *STAT_COLUMNS)
@@ -233,23 +229,24 @@ def _plain_fd_dsm(f: Callable[[Tensor], Tensor], x: Tensor, parallel: bool) -> T
     return (d / (2 * EPS**2) * proj**2).mean()
 
 
+#: the plain-PyTorch objective of each variant: ``(f, x, parallel) -> loss``
+_PLAIN: dict[str, Callable[..., Tensor]] = {
+    "ssm": lambda f, x, _: _plain_ssm(f, x),
+    "fd_ssm": _plain_fd_ssm,
+    "dsm": lambda f, x, _: _plain_dsm(f, x),
+    "fd_dsm": _plain_fd_dsm,
+}
+
+
 def _plain_losses(net: nn.Module) -> dict[str, Callable[[Tensor], Tensor]]:
     def f(y: Tensor) -> Tensor:
         return net(y).squeeze(-1)
 
-    out: dict[str, Callable[[Tensor], Tensor]] = {}
-    for v in ENERGY_VARIANTS:
-        if v.objective == "ssm_vr":
-            continue
-        if v.objective == "ssm":
-            out[v.name] = lambda x: _plain_ssm(f, x)
-        elif v.objective == "dsm":
-            out[v.name] = lambda x: _plain_dsm(f, x)
-        elif v.objective == "fd_ssm":
-            out[v.name] = lambda x, p=bool(v.parallel): _plain_fd_ssm(f, x, p)
-        else:
-            out[v.name] = lambda x, p=bool(v.parallel): _plain_fd_dsm(f, x, p)
-    return out
+    return {
+        v.name: lambda x, p=bool(v.parallel), loss=_PLAIN[v.objective]: loss(f, x, p)
+        for v in ENERGY_VARIANTS
+        if v.objective in _PLAIN
+    }
 
 
 def _image_data(
@@ -325,8 +322,7 @@ def _data_batches(
     """``n_batches`` batches of B rows of ``data`` on the unit scale, the shape of a sample and
     the number of quantisation levels of the data (``None``: continuous)."""
     for value, what in ((s.dim, "--dim"), (s.hidden, "--hidden"), (s.batch, "--batch")):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{what} must be a positive integer, got {value!r}.")
+        check_positive_int(value, what)
     raw, shape, levels = _image_data(s.data, s.dim, s.batch * s.n_batches, gen)
     x = _unit_scale(raw, levels, gen)
     batches = list(x.split(s.batch))[: s.n_batches]
@@ -361,7 +357,9 @@ def _data_case(name: str, s: CaseSettings, gen: torch.Generator) -> BenchCase:
             variants = tuple(v for v in ENERGY_VARIANTS if v.name in losses)
         return BenchCase(name, energy, flat, losses, variants, *sizes, H, s.data)
     if name == "scorenet":
-        net = MLPScoreNet(s.dim, (H, H))
+        # the MLP score model of the paper's implicit-encoder VAE/WAE runs, at the energy's size
+        layers = (nn.Linear(s.dim, H), nn.Softplus(), nn.Linear(H, H), nn.Softplus())
+        net = nn.Sequential(*layers, nn.Linear(H, s.dim))
         return BenchCase(name, net, flat, _score_losses(net), SCORE_VARIANTS, *sizes, H, s.data)
     if name == "nice":
         nice = NICE(s.dim, couplings=4, hidden=H, hidden_layers=4)
@@ -406,23 +404,13 @@ def sm_benchmark(
     timing: TimingOptions | None = None,
     **options: Any,
 ) -> list[dict[str, Any]]:
-    """Time (and measure the memory of) one full training step per model and variant.
+    """Time (and with ``memory``, measure the memory of: eager steps only) one full training step
+    per model of ``models`` (:data:`MODELS`) and variant.
 
-    Args:
-        models: names from :data:`MODELS`.
-        memory: also measure the memory of every variant (two untimed steps each;
-            eager steps only: the saved-tensor hooks see no compiled graph).
-        timing: how the steps are timed (:class:`~jacfree.bench.timing.TimingOptions`).
-        options: the fields of :class:`CaseSettings` (``dim``, ``hidden``, ``batch``,
-            ``dkef_batch``, ``data``, ``n_batches``, ``seed``, ``device``, ``dtype``) and, without
-            ``timing``, those of ``TimingOptions`` (``repeats``, ``warmup``, ``budget`` —
-            seconds per model, default 20 —, ``min_repeats``, ``max_repeats``, ``clock``,
-            ``compile``, ``progress``).
-
-    Returns:
-        One dict per (model, variant) with the columns of :data:`CSV_COLUMNS`; times in ms,
-        memory in MiB; ``speedup`` is the pair baseline's median over the variant's, the
-        ``*_ratio`` columns the variant's memory over the baseline's.
+    ``options``: the fields of :class:`CaseSettings` and, without ``timing``, those of
+    :class:`~jacfree.bench.timing.TimingOptions` (``budget``: seconds per model, default 20).
+    Returns one dict per (model, variant) with the columns of :data:`CSV_COLUMNS`, times in ms,
+    memory in MiB; ``speedup`` and the ``*_ratio`` columns compare with the pair's baseline.
     """
     models = list(models)
     bad = [m for m in models if m not in MODELS]
@@ -478,14 +466,9 @@ def _run_case(
         timing.say(f"[sm] {case.name}: measuring memory ...")
         mem = {k: measure_memory(s, device) for k, s in steps.items()}
     first.reset()
-    common = {
-        "state_mib": state_bytes(first) / MIB,
-        "warmup": timing.warmup,
-        "device": str(device),
-        "dtype": str(settings.dtype).removeprefix("torch."),
-    }
-    rows = [{**_row(case, v, stats, mem), **common} for v in case.variants]
-    return rows
+    state = state_bytes(first) / MIB
+    setup = {"state_mib": state, **setup_columns(timing, device, settings.dtype)}
+    return [{**_row(case, v, stats, mem), **setup} for v in case.variants]
 
 
 def _row(
@@ -501,14 +484,12 @@ def _row(
     ok = None if target is None else speedup >= target
     if ok is not None and m is not None and mb is not None:
         ok = ok and m.peak < mb.peak
+    variant = {k: getattr(v, k) for k in ("pair", "name", "label", "objective", "fd", "parallel")}
+    variant["variant"] = variant.pop("name")
+    sizes = {k: getattr(case, k) for k in ("dim", "batch", "hidden", "params", "data")}
     return {
         "model": case.name,
-        "pair": v.pair,
-        "variant": v.name,
-        "label": v.label,
-        "objective": v.objective,
-        "fd": v.fd,
-        "parallel": v.parallel,
+        **variant,
         **stats[v.name],
         "speedup": speedup,
         "peak_mib": None if m is None else m.peak / MIB,
@@ -518,11 +499,7 @@ def _row(
         "cuda_peak_mib": None if m is None or m.cuda_peak is None else m.cuda_peak / MIB,
         "target_speedup": target,
         "meets_target": ok,
-        "dim": case.dim,
-        "batch": case.batch,
-        "hidden": case.hidden,
-        "params": case.params,
-        "data": case.data,
+        **sizes,
         "description": case.description,
     }
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from ..flows import CNNFlow, FCFlow, Flow, GlowFlow, SelfNormConv2d, SquareAffine
 from ..flows.actnorm import initialize_actnorm
@@ -23,18 +24,19 @@ from ..flows.core import ParameterStateCache
 from ..plots import pyplot, save_figure
 from . import common, scaling
 from .common import ENV_NAME, PLOT_HINT, PROFILE_COLUMNS, STAT_COLUMNS
-from .runner import TimingOptions, check_run, check_variants, run_variants, stats_columns
-from .step import TrainingStep
-
-DEFAULT_CASES: tuple[str, ...] = (
-    "dense-784",
-    "conv-1x28x28",
-    "conv-4x14x14",
-    "fc2l-784",
-    "fc2l-3072",
-    "cnn9l-1x28x28",
-    "glow-1x28x28",
+from .runner import (
+    Run,
+    TimingOptions,
+    check_run,
+    check_variants,
+    run_variants,
+    setup_columns,
+    stats_columns,
 )
+from .step import TrainingStep, normal_batches
+
+DEFAULT_CASES = ("dense-784", "conv-1x28x28", "conv-4x14x14", "fc2l-784", "fc2l-3072")
+DEFAULT_CASES += ("cnn9l-1x28x28", "glow-1x28x28")
 DEFAULT_DIMS: tuple[int, ...] = (128, 256, 512, 1024, 2048, 4096)
 STEP_VARIANTS: tuple[str, ...] = ("exact", "selfnorm")
 SAMPLE_VARIANTS: tuple[str, ...] = ("exact-inverse", "exact-inverse-cold", "learned-inverse")
@@ -47,13 +49,8 @@ CSV_COLUMNS = ("case", "model", "dim", "measure", "variant", *STAT_COLUMNS, "spe
 CSV_COLUMNS += ("warmup", "params", "device", "dtype", "threads", "clock", *PROFILE_COLUMNS)
 
 #: colour of each sampling way and training mode in the plot
-STYLES: dict[str, str] = {
-    "exact": "C3",
-    "selfnorm": "C1",
-    "exact-inverse": "C3",
-    "exact-inverse-cold": "C5",
-    "learned-inverse": "C1",
-}
+STYLES = {"exact": "C3", "selfnorm": "C1", "exact-inverse": "C3", "exact-inverse-cold": "C5"}
+STYLES["learned-inverse"] = "C1"
 
 _MODELS = {
     "dense": "one SquareAffine(D)",
@@ -124,34 +121,23 @@ def parse_case(text: str) -> BenchCase:
 
 
 @dataclass(frozen=True)
-class _Setup:
-    """What every case of one run shares."""
+class _Setup(Run):
+    """What every case of one run shares: a :class:`~jacfree.bench.runner.Run`, and the sampling
+    batch and budget."""
 
-    timing: TimingOptions
-    device: torch.device
-    dtype: torch.dtype
-    batch: int
-    sample_batch: int
-    sample_budget: float
-    seed: int
-    lr: float
-    n_batches: int
+    sample_batch: int = 100
+    sample_budget: float = 4.0
 
-    def row(self, case: BenchCase, measure: str, variant: str, **columns: Any) -> dict[str, Any]:
-        """A CSV row of ``case`` (``columns``: the timing summary, speed-up, batch, params)."""
-        return {
-            "case": case.name,
-            "model": case.model,
-            "dim": case.dim,
-            "measure": measure,
-            "variant": variant,
-            "warmup": self.timing.warmup,
-            "device": str(self.device),
-            "dtype": str(self.dtype).removeprefix("torch."),
-            "threads": torch.get_num_threads(),
-            "clock": self.timing.clock,
-            **columns,
-        }
+    def columns(self, params: Sequence[Tensor], batch: int) -> dict[str, Any]:
+        """The setup columns of a row, its batch and its number of ``params``."""
+        sizes = {"batch": batch, "params": sum(p.numel() for p in params)}
+        return {**setup_columns(self.timing, self.device, self.dtype), **sizes}
+
+
+def _row(case: BenchCase, measure: str, variant: str, **columns: Any) -> dict[str, Any]:
+    """A CSV row of ``case`` (``columns``: timing summary and setup, speed-up, batch, params)."""
+    name = {"case": case.name, "model": case.model, "dim": case.dim}
+    return {**name, "measure": measure, "variant": variant, **columns}
 
 
 def _clear_caches(flow: Flow) -> None:
@@ -163,23 +149,19 @@ def _clear_caches(flow: Flow) -> None:
 
 
 def _step_rows(
-    case: BenchCase,
-    steps: dict[str, TrainingStep],
-    stats: dict[str, dict[str, Any]],
-    setup: _Setup,
+    case: BenchCase, steps: dict[str, TrainingStep], stats: dict[str, dict[str, Any]], setup: _Setup
 ) -> list[dict[str, Any]]:
     """The ``step`` rows of ``case``: :func:`~jacfree.bench.runner.run_variants`' rows with the
     speed-up over the exact mode, the batch and the trainable parameters of each mode."""
     exact = stats["exact"]["median_ms"] if "exact" in stats else None
     return [
-        setup.row(
+        _row(
             case,
             "step",
             v,
             **row,
+            **setup.columns(steps[v].params, setup.batch),
             speedup=None if exact is None else exact / row["median_ms"],
-            batch=setup.batch,
-            params=sum(p.numel() for p in steps[v].params),
         )
         for v, row in stats.items()
     ]
@@ -190,12 +172,8 @@ def _time_steps(
 ) -> tuple[dict[str, TrainingStep], list[dict[str, Any]]]:
     """Train ``case`` in each gradient mode from the same start; time the steps interleaved."""
     device, dtype, timing = setup.device, setup.dtype, setup.timing
-    generator = torch.Generator().manual_seed(setup.seed)
     shape = (setup.batch, *case.shape)
-    batches = [
-        torch.randn(shape, generator=generator, dtype=torch.float64).to(device, dtype)
-        for _ in range(setup.n_batches)
-    ]
+    batches = normal_batches(shape, setup.n_batches, setup.seed, device, dtype)
     torch.manual_seed(setup.seed)
     base = case.build("exact").to(device=device, dtype=dtype)
     initialize_actnorm(base, batches[0])  # Glow: the same data-dependent start for every mode
@@ -227,16 +205,17 @@ def _time_sampling(case: BenchCase, step: TrainingStep, setup: _Setup) -> list[d
     setup.timing.say(f"[snf] {case.name}: timing sampling ({', '.join(ways)}) ...")
     stats = setup.timing.time(fns, cold, device=setup.device, budget=setup.sample_budget)
     base = stats["exact-inverse"].median
-    params = sum(p.numel() for p in flow.parameters())
+    columns = setup.columns(list(flow.parameters()), n)
     rows = [
-        setup.row(
+        _row(
             case,
             "sample",
             w,
             **stats_columns(stats[w], 1.0 / n),
+            **columns,
             speedup=base / stats[w].median,
-            batch=n,
-            params=params,
+            threads=torch.get_num_threads(),
+            clock=setup.timing.clock,
         )
         for w in ways
     ]
@@ -260,9 +239,7 @@ def _dense_sweep(dims: Sequence[int], variants: Sequence[str], setup: _Setup) ->
     """One dense layer vs D: the sweep of :func:`jacfree.bench.scaling.sweep` with L = 1, as
     rows of ``snf-scaling.csv`` (case ``dense-D``)."""
     rows = []
-    kw = {"device": setup.device, "dtype": setup.dtype, "seed": setup.seed, "lr": setup.lr}
-    kw |= {"batch": setup.batch, "timing": setup.timing, "n_batches": setup.n_batches}
-    for dim, steps, stats in scaling.sweep(dims, variants, layers=1, label="snf", **kw):
+    for dim, steps, stats in scaling.sweep(dims, variants, 1, setup, "snf"):
         rows += _step_rows(parse_case(f"dense-{dim}"), steps, stats, setup)
     return rows
 
@@ -284,36 +261,22 @@ def snf_benchmark(
     lr: float = 1e-4,
     **options: Any,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Time training steps (and sampling) of every case in both modes, and one dense layer vs D.
+    """Time training steps (and, with ``sample``, sampling) of every case (:func:`parse_case`) in
+    each of ``variants``, and one dense layer for every D in ``dims`` (empty: no sweep).
 
-    Args:
-        cases: case names (see :func:`parse_case`).
-        dims: dimensions D of the dense-layer scaling sweep (empty: no sweep).
-        batch: training batch size B.
-        sample_batch: samples drawn per timed sampling call (the time is divided by it).
-        variants: gradient modes timed side by side (``"exact"``, ``"selfnorm"``).
-        sample: also time sampling (exact inverse warm and cold, learned inverse R).
-        sample_budget: seconds of timed sampling rounds per case (adaptive repeats).
-        device, dtype: where and in which precision the models and data live.
-        seed: seeds the parameters and the data.
-        lr: Adam learning rate (the parameters are restored before every step anyway).
-        n_batches: pre-generated batches cycled through.
-        timing: how the steps are timed; or its fields as keyword arguments (``repeats``,
-            ``warmup``, ``budget`` — seconds per case, default 8 —, ``min_repeats``,
-            ``max_repeats``, ``clock``, ``compile``, ``progress``; see
-            :class:`~jacfree.bench.timing.TimingOptions`).
-
-    Returns:
-        ``(rows, scaling_rows)``: dicts with the columns of :data:`CSV_COLUMNS`, times in ms
-        (per step, or per sample for ``measure == "sample"``); ``speedup`` is the exact
-        variant's median over this one (the ``exact-inverse`` one for sampling).
+    ``batch``: training batch size; ``sample_batch``: samples per timed draw (the time is divided
+    by it); ``sample_budget``: seconds of sampling rounds per case. ``timing``, or its fields as
+    keyword arguments (:class:`~jacfree.bench.timing.TimingOptions`; ``budget``: seconds per
+    case, default 8), says how the steps are timed. Returns ``(rows, scaling_rows)`` with the
+    columns of :data:`CSV_COLUMNS`, times in ms per step or per sample; ``speedup`` is the exact
+    variant's median (``exact-inverse`` for sampling) over this one.
     """
     variants = check_variants(variants, STEP_VARIANTS)
     parsed = [parse_case(c) for c in cases]
     sizes = {"batch": batch, "sample_batch": sample_batch, "n_batches": n_batches}
     device = check_run(device, dtype, **sizes, **{f"D={d}": d for d in dims})
     timing = TimingOptions.of(timing, options, budget=8.0)
-    setup = _Setup(timing, device, dtype, sample_budget=sample_budget, seed=seed, lr=lr, **sizes)
+    setup = _Setup(timing, device, dtype, seed, lr, batch, n_batches, sample_batch, sample_budget)
     rows = [r for case in parsed for r in _bench_case(case, variants, setup, sample)]
     return rows, _dense_sweep(dims, variants, setup) if dims else []
 
@@ -452,16 +415,6 @@ def write_outputs(
 # -- command line -----------------------------------------------------------------------------
 
 
-def _case_list(text: str) -> list[str]:
-    names = [t for t in text.replace(",", " ").split() if t]
-    try:
-        for n in names:
-            parse_case(n)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from err
-    return names
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``jacfree bench snf``."""
     description = (
@@ -472,7 +425,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     cases = "cases: dense-D, fc2l-D, conv-CxHxW, cnn9l-CxHxW, glow-CxHxW"
     dims = "D of the dense-layer sweep, --dims with no value: none"
     options: list[common.Option] = [
-        ("--cases", _case_list, DEFAULT_CASES, cases),
+        ("--cases", common.list_type(lambda t: parse_case(t).name), DEFAULT_CASES, cases),
         ("--dims", common.positive_int_list, DEFAULT_DIMS, dims, "*"),
         ("--batch", int, 100, "training batch size B (100)"),
         ("--sample-batch", int, 100, "samples per timed sampling call (100)"),

@@ -1,10 +1,6 @@
-"""One full training step of a model in one benchmark variant, and the reset that precedes it.
-
-Every ``jacfree bench`` timing is of such a step — ``zero_grad``, the variant's loss on the next
-pre-generated batch, ``backward`` and the Adam step of ``jacfree.train.make_adam`` — exactly as
-``jacfree train`` runs it. The variants of a flow are its gradient modes (``flow.set_gradient``)
-and the no-log-det ``floor`` (:func:`floor_loss`); other models pass their loss.
-"""
+"""One full training step of a model in one benchmark variant (``zero_grad``, loss, ``backward``,
+the Adam step of ``jacfree.train.make_adam``, as ``jacfree train`` runs it), and its reset. A
+flow's variants are its gradient modes and the no-log-det ``floor`` (:func:`floor_loss`)."""
 
 from __future__ import annotations
 
@@ -23,14 +19,21 @@ from ..train.fit import COMPILE_MODES
 FLOW_VARIANTS: tuple[str, ...] = ("exact", "relative", "selfnorm")
 
 
-def floor_loss(flow: Flow, x: Tensor) -> Tensor:
-    """The batch-mean NLL of ``flow`` **without** the log|det W| of its square affine layers.
+def normal_batches(
+    shape: Sequence[int], n: int, seed: int, device: torch.device, dtype: torch.dtype
+) -> list[Tensor]:
+    """``n`` standard normal batches of ``shape`` (drawn in float64 from ``seed``: the same
+    numbers in every dtype and on every device)."""
+    gen = torch.Generator().manual_seed(seed)
+    return [
+        torch.randn(*shape, generator=gen, dtype=torch.float64).to(device, dtype) for _ in range(n)
+    ]
 
-    Square affine layers are applied as plain ``F.linear(h, W, b)``; every other layer (the smooth
-    leaky ReLUs, any pre-processing) runs its own forward, and its data-dependent log-det counts.
-    For an ``FCFlow`` this is −mean(log N(z) + Σ_k Σ_i log σ'(y_k,i)): the exact loss plus
-    Σ_k log|det W_k|, so its gradient w.r.t. W_k is the exact one plus W_k⁻ᵀ.
-    """
+
+def floor_loss(flow: Flow, x: Tensor) -> Tensor:
+    """The batch-mean NLL of ``flow`` **without** the log|det W| of its square affine layers
+    (applied as plain ``F.linear``; the other layers' log-dets count): the exact loss plus
+    Σ_k log|det W_k|, whose gradient w.r.t. W_k is the exact one plus W_k⁻ᵀ."""
     h = x
     logdet = x.new_zeros(x.shape[0])
     for layer in flow.layers:
@@ -66,17 +69,11 @@ def compile_loss(loss_fn: Callable[[Tensor], Tensor], mode: str) -> Callable[[Te
 
 
 class TrainingStep:
-    """One full training step of a model for one variant, and the reset that precedes it.
+    """``step()``: one full training step on the next pre-generated batch; ``reset()``
+    (untimed): the parameters back to their values at construction.
 
-    ``step()`` runs ``zero_grad``, the variant's loss on the next pre-generated batch,
-    ``backward`` and ``optimizer.step()``. ``reset()`` (untimed) restores the parameters to their
-    values at construction.
-
-    The loss is ``loss_fn(x) -> scalar`` if given, else the scaling variant's loss of a
-    :class:`~jacfree.flows.Flow` (:func:`variant_loss`). Several steps may train ONE model (e.g.
-    the score-matching estimators of ``jacfree bench sm``): build the first one, then pass its
-    ``optimizer`` and ``initial`` to the others, so that they share the optimiser state and the
-    snapshot that ``reset`` restores instead of holding copies of them.
+    The loss is ``loss_fn(x)`` if given, else the variant's loss of a flow (:func:`variant_loss`).
+    Steps that train ONE model share the first one's ``optimizer`` and ``initial`` snapshot.
     """
 
     def __init__(

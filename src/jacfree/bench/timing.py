@@ -131,33 +131,17 @@ def time_interleaved(
     max_repeats: int = 100,
     clock: str = "wall",
 ) -> dict[str, TimingStats]:
-    """Time several functions side by side: one call of each per round, order rotated per round.
+    """Time the functions ``fns`` (by name, no arguments) side by side: one call of each per
+    round, the order rotated per round; return ``{name: TimingStats}``, a sample per timed round.
 
-    Args:
-        fns: the functions to time, by name; each is called with no argument.
-        repeats: number of timed rounds; ``None`` chooses it from ``budget`` (see
-            :func:`choose_repeats`), using the duration of the last warm-up round (or of the first
-            timed round when ``warmup == 0``).
-        warmup: untimed rounds run first.
-        device: the device whose queue is synchronised around every timed call.
-        setup: optional untimed callables, by name, run right before each (warm-up or timed) call
-            of the function of the same name — e.g. to restore parameters to a fixed state.
-        budget: seconds of timed rounds to aim for when ``repeats`` is ``None``.
-        min_repeats, max_repeats: bounds of the adaptive choice.
-        clock: ``"wall"`` (wall-clock time) or ``"process"`` (CPU time of this process, see
-            :func:`time_call`).
-
-    Returns:
-        ``{name: TimingStats}`` with one sample per timed round.
+    ``repeats`` timed rounds follow ``warmup`` untimed ones; ``repeats=None`` fits the rounds
+    into ``budget`` seconds (:func:`choose_repeats`, from the last warm-up round, or the first
+    timed one). ``setup`` callables, by name, run untimed right before each call of the function
+    of that name (e.g. to restore parameters). ``clock``: see :func:`time_call`.
     """
-    if clock not in CLOCKS:
-        raise ValueError(f"unknown clock {clock!r}; choose from {', '.join(CLOCKS)}.")
+    TimingOptions(repeats, warmup, budget, min_repeats, max_repeats, clock)  # checks them
     if not fns:
         raise ValueError("time_interleaved needs at least one function.")
-    if repeats is not None and repeats < 1:
-        raise ValueError(f"repeats must be >= 1 (or None for adaptive), got {repeats}.")
-    if warmup < 0:
-        raise ValueError(f"warmup must be >= 0, got {warmup}.")
     names = list(fns)
     setup = dict(setup or {})
     unknown = set(setup) - set(names)
