@@ -168,13 +168,9 @@ def write_results(
     device: torch.device | str = "cpu",
     plots: Mapping[str, tuple[str, Callable[[Path], Path]]] | None = None,
 ) -> dict[str, Path]:
-    """Write a benchmark's output folder ``out`` and return the paths written, by key.
-
-    Args:
-        csvs: ``{key: (file name, rows, columns)}``, one CSV each (see :func:`write_csv`).
-        record: written to :data:`ENV_NAME` after ``"environment"`` (:func:`environment_info`).
-        plots: ``{key: (file name, draw)}``; ``draw(path)`` writes one plot. ``None``: no plots.
-    """
+    """Write a benchmark's output folder ``out`` and return the paths written, by key: the
+    ``csvs`` (``{key: (file name, rows, columns)}``), ``record`` after the environment in
+    :data:`ENV_NAME`, the ``plots`` (``{key: (file name, draw)}``, ``draw(path)`` writes one)."""
     out = Path(out)
     paths = {key: write_csv(rows, out / name, cols) for key, (name, rows, cols) in csvs.items()}
     env = {"environment": environment_info(device), **record}
@@ -309,13 +305,10 @@ def add_timing_arguments(
 
 
 def start(args: argparse.Namespace) -> tuple[TimingOptions, dict[str, Any], dict[str, Any]]:
-    """Check the options of :func:`add_timing_arguments`, set the thread count, make sure
-    matplotlib is there when plots are wanted (an error now, not after minutes of timing).
-
-    Returns:
-        the timing options; ``device``, ``dtype``, ``seed`` (and ``lr``) as keyword arguments of
-        a benchmark function; the options as recorded in ``environment.json``.
-    """
+    """Check the options of :func:`add_timing_arguments`, set the thread count, make sure of
+    matplotlib when plots are wanted (now, not after minutes of timing); return the timing
+    options, ``device``, ``dtype``, ``seed`` (and ``lr``) as keyword arguments of a benchmark
+    function, and the options as recorded in ``environment.json``."""
     checks = (
         ("--threads", args.threads >= 0, ">= 0 (0: torch's choice)", args.threads),
         ("--repeats", args.repeats is None or args.repeats >= 1, ">= 1", args.repeats),

@@ -114,39 +114,29 @@ class LiveTensorMemory(TorchDispatchMode, _Freed):
         return out
 
 
-class SavedTensorMemory(_Freed):
-    """Peak bytes of the tensors that the autograd graph saves for backward, within a region.
-
-    A context manager around ``torch.autograd.graph.saved_tensors_hooks``: a saved storage counts
-    once, with the bytes ``live`` (an active :class:`LiveTensorMemory`) saw it allocated with —
-    zero for parameters and the data batch. The identity hooks keep double backward unchanged.
-    """
+class SavedTensorMemory(torch.autograd.graph.saved_tensors_hooks, _Freed):
+    """Peak bytes of the tensors that the autograd graph saves for backward, within a region:
+    a saved storage counts once, with the bytes ``live`` (an active :class:`LiveTensorMemory`)
+    saw it allocated with — zero for parameters and the data batch. The identity hooks keep
+    double backward unchanged."""
 
     def __init__(self, live: LiveTensorMemory) -> None:
-        super().__init__()
+        _Freed.__init__(self)
         self.live = live
         self._seen: WeakIdKeyDictionary = WeakIdKeyDictionary()
-        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
+        super().__init__(self._pack, lambda t: t)
 
     def _pack(self, t: Tensor) -> Tensor:
         st = t.untyped_storage()
         if st not in self._seen:
-            n = self.live.bytes_of(st)
-            self._seen[st] = n
+            self._seen[st] = n = self.live.bytes_of(st)
             if n:
                 self.add(st, n)
         return t
 
-    @staticmethod
-    def _unpack(t: Tensor) -> Tensor:
-        return t
-
     def __enter__(self) -> SavedTensorMemory:
-        self._hooks.__enter__()
+        super().__enter__()
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._hooks.__exit__(*exc)
 
 
 @dataclass(frozen=True)
@@ -160,13 +150,9 @@ class MemoryStats:
 
 
 def measure_memory(step: TrainingStep, device: torch.device | str = "cpu") -> MemoryStats:
-    """Peak live-tensor bytes and autograd-graph bytes of one ``step.step()`` (after a reset).
-
-    Two untimed steps: one under :class:`LiveTensorMemory` alone, for the peak (identity pack
-    hooks may hold a saved output in a reference cycle with its node and so delay its release),
-    one under it together with :class:`SavedTensorMemory`; on CUDA a third without either, between
-    ``torch.cuda.reset_peak_memory_stats`` and ``max_memory_allocated``.
-    """
+    """Peak live-tensor bytes and autograd-graph bytes of one ``step.step()`` (after a reset), in
+    separate untimed steps (identity pack hooks may delay a saved output's release); on CUDA a
+    third step gives ``torch.cuda.max_memory_allocated``'s figure."""
     device = torch.device(device)
     step.reset()
     with LiveTensorMemory() as live:

@@ -20,13 +20,9 @@ HOST_READS = ("aten::_local_scalar_dense", "aten::equal", "aten::is_nonzero")
 def profile_step(
     step: Callable[[], object], device: torch.device | str, *, steps: int = 3
 ) -> dict[str, Any]:
-    """Profile ``steps`` calls of ``step`` (after one untimed call) and report per-step counts.
-
-    Returns ``ops_per_step``, ``host_reads_per_step`` and, on CUDA, ``kernels_per_step``,
-    ``device_ms`` (summed kernel time per step), ``wall_ms`` (per step, synchronised) and
-    ``gpu_busy`` (device time / wall time; kernels on one stream do not overlap, so this is the
-    fraction of the step during which the GPU computes).
-    """
+    """Profile ``steps`` calls of ``step`` (after one untimed call): ``ops_per_step``,
+    ``host_reads_per_step`` and, on CUDA, ``kernels_per_step``, ``device_ms``, ``wall_ms`` and
+    ``gpu_busy`` (device / wall time: kernels on one stream do not overlap)."""
     device = torch.device(device)
     cuda = device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])

@@ -20,26 +20,7 @@ import torch
 from ..flows import FCFlow
 from ..plots import pyplot, save_figure
 from . import common
-from .common import (
-    ENV_NAME,
-    PLOT_HINT,
-    PROFILE_COLUMNS,
-    STAT_COLUMNS,
-    choice_list,
-    describe_rows,
-    describe_setup,
-    positive_int_list,
-    text_table,
-    write_results,
-)
-from .runner import (
-    Run,
-    TimingOptions,
-    check_run,
-    check_variants,
-    run_variants,
-    setup_columns,
-)
+from .runner import Run, TimingOptions, check_run, check_variants, run_variants, setup_columns
 from .step import TrainingStep, normal_batches
 from .step import floor_loss as floor_loss  # re-exported
 from .step import variant_loss as variant_loss  # re-exported
@@ -52,8 +33,9 @@ CSV_NAME = "scaling.csv"
 PLOT_NAME = "scaling.png"
 
 #: columns of ``scaling.csv``, in order
-CSV_COLUMNS = ("dim", "variant", *STAT_COLUMNS, "ratio_to_floor", "batch", "layers", "warmup")
-CSV_COLUMNS += ("optimizer", "device", "dtype", "threads", "clock", *PROFILE_COLUMNS)
+CSV_COLUMNS = ("dim", "variant", *common.STAT_COLUMNS, "ratio_to_floor", "batch", "layers")
+CSV_COLUMNS += ("warmup", "optimizer", "device", "dtype", "threads", "clock")
+CSV_COLUMNS += common.PROFILE_COLUMNS
 
 #: colour and marker of each variant in the plot
 STYLES = {"exact": ("C3", "o"), "relative": ("C0", "s"), "selfnorm": ("C1", "D")}
@@ -172,7 +154,7 @@ def format_table(rows: Sequence[dict[str, Any]], fit_points: int = 3) -> str:
             for a, b in ratios
         ]
         lines.append(cells)
-    out = text_table(header, lines)
+    out = common.text_table(header, lines)
     slopes = fit_loglog_slopes(rows, fit_points)
     if slopes:
         top = dims[-max(fit_points, 2) :]
@@ -189,7 +171,7 @@ def plot_scaling(
     """Log-log plot of the median ms per training step vs D, a line per variant labelled with its
     fitted slope (:func:`fit_loglog_slopes`), and faint ∝ D² and ∝ D³ guides through the
     largest-D point of the cheapest variant (floor, else selfnorm or relative) and of exact."""
-    plt = pyplot(PLOT_HINT)
+    plt = pyplot(common.PLOT_HINT)
     med = step_medians(rows)
     slopes = fit_loglog_slopes(rows, fit_points)
     dims = sorted({int(r["dim"]) for r in rows})
@@ -224,7 +206,7 @@ def scaling_outputs(
 ) -> tuple[tuple[str, Sequence[dict[str, Any]], Sequence[str]], tuple[str, Any]]:
     """The CSV entry and the plot entry of a sweep for :func:`~jacfree.bench.common.write_results`
     (``name``: the file stem; ``title``: the plot's title before the run's setup)."""
-    where = describe_rows(rows)
+    where = common.describe_rows(rows)
 
     def draw(path: Path) -> Path:
         return plot_scaling(rows, path, fit_points, f"{title}, {where}: training step")
@@ -247,7 +229,7 @@ def write_outputs(
     csv_entry, plot_entry = scaling_outputs(rows, fit_points, "scaling", title)
     record = {"config": config or {}, "loglog_slopes": fit_loglog_slopes(rows, fit_points)}
     plots = {"plot": plot_entry} if plot else None
-    return write_results(out, {"csv": csv_entry}, record, device=device, plots=plots)
+    return common.write_results(out, {"csv": csv_entry}, record, device=device, plots=plots)
 
 
 # -- command line -----------------------------------------------------------------------------
@@ -261,18 +243,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "interleaved."
     )
     options: list[common.Option] = [
-        ("--dims", positive_int_list, DEFAULT_DIMS, "dimensions D"),
+        ("--dims", common.positive_int_list, DEFAULT_DIMS, "dimensions D"),
         ("--batch", int, 100, "batch size B (default 100)"),
         ("--layers", int, 2, "square affine layers L (default 2)"),
         (
             "--variants",
-            choice_list(VARIANTS, "variant(s)"),
+            common.choice_list(VARIANTS, "variant(s)"),
             DEFAULT_VARIANTS,
             f"among {' '.join(VARIANTS)}",
         ),
         ("--fit-points", int, 3, "fit the log-log slopes over this many largest D (default 3)"),
     ]
-    outputs = f"{CSV_NAME}, {PLOT_NAME}, {ENV_NAME}"
+    outputs = f"{CSV_NAME}, {PLOT_NAME}, {common.ENV_NAME}"
     common.add_timing_arguments(
         parser,
         description,
@@ -298,7 +280,7 @@ def run(args: argparse.Namespace) -> int:
     rows = scaling_benchmark(
         args.dims, args.batch, args.layers, variants=args.variants, timing=timing, **setup
     )
-    where = describe_setup(args.device, args.dtype, args.clock)
+    where = common.describe_setup(args.device, args.dtype, args.clock)
     mode = f", compiled ({args.compile})" if args.compile else ""
     print(f"FCFlow(D, layers={args.layers}), B={args.batch}, {where}{mode}: median ms per step")
     print(format_table(rows, args.fit_points))

@@ -62,11 +62,8 @@ TARGETS: dict[str, float] = {"ssm": 1.7, "ssm_vr": 1.3, "dsm": 1.0, "mdsm": 1.0}
 
 @dataclass(frozen=True)
 class Variant:
-    """One timed objective: ``objective`` (a :mod:`jacfree.sm` estimator name) in a ``pair``.
-
-    ``name`` is the CSV key: the objective, with ``_seq`` for the sequential FD form.
-    ``parallel`` is the FD evaluation mode (``None`` for autograd objectives).
-    """
+    """One timed objective of a ``pair``; ``parallel``: the FD evaluation mode (``None`` for
+    autograd), ``name``: the CSV key (``_seq`` marks the sequential FD form)."""
 
     objective: str
     pair: str
@@ -149,11 +146,7 @@ def _library_losses(
         loss = objective(v.objective, model).bind(
             replace(settings, parallel=v.parallel is not False)
         )
-
-        def run(x: Tensor) -> Tensor:
-            return loss(*prepare(x))
-
-        return run
+        return lambda x: loss(*prepare(x))
 
     return {v.name: make(v) for v in variants}
 
@@ -274,10 +267,8 @@ def _unit_scale(x: Tensor, levels: int | None, generator: torch.Generator) -> Te
 
 @dataclass(frozen=True)
 class CaseSettings:
-    """Sizes, data and placement of the benchmark models (the options of :func:`build_case`):
-    D, the hidden width H and B of the D-dimensional models, ``data`` (``"mnist-5k"``, another
-    dataset of dimension D, or ``"gaussian"``), the batch of ``dkef`` (half solves α, half is
-    scored), the number of pre-generated batches, the seed of weights and data."""
+    """Sizes, data and placement of the benchmark models (the options of :func:`build_case`;
+    the command-line options of the same names)."""
 
     dim: int = 784
     hidden: int = 1000

@@ -24,16 +24,9 @@ from ..flows.core import ParameterStateCache
 from ..plots import pyplot, save_figure
 from . import common, scaling
 from .common import ENV_NAME, PLOT_HINT, PROFILE_COLUMNS, STAT_COLUMNS
-from .runner import (
-    Run,
-    TimingOptions,
-    check_run,
-    check_variants,
-    run_variants,
-    setup_columns,
-    stats_columns,
-)
+from .runner import Run, check_run, check_variants, run_variants, setup_columns, stats_columns
 from .step import TrainingStep, normal_batches
+from .timing import TimingOptions
 
 DEFAULT_CASES = ("dense-784", "conv-1x28x28", "conv-4x14x14", "fc2l-784", "fc2l-3072")
 DEFAULT_CASES += ("cnn9l-1x28x28", "glow-1x28x28")

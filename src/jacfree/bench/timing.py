@@ -186,13 +186,8 @@ def time_function(
 
 @dataclass(frozen=True)
 class TimingOptions:
-    """How the steps of a benchmark are timed (the options of ``add_timing_arguments``).
-
-    ``repeats`` timed rounds after ``warmup`` untimed ones; ``repeats=None`` fits as many rounds
-    as take ``budget`` seconds, within ``[min_repeats, max_repeats]``. ``clock`` is ``"wall"`` or
-    ``"process"`` (CPU time of the process), ``compile`` a ``torch.compile`` mode of the losses
-    or ``None`` (eager), ``progress`` prints progress lines on stderr.
-    """
+    """How the steps of a benchmark are timed (:func:`time_interleaved`'s options); ``compile``:
+    a ``torch.compile`` mode of the losses (``None``: eager), ``progress``: lines on stderr."""
 
     repeats: int | None = None
     warmup: int = 2
