@@ -9,22 +9,16 @@ from __future__ import annotations
 import argparse
 import importlib
 
-# name -> (module, one-line help)
+#: name -> (module of ``jacfree.bench``, one-line help)
 BENCHMARKS: dict[str, tuple[str, str]] = {
-    "scaling": (
-        "jacfree.bench.scaling",
-        "time per training step vs D: exact, relative and the no-log-det floor",
-    ),
+    "scaling": ("scaling", "time per training step vs D: exact, relative and the no-log-det floor"),
     "sm": (
-        "jacfree.bench.sm",
+        "sm",
         "score matching: time and memory per step, autograd SSM/SSM-VR/DSM vs finite differences",
     ),
-    "snf": (
-        "jacfree.bench.snf",
-        "self-normalizing vs exact: time per training step and per sample, and vs D",
-    ),
+    "snf": ("snf", "self-normalizing vs exact: time per training step and per sample, and vs D"),
     "data": (
-        "jacfree.bench.data_loading",
+        "data_loading",
         "sizes, sources, licences and first/cached load times of the available datasets",
     ),
 }
@@ -36,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub.required = True
     for name, (module, help_text) in BENCHMARKS.items():
         p = sub.add_parser(name, help=help_text)
-        mod = importlib.import_module(module)
+        mod = importlib.import_module(f"jacfree.bench.{module}")
         mod.add_arguments(p)
         p.set_defaults(bench_run=mod.run)
 

@@ -30,6 +30,8 @@ ENV_NAME = "environment.json"
 THREADS_HELP = "torch.set_num_threads (default 1: reproducible, and fair on a shared machine; 0 = "
 THREADS_HELP += "torch's choice)"
 
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
 #: what ``pyplot`` says when matplotlib is missing and a benchmark was asked for its plots
 PLOT_HINT = "the benchmark plots need matplotlib (or pass --no-plot)"
 
@@ -56,11 +58,6 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def _affinity() -> list[int] | None:
-    """The CPUs this process may run on (``None`` where the OS does not say)."""
-    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-
-
 def environment_info(device: torch.device | str = "cpu") -> dict[str, Any]:
     """Versions, threads and hardware that the timings depend on."""
     device = torch.device(device)
@@ -72,14 +69,14 @@ def environment_info(device: torch.device | str = "cpu") -> dict[str, Any]:
         "platform": platform.platform(),
         "cpu": _cpu_name(),
         "cpu_count": os.cpu_count(),
-        "cpu_affinity": _affinity(),
+        "cpu_affinity": sorted(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
+        else None,
         "torch_threads": torch.get_num_threads(),
         "torch_interop_threads": torch.get_num_interop_threads(),
         "mkl": torch.backends.mkl.is_available(),
         "openmp": torch.backends.openmp.is_available(),
-        "thread_env": {
-            k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if k in os.environ
-        },
+        "thread_env": {k: os.environ[k] for k in THREAD_VARIABLES if k in os.environ},
         "device": str(device),
     }
     if device.type == "cuda" and torch.cuda.is_available():
@@ -88,10 +85,14 @@ def environment_info(device: torch.device | str = "cpu") -> dict[str, Any]:
     return info
 
 
-def describe_setup(device: object, dtype: object, clock: str = "wall") -> str:
-    """One phrase for table titles: ``"cpu float32, 1 thread(s)"`` plus the clock if not wall."""
+def describe_setup(
+    device: object, dtype: object, clock: str = "wall", compile: str | None = None
+) -> str:
+    """One phrase for table titles: ``"cpu float32, 1 thread(s)"``, the clock if not wall and the
+    compile mode if any."""
     text = f"{device} {dtype}, {torch.get_num_threads()} thread(s)"
-    return text if clock == "wall" else f"{text}, {clock} CPU time"
+    text += "" if clock == "wall" else f", {clock} CPU time"
+    return text + ("" if compile is None else f", loss compiled ({compile})")
 
 
 def describe_rows(rows: Sequence[dict[str, Any]]) -> str:
@@ -152,14 +153,6 @@ def write_csv(
     return path
 
 
-def write_json(record: dict[str, Any], path: str | Path) -> Path:
-    """Write ``record`` as indented JSON (values JSON cannot hold go through :func:`csv_cell`)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=2, default=csv_cell) + "\n")
-    return path
-
-
 def write_results(
     out: str | Path,
     csvs: Mapping[str, tuple[str, Sequence[dict[str, Any]], Sequence[str]]],
@@ -172,9 +165,11 @@ def write_results(
     ``csvs`` (``{key: (file name, rows, columns)}``), ``record`` after the environment in
     :data:`ENV_NAME`, the ``plots`` (``{key: (file name, draw)}``, ``draw(path)`` writes one)."""
     out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     paths = {key: write_csv(rows, out / name, cols) for key, (name, rows, cols) in csvs.items()}
     env = {"environment": environment_info(device), **record}
-    paths["environment"] = write_json(env, out / ENV_NAME)
+    paths["environment"] = out / ENV_NAME  # values JSON cannot hold go through csv_cell
+    paths["environment"].write_text(json.dumps(env, indent=2, default=csv_cell) + "\n")
     for key, (name, draw) in (plots or {}).items():
         paths[key] = draw(out / name)
     return paths
@@ -267,16 +262,15 @@ def add_timing_arguments(
     parser: argparse.ArgumentParser,
     description: str,
     options: Sequence[Option],
-    *,
     budget: float,
     per: str,
-    out: Path,
-    outputs: str,
+    out: tuple[Path, str],
     lr: float | None = None,
 ) -> None:
     """The benchmark's ``description`` and ``options``, then the options every timing benchmark
     has: ``budget`` (seconds of timed rounds per ``per``: ``"D"``, ``"case"``, ``"model"``),
-    ``out`` (where ``outputs`` are written) and ``lr`` (Adam's, ``None``: no ``--lr``)."""
+    ``out`` (the default folder, and what is written there) and ``lr`` (``None``: no ``--lr``)."""
+    out, outputs = out
     parser.description = description
     adaptive = "adaptive repeats: "
     clock = "wall: wall-clock time (default; use it on a quiet machine); process: CPU time of this "

@@ -35,8 +35,7 @@ MEMORY_DEFINITIONS = {
 
 
 class _Freed:
-    """Bytes of storages counted while alive: :meth:`add` counts one, a weak reference uncounts
-    it when the storage is freed; :attr:`peak` is the maximum of :attr:`current`."""
+    """Bytes of storages, each counted (:meth:`add`) until a weak reference reports it freed."""
 
     def __init__(self) -> None:
         self.current = 0
@@ -141,8 +140,7 @@ class SavedTensorMemory(torch.autograd.graph.saved_tensors_hooks, _Freed):
 
 @dataclass(frozen=True)
 class MemoryStats:
-    """Bytes of one training step (see the module docs): ``peak``, ``graph`` and, on CUDA, the
-    caching allocator's ``cuda_peak`` (``None`` elsewhere)."""
+    """Bytes of one training step (module docs); ``cuda_peak``: CUDA's allocator, else ``None``."""
 
     peak: int
     graph: int

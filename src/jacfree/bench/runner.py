@@ -58,8 +58,7 @@ def setup_columns(
 
 @dataclass(frozen=True)
 class Run:
-    """What the steps of one benchmark run share: how they are timed, where they run, the seed of
-    weights and data, Adam's learning rate, the batch size and the pre-generated batches."""
+    """What the steps of one benchmark run share (``n_batches``: pre-generated batches)."""
 
     timing: TimingOptions
     device: torch.device

@@ -122,11 +122,8 @@ def step_medians(rows: Iterable[dict[str, Any]]) -> dict[str, dict[int, float]]:
 
 
 def fit_loglog_slopes(rows: Sequence[dict[str, Any]], points: int = 3) -> dict[str, float]:
-    """Least-squares slope of log(median time) vs log(D) over each variant's ``points`` largest D.
-
-    A slope near 2 is O(D²) behaviour, near 3 is O(D³). Variants with fewer than two distinct D
-    are left out.
-    """
+    """Least-squares slope of log(median time) vs log(D) over each variant's ``points`` largest D
+    (near 2: O(D²), near 3: O(D³)); variants with fewer than two distinct D are left out."""
     slopes: dict[str, float] = {}
     for variant, by_dim in step_medians(rows).items():
         dims = sorted(by_dim)[-max(points, 2) :]
@@ -255,16 +252,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         ("--fit-points", int, 3, "fit the log-log slopes over this many largest D (default 3)"),
     ]
     outputs = f"{CSV_NAME}, {PLOT_NAME}, {common.ENV_NAME}"
-    common.add_timing_arguments(
-        parser,
-        description,
-        options,
-        budget=10.0,
-        per="D",
-        out=DEFAULT_OUT,
-        outputs=outputs,
-        lr=1e-4,
-    )
+    out = (DEFAULT_OUT, outputs)
+    common.add_timing_arguments(parser, description, options, 10.0, "D", out, lr=1e-4)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -280,9 +269,8 @@ def run(args: argparse.Namespace) -> int:
     rows = scaling_benchmark(
         args.dims, args.batch, args.layers, variants=args.variants, timing=timing, **setup
     )
-    where = common.describe_setup(args.device, args.dtype, args.clock)
-    mode = f", compiled ({args.compile})" if args.compile else ""
-    print(f"FCFlow(D, layers={args.layers}), B={args.batch}, {where}{mode}: median ms per step")
+    where = common.describe_setup(args.device, args.dtype, args.clock, args.compile)
+    print(f"FCFlow(D, layers={args.layers}), B={args.batch}, {where}: median ms per step")
     print(format_table(rows, args.fit_points))
     kw = {"plot": not args.no_plot, "fit_points": args.fit_points, "device": args.device}
     common.print_paths(write_outputs(rows, args.out, config=config, **kw))

@@ -79,10 +79,8 @@ class Variant:
 
     @property
     def label(self) -> str:
-        base = LABELS[self.objective]
-        if self.parallel is None:
-            return base
-        return f"{base} ({'parallel' if self.parallel else 'sequential'})"
+        mode = {None: "", True: " (parallel)", False: " (sequential)"}[self.parallel]
+        return LABELS[self.objective] + mode
 
 
 def _pair_variants(pair: str, extra: Sequence[str] = ()) -> tuple[Variant, ...]:
@@ -160,9 +158,7 @@ def _energy_losses(
 
 
 def _score_losses(net: nn.Module) -> dict[str, Callable[[Tensor], Tensor]]:
-    """Losses of :data:`SCORE_VARIANTS`; for an :class:`NCSN`, its annealed form
-    (:func:`~jacfree.scorematching.ncsn.annealed_loss`): every sample draws a level σ_b, is
-    perturbed to ``x + σ_b n`` and weighted by ``σ_b²``."""
+    """Losses of :data:`SCORE_VARIANTS` (an :class:`NCSN`'s: the annealed, σ²-weighted form)."""
     if not isinstance(net, NCSN):
         settings = Settings(eps=EPS, projection="gaussian")
         return _library_losses(SCORE_VARIANTS, "score", settings, lambda x: (net, x))
@@ -242,29 +238,6 @@ def _plain_losses(net: nn.Module) -> dict[str, Callable[[Tensor], Tensor]]:
     }
 
 
-def _image_data(
-    data: str, dim: int, n: int, generator: torch.Generator
-) -> tuple[Tensor, tuple[int, ...], int | None]:
-    """``n`` training rows for the D-dimensional models: ``(x, per-sample shape, levels)``."""
-    if data == "gaussian":
-        return torch.randn(n, dim, generator=generator), (dim,), None
-    ds = load(data)
-    if ds.dim != dim:
-        raise ValueError(
-            f"dataset {data!r} has D = {ds.dim}, but --dim {dim} was asked for; use --dim "
-            f"{ds.dim}, or --data gaussian for synthetic data of any dimension."
-        )
-    x = ds.train[:n].to(torch.float32)
-    return x, tuple(x.shape[1:]), ds.levels
-
-
-def _unit_scale(x: Tensor, levels: int | None, generator: torch.Generator) -> Tensor:
-    """Quantised values → ``(x + u)/levels ∈ [0, 1)`` (uniform dequantisation)."""
-    if not levels:
-        return x
-    return (x + torch.rand(x.shape, generator=generator)) / levels
-
-
 @dataclass(frozen=True)
 class CaseSettings:
     """Sizes, data and placement of the benchmark models (the options of :func:`build_case`;
@@ -314,9 +287,21 @@ def _data_batches(
     the number of quantisation levels of the data (``None``: continuous)."""
     for value, what in ((s.dim, "--dim"), (s.hidden, "--hidden"), (s.batch, "--batch")):
         check_positive_int(value, what)
-    raw, shape, levels = _image_data(s.data, s.dim, s.batch * s.n_batches, gen)
-    x = _unit_scale(raw, levels, gen)
-    batches = list(x.split(s.batch))[: s.n_batches]
+    n, levels = s.batch * s.n_batches, None
+    if s.data == "gaussian":
+        raw = torch.randn(n, s.dim, generator=gen)
+    else:
+        ds = load(s.data)
+        if ds.dim != s.dim:
+            raise ValueError(
+                f"dataset {s.data!r} has D = {ds.dim}, but --dim {s.dim} was asked for; use --dim "
+                f"{ds.dim}, or --data gaussian for synthetic data of any dimension."
+            )
+        raw, levels = ds.train[:n].to(torch.float32), ds.levels
+    shape = tuple(raw.shape[1:])
+    if levels:  # quantised values -> (x + u) / levels in [0, 1): uniform dequantisation
+        raw = (raw + torch.rand(raw.shape, generator=gen)) / levels
+    batches = list(raw.split(s.batch))[: s.n_batches]
     if len(batches[-1]) < s.batch:
         raise ValueError(
             f"{s.data!r} holds too few rows for {s.n_batches} batches of {s.batch}; lower --batch."
@@ -427,19 +412,13 @@ def sm_benchmark(
 def _shared_steps(case: BenchCase, compile: str | None) -> dict[str, TrainingStep]:
     """One step per variant, all training ``case.module`` with ONE optimiser and snapshot."""
     steps: dict[str, TrainingStep] = {}
-    first: TrainingStep | None = None
+    shared: dict[str, Any] = {"compile": compile}
     for v in case.variants:
-        steps[v.name] = TrainingStep(
-            case.module,
-            v.name,
-            case.batches,
-            case.lr,
-            loss_fn=case.losses[v.name],
-            optimizer=None if first is None else first.optimizer,
-            initial=None if first is None else first.initial,
-            compile=compile,
+        loss = case.losses[v.name]
+        steps[v.name] = step = TrainingStep(
+            case.module, v.name, case.batches, case.lr, loss_fn=loss, **shared
         )
-        first = first or steps[v.name]
+        shared |= {"optimizer": step.optimizer, "initial": step.initial}
     return steps
 
 
@@ -540,6 +519,30 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+def write_outputs(
+    rows: Sequence[dict[str, Any]],
+    out: str | Path,
+    *,
+    config: dict[str, Any] | None = None,
+    plot: bool = True,
+    device: torch.device | str = "cpu",
+) -> dict[str, Path]:
+    """Write ``sm.csv``, ``environment.json`` and (unless ``plot=False``) ``sm.png``."""
+    record = {
+        "config": config or {},
+        "memory_definitions": MEMORY_DEFINITIONS,
+        "targets": {
+            "speedup_of_parallel_fd": {f"fd_{k}_vs_{k}": v for k, v in TARGETS.items()},
+            "peak_memory": "lower than the baseline's",
+            "checks": check_targets(rows),
+        },
+    }
+    title = f"score matching, full training step (Adam): {common.describe_rows(rows)}"
+    plots = {"plot": (PLOT_NAME, lambda path: plot_sm(rows, path, title))}
+    csvs = {"csv": (CSV_NAME, rows, CSV_COLUMNS)}
+    return common.write_results(out, csvs, record, device=device, plots=plots if plot else None)
+
+
 #: colour and legend of the autograd baselines, the parallel and the sequential FD forms
 _KINDS = (("C3", "autograd (the pair's baseline: its first bar)"), ("C0", "FD, parallel"))
 _KINDS += (("C2", "FD, sequential"),)
@@ -576,30 +579,6 @@ def plot_sm(rows: Sequence[dict[str, Any]], path: str | Path, title: str = "") -
     return save_figure(fig, path, dpi=120)
 
 
-def write_outputs(
-    rows: Sequence[dict[str, Any]],
-    out: str | Path,
-    *,
-    config: dict[str, Any] | None = None,
-    plot: bool = True,
-    device: torch.device | str = "cpu",
-) -> dict[str, Path]:
-    """Write ``sm.csv``, ``environment.json`` and (unless ``plot=False``) ``sm.png``."""
-    record = {
-        "config": config or {},
-        "memory_definitions": MEMORY_DEFINITIONS,
-        "targets": {
-            "speedup_of_parallel_fd": {f"fd_{k}_vs_{k}": v for k, v in TARGETS.items()},
-            "peak_memory": "lower than the baseline's",
-            "checks": check_targets(rows),
-        },
-    }
-    title = f"score matching, full training step (Adam): {common.describe_rows(rows)}"
-    plots = {"plot": (PLOT_NAME, lambda path: plot_sm(rows, path, title))}
-    csvs = {"csv": (CSV_NAME, rows, CSV_COLUMNS)}
-    return common.write_results(out, csvs, record, device=device, plots=plots if plot else None)
-
-
 # -- command line -----------------------------------------------------------------------------
 
 
@@ -622,9 +601,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         ("--strict", bool, False, "exit with status 1 if a parallel FD form misses its target"),
     ]
     outputs = f"{CSV_NAME}, {PLOT_NAME}, {ENV_NAME}"
-    common.add_timing_arguments(
-        parser, description, options, budget=20.0, per="model", out=DEFAULT_OUT, outputs=outputs
-    )
+    out = (DEFAULT_OUT, outputs)
+    common.add_timing_arguments(parser, description, options, 20.0, "model", out)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -649,9 +627,7 @@ def run(args: argparse.Namespace) -> int:
         )
     print(format_table(rows))
     print("targets (parallel FD form vs its autograd baseline):")
-    for line in check_targets(rows):
-        print("  " + line)
+    print("\n".join("  " + line for line in check_targets(rows)))
     plot = not args.no_plot
     common.print_paths(write_outputs(rows, args.out, config=config, plot=plot, device=args.device))
-    missed = [r for r in rows if r.get("meets_target") is False]
-    return 1 if args.strict and missed else 0
+    return int(args.strict and any(r.get("meets_target") is False for r in rows))

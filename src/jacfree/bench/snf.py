@@ -10,7 +10,7 @@ import copy
 import gc
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -115,8 +115,7 @@ def parse_case(text: str) -> BenchCase:
 
 @dataclass(frozen=True)
 class _Setup(Run):
-    """What every case of one run shares: a :class:`~jacfree.bench.runner.Run`, and the sampling
-    batch and budget."""
+    """What every case of one run shares: the run, and the sampling batch and budget."""
 
     sample_batch: int = 100
     sample_budget: float = 4.0
@@ -131,14 +130,6 @@ def _row(case: BenchCase, measure: str, variant: str, **columns: Any) -> dict[st
     """A CSV row of ``case`` (``columns``: timing summary and setup, speed-up, batch, params)."""
     name = {"case": case.name, "model": case.model, "dim": case.dim}
     return {**name, "measure": measure, "variant": variant, **columns}
-
-
-def _clear_caches(flow: Flow) -> None:
-    """Forget every cached factorisation (the next exact call recomputes them)."""
-    for m in flow.modules():
-        cache = getattr(m, "_cache", None)
-        if isinstance(cache, ParameterStateCache):
-            cache.clear()
 
 
 def _step_rows(
@@ -190,50 +181,24 @@ def _time_sampling(case: BenchCase, step: TrainingStep, setup: _Setup) -> list[d
     ways = [w for w in SAMPLE_VARIANTS if step.variant == "selfnorm" or w != "learned-inverse"]
     gen = torch.Generator(device=setup.device).manual_seed(setup.seed)
 
-    def draw(approximate: bool) -> Callable[[], object]:
-        return lambda: flow.sample(n, generator=gen, approximate=approximate)
-
-    fns = {w: draw(w == "learned-inverse") for w in ways}
-    cold = {"exact-inverse-cold": lambda: _clear_caches(flow)}
+    fns = {
+        w: lambda a=w == "learned-inverse": flow.sample(n, generator=gen, approximate=a)
+        for w in ways
+    }
+    caches = [getattr(m, "_cache", None) for m in flow.modules()]
+    caches = [c for c in caches if isinstance(c, ParameterStateCache)]  # cached factorisations
+    cold = {"exact-inverse-cold": lambda: [c.clear() for c in caches]}
     setup.timing.say(f"[snf] {case.name}: timing sampling ({', '.join(ways)}) ...")
     stats = setup.timing.time(fns, cold, device=setup.device, budget=setup.sample_budget)
-    base = stats["exact-inverse"].median
     columns = setup.columns(list(flow.parameters()), n)
+    columns |= {"threads": torch.get_num_threads(), "clock": setup.timing.clock}
+    speedup = {w: stats["exact-inverse"].median / s.median for w, s in stats.items()}
     rows = [
-        _row(
-            case,
-            "sample",
-            w,
-            **stats_columns(stats[w], 1.0 / n),
-            **columns,
-            speedup=base / stats[w].median,
-            threads=torch.get_num_threads(),
-            clock=setup.timing.clock,
-        )
+        _row(case, "sample", w, **stats_columns(stats[w], 1.0 / n), **columns, speedup=speedup[w])
         for w in ways
     ]
     per = ", ".join(f"{w} {stats[w].median * 1e3 / n:.3f} ms/sample" for w in ways)
     setup.timing.say(f"[snf] {case.name}: {per}")
-    return rows
-
-
-def _bench_case(
-    case: BenchCase, variants: Sequence[str], setup: _Setup, sample: bool
-) -> list[dict[str, Any]]:
-    steps, rows = _time_steps(case, variants, setup)
-    if sample:
-        rows += _time_sampling(case, steps.get("selfnorm", steps[variants[0]]), setup)
-    del steps
-    gc.collect()
-    return rows
-
-
-def _dense_sweep(dims: Sequence[int], variants: Sequence[str], setup: _Setup) -> list[dict]:
-    """One dense layer vs D: the sweep of :func:`jacfree.bench.scaling.sweep` with L = 1, as
-    rows of ``snf-scaling.csv`` (case ``dense-D``)."""
-    rows = []
-    for dim, steps, stats in scaling.sweep(dims, variants, 1, setup, "snf"):
-        rows += _step_rows(parse_case(f"dense-{dim}"), steps, stats, setup)
     return rows
 
 
@@ -270,8 +235,17 @@ def snf_benchmark(
     device = check_run(device, dtype, **sizes, **{f"D={d}": d for d in dims})
     timing = TimingOptions.of(timing, options, budget=8.0)
     setup = _Setup(timing, device, dtype, seed, lr, batch, n_batches, sample_batch, sample_budget)
-    rows = [r for case in parsed for r in _bench_case(case, variants, setup, sample)]
-    return rows, _dense_sweep(dims, variants, setup) if dims else []
+    rows = []
+    for case in parsed:
+        steps, case_rows = _time_steps(case, variants, setup)
+        rows += case_rows
+        if sample:
+            rows += _time_sampling(case, steps.get("selfnorm", steps[variants[0]]), setup)
+        del steps
+        gc.collect()
+    sweep = scaling.sweep(dims, variants, 1, setup, "snf")  # one dense layer: case dense-D
+    dense = [_step_rows(parse_case(f"dense-{d}"), steps, stats, setup) for d, steps, stats in sweep]
+    return rows, [r for case_rows in dense for r in case_rows]
 
 
 # -- targets, tables, outputs -------------------------------------------------------------------
@@ -427,16 +401,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         ("--no-sample", bool, False, "do not time sampling"),
     ]
     outputs = f"{CSV_NAME}, {SCALING_CSV_NAME}, {PLOT_NAME}, {SCALING_PLOT_NAME}, {ENV_NAME}"
-    common.add_timing_arguments(
-        parser,
-        description,
-        options,
-        budget=8.0,
-        per="case",
-        out=DEFAULT_OUT,
-        outputs=outputs,
-        lr=1e-4,
-    )
+    out = (DEFAULT_OUT, outputs)
+    common.add_timing_arguments(parser, description, options, 8.0, "case", out, lr=1e-4)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -450,9 +416,7 @@ def run(args: argparse.Namespace) -> int:
     rows, scaling_rows = snf_benchmark(
         args.cases, args.dims, timing=timing, **sizes, **sampling, **setup
     )
-    where = common.describe_setup(args.device, args.dtype, args.clock)
-    if args.compile:
-        where += f", loss compiled ({args.compile})"
+    where = common.describe_setup(args.device, args.dtype, args.clock, args.compile)
     if rows:
         print(f"SNF vs exact, B={args.batch}, {args.sample_batch} samples per draw, {where}:")
         print(format_table(rows))

@@ -48,11 +48,8 @@ CLOCKS: dict[str, Callable[[], float]] = {
 def time_call(
     fn: Callable[[], object], device: torch.device | str | None = None, clock: str = "wall"
 ) -> float:
-    """Seconds taken by one call of ``fn``, with the device synchronised before and after.
-
-    The garbage collector is paused during the call (as :mod:`timeit` does). ``clock="process"``
-    counts the CPU time of this process (all threads; no GPU time) instead of wall-clock time.
-    """
+    """Seconds taken by one call of ``fn``, the device synchronised before and after, the garbage
+    collector paused (as :mod:`timeit` does); ``clock="process"``: CPU time of this process."""
     timer = CLOCKS[clock]
     gc_was_enabled = gc.isenabled()
     gc.disable()
@@ -216,8 +213,7 @@ class TimingOptions:
         (keyword arguments of a benchmark function) with a default ``budget``."""
         if timing is not None and options:
             raise TypeError(f"pass timing= or {', '.join(options)}, not both.")
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(options) - names)
+        unknown = sorted(set(options) - {f.name for f in fields(cls)})
         if unknown:
             raise TypeError(f"unexpected keyword argument(s) {', '.join(unknown)}.")
         return timing or cls(**{"budget": budget, **options})
