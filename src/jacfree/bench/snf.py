@@ -363,7 +363,7 @@ def write_outputs(
     if rows:
         title = f"SNF vs exact, B={rows[0].get('batch')}, {common.describe_rows(rows)}"
         csvs["csv"] = (CSV_NAME, rows, CSV_COLUMNS)
-        plots["plot"] = (PLOT_NAME, lambda path: plot_cases(rows, path, title))
+        plots["plot"] = (PLOT_NAME, lambda path, t=title: plot_cases(rows, path, t))
     if scaling_rows:
         title = f"one dense layer, B={scaling_rows[0].get('batch')}"
         _, sweep_plot = scaling.scaling_outputs(scaling_rows, fit_points, "snf-scaling", title)
