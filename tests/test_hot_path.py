@@ -70,6 +70,11 @@ SPECS: list[dict] = [
         }
         for o in ("fd_mdsm", "mdsm", "fd_ssm", "ssm")
     ],
+    *[
+        {"kind": k, "data_shape": IMAGE, "objective": o, "hidden": 8, "z_dim": 3, "levels": 256}
+        for k in ("vae-implicit", "wae-implicit")
+        for o in ("fd_ssm_vr", "ssm_vr")
+    ],
 ]
 
 

@@ -8,6 +8,7 @@ packages, which never import it.
   the fully connected flow ``fc`` of Gresele et al.;
 * :mod:`.scorematching` — ``energy-mlp``, ``nice``, ``dkef``, ``ncsn`` and ``ebm``;
 * :mod:`.flows` — the image flows ``cnn`` and ``glow``;
+* :mod:`.latent` — the implicit-encoder ``vae-implicit`` and ``wae-implicit``;
 * :mod:`.adapters` — what the kind-agnostic reports need from a trained model of any kind:
   samples on the data's scale and a novelty score.
 
@@ -19,6 +20,7 @@ from . import scorematching as scorematching
 
 # isort: split
 from . import flows as flows
+from . import latent as latent
 from .adapters import model_samples, model_score_fn
 from .registry import (
     FLOW_OPTIONS,

@@ -2,8 +2,10 @@
 
 * :mod:`.implicit` — VAE and WAE with implicit encoders ``z = G(x, ξ)``, whose entropy gradient
   comes from a score network fitted each step by ``ssm_vr`` or ``fd_ssm_vr`` (Pang et al. 2020);
-* :mod:`.ais` — annealed importance sampling of ``log p(x)`` with HMC transitions;
-* :mod:`.kinds` — the ``vae-implicit`` and ``wae-implicit`` kinds of ``jacfree train``.
+* :mod:`.ais` — annealed importance sampling of ``log p(x)`` with HMC transitions.
+
+Their ``jacfree train`` kinds, ``vae-implicit`` and ``wae-implicit``, live in
+:mod:`jacfree.kinds.latent`.
 """
 
 from .ais import AISResult, ais_log_marginal, sigmoid_schedule

@@ -158,6 +158,7 @@ class ImplicitLatentModel(nn.Module):
         eps: FD step of ``fd_ssm_vr`` (0.1, the paper's).
         lam: the WAE weight λ (10).
         time_score: measure the score step's time (see the module docs).
+        data_shape, levels: the shape and quantisation of the images, for :meth:`sample`.
     """
 
     def __init__(
@@ -172,6 +173,8 @@ class ImplicitLatentModel(nn.Module):
         eps: float = 0.1,
         lam: float = 10.0,
         time_score: bool = True,
+        data_shape: tuple[int, ...] | None = None,
+        levels: int | None = None,
     ) -> None:
         super().__init__()
         if mode not in ("vae", "wae"):
@@ -186,7 +189,14 @@ class ImplicitLatentModel(nn.Module):
         self.encoder = ImplicitEncoder(x_dim, z_dim, hidden, layers)
         self.decoder = BernoulliDecoder(z_dim, x_dim, hidden, layers)
         self.score = LatentScoreNet(z_dim, x_dim if mode == "vae" else 0, hidden, layers)
+        self.data_shape = tuple(data_shape) if data_shape else (x_dim,)
+        self.levels = levels
         self._diagnostics: dict[str, Tensor] = {}
+
+    @property
+    def event_shape(self) -> tuple[int, ...]:
+        """The shape of one data point (the images' ``data_shape``)."""
+        return self.data_shape
 
     # -- training ----------------------------------------------------------------------------
 
@@ -281,12 +291,14 @@ class ImplicitLatentModel(nn.Module):
         mean: bool = True,
     ) -> Tensor:
         """``n`` draws ``x ~ p(x|z)``, ``z ~ N(0, I)``: the Bernoulli means (``mean=True``, the
-        usual picture) or binary samples, shape ``(n, D)`` in [0, 1]. (``approximate`` exists for
-        the CLI: ancestral sampling is exact.)"""
+        usual picture) or binary samples, shaped ``(n, *data_shape)`` on the data's scale
+        (``[0, levels − 1]``; [0, 1] without ``levels``). (``approximate`` exists for the CLI:
+        ancestral sampling is exact.)"""
         ref = next(self.parameters())
         z = torch.randn(n, self.z_dim, dtype=ref.dtype, device=ref.device, generator=generator)
         p = torch.sigmoid(self.decoder(z))
-        if mean:
-            return p
-        u = torch.rand(p.shape, dtype=p.dtype, device=p.device, generator=generator)
-        return (u < p).to(p.dtype)
+        if not mean:
+            u = torch.rand(p.shape, dtype=p.dtype, device=p.device, generator=generator)
+            p = (u < p).to(p.dtype)
+        scale = (self.levels - 1) if self.levels else 1
+        return (p * scale).reshape(n, *self.data_shape)
