@@ -7,7 +7,7 @@
 
 __version__ = "0.1.0"
 
-from . import data, train
+from . import data, latent, train
 from .flows import (
     GRADIENT_MODES,
     ActNorm,
@@ -72,6 +72,7 @@ __all__ = [
     "evaluate_nll",
     "fd",
     "fit",
+    "latent",
     "sm",
     "train",
 ]
