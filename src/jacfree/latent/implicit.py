@@ -33,12 +33,13 @@ annealed importance sampling can estimate, like the VAE's.)
 (``z`` detached) by sliced score matching with variance reduction, ``ssm_vr``
 (:func:`jacfree.sm.ssm_scorenet` with ``vr=True``, Gaussian projections: a double backward) or
 its finite-difference form ``fd_ssm_vr`` (:func:`jacfree.sm.fd_ssm_vr`, ε = 0.1 on the sphere: two
-forward evaluations, no input gradient) — the comparison of the paper. The data ``x`` enters the
-conditional score network as the estimators' ``cond``. The reference alternates two optimisers
-(the score net first, then the autoencoder on a fresh ``z``); here one loss carries both
-gradients — ``θ`` sees only the surrogate (the score net's output is detached) and ``φ`` only the
-score-matching loss (``z`` is detached), on the same ``z`` — so one optimiser step updates both,
-with the score net one step behind the reference's.
+forward evaluations, no input gradient) — the comparison of the paper — both taken from the
+objective registry (:mod:`jacfree.scorematching.objectives`, score-network forms). The data
+``x`` enters the conditional score network as the estimators' ``cond``. The reference alternates
+two optimisers (the score net first, then the autoencoder on a fresh ``z``); here one loss carries
+both gradients — ``θ`` sees only the surrogate (the score net's output is detached) and ``φ`` only
+the score-matching loss (``z`` is detached), on the same ``z`` — so one optimiser step updates
+both, with the score net one step behind the reference's.
 
 The time of the score step alone (the score-matching loss and its gradient with respect to ``φ``)
 is measured in eager mode and reported per step as the diagnostic ``score_step_ms``
@@ -59,7 +60,8 @@ from torch import Tensor, nn
 
 from .. import sample_noise
 from .._compile import is_compiling
-from ..scorematching.losses import fd_ssm_vr, ssm_scorenet
+from ..scorematching import objectives
+from ..scorematching.objectives import Settings
 from .ais import AISResult, ais_log_marginal
 
 __all__ = [
@@ -185,6 +187,10 @@ class ImplicitLatentModel(nn.Module):
                 f"{', '.join(map(repr, SCORE_OBJECTIVES))}."
             )
         self.x_dim, self.z_dim, self.mode, self.objective = x_dim, z_dim, mode, objective
+        # the score-network estimator from the objective registry; Gaussian projections for
+        # SSM-VR as the reference, the sphere of radius eps for FD-SSM-VR
+        self._estimator = objectives.objective(objective, "score")
+        self._settings = Settings(eps=float(eps), projection="gaussian")
         self.eps, self.lam, self.time_score = float(eps), float(lam), bool(time_score)
         self.encoder = ImplicitEncoder(x_dim, z_dim, hidden, layers)
         self.decoder = BernoulliDecoder(z_dim, x_dim, hidden, layers)
@@ -203,12 +209,7 @@ class ImplicitLatentModel(nn.Module):
     def score_loss(self, z: Tensor, x: Tensor) -> Tensor:
         """The score-matching loss of ``s_φ`` on encoder samples ``z`` (detached here)."""
         cond = x if self.score.conditional else None
-        if self.objective == "ssm_vr":
-            out = ssm_scorenet(self.score, z.detach(), vr=True, projection="gaussian", cond=cond)
-        else:
-            out = fd_ssm_vr(self.score, z.detach(), self.eps, cond=cond)
-        assert isinstance(out, Tensor)
-        return out
+        return self._estimator(self.score, z.detach(), self._settings, cond=cond)
 
     def _score_term(self, z: Tensor, x: Tensor) -> Tensor:
         """A zero-valued term whose gradient is the score step's gradient (for ``φ`` only)."""
