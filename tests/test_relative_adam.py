@@ -298,3 +298,39 @@ def test_conditional_flow_taps_and_trains():
     assert all(float(m.relative_row_stats[0].sum()) > 0 for m in flow.affine_layers)
     with torch.no_grad():
         assert float(-flow.log_prob(x, context=c).mean()) < float(before) - 0.1
+
+
+def _relative_step(flow: jf.FCFlow, before: list[tuple[Tensor, Tensor]]) -> list[Tensor]:
+    """U with Ŵ_new = (I + U) Ŵ_old for every layer: the step in multiplicative coordinates."""
+    out = []
+    for m, (w0, b0) in zip(flow.affine_layers, before, strict=True):
+        d = m.features
+        hat0, hat1 = torch.eye(d + 1, dtype=F64), torch.eye(d + 1, dtype=F64)
+        hat0[:d, :d], hat0[:d, d] = w0, b0
+        hat1[:d, :d], hat1[:d, d] = m.weight.detach(), m.bias.detach()
+        out.append(torch.linalg.solve(hat0, hat1 - hat0, left=False)[:d])
+    return out
+
+
+@pytest.mark.parametrize("max_step", [None, 0.1])
+def test_max_step_bounds_the_multiplicative_step(max_step):
+    """Step 1 normalises every row of Ê to RMS 1, so ‖U‖_F = lr·√(D² + D) ≈ 2.2 at lr 0.5,
+    D = 4: a step that can make W singular. With ``max_step`` τ, ‖U‖_F = τ exactly (and so
+    ‖U‖₂ ≤ τ < 1: I + U stays invertible), and U keeps its direction."""
+    flow, ref = perturbed_flow(), perturbed_flow()
+    x, lr = data(20), 0.5
+    steps = []
+    for f, cap in ((flow, max_step), (ref, None)):
+        before = [(m.weight.detach().clone(), m.bias.detach().clone()) for m in f.affine_layers]
+        opt = RelativeAdam(f, lr=lr, eps=0.0, max_step=cap)
+        f.loss(x).backward()
+        opt.step()
+        steps.append(_relative_step(f, before))
+    for u, u_ref in zip(*steps, strict=True):
+        d = u.shape[0]
+        assert float(u_ref.norm()) == pytest.approx(lr * math.sqrt(d * d + d), rel=1e-9)
+        if max_step is None:
+            torch.testing.assert_close(u, u_ref)
+        else:
+            assert float(u.norm()) == pytest.approx(max_step, rel=1e-9)
+            torch.testing.assert_close(u, u_ref * (max_step / u_ref.norm()))

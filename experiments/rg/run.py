@@ -46,16 +46,26 @@ class Scale(FlowLayer):
 class WeightStats:
     """fit callback: per-layer update norms ‖ΔW‖_F (epoch sums) and W's singular value range."""
 
-    def __init__(self, flow: jf.FCFlow) -> None:
+    def __init__(self, flow: jf.FCFlow, opt=None, relative_steps: bool = False) -> None:
         self.flow = flow
+        self.opt = opt
+        self.relative_steps = relative_steps
         self.prev = [m.weight.detach().clone() for m in flow.affine_layers]
         self.upd = [0.0] * len(self.prev)
+        self.umax = [0.0] * len(self.prev)
+        self.u2max = [0.0] * len(self.prev)
         self.history: list[dict] = []
 
     def on_step(self, model, loss, diagnostics) -> None:
         for k, m in enumerate(self.flow.affine_layers):
             w = m.weight.detach()
-            self.upd[k] += float((w - self.prev[k]).norm())
+            dw = w - self.prev[k]
+            self.upd[k] += float(dw.norm())
+            if self.relative_steps:  # U with ΔW = U·W_prev (diagnostic only: an O(D³) solve)
+                prev = self.prev[k].double()
+                u = torch.linalg.solve(prev, dw.double(), left=False)
+                self.umax[k] = max(self.umax[k], float(u.norm()))
+                self.u2max[k] = max(self.u2max[k], float(torch.linalg.matrix_norm(u, 2)))
             self.prev[k].copy_(w)
 
     def on_epoch_end(self, model, row) -> None:
@@ -66,6 +76,15 @@ class WeightStats:
             row[f"w{k}_fro"] = float(m.weight.detach().norm())
             row[f"w{k}_upd"] = self.upd[k]
             self.upd[k] = 0.0
+            if self.relative_steps:
+                row[f"u{k}_fro_max"], row[f"u{k}_2_max"] = self.umax[k], self.u2max[k]
+                self.umax[k] = self.u2max[k] = 0.0
+            state = self.opt.state.get(m.weight, {}) if self.opt is not None else {}
+            if "v" in state:  # RelativeAdam's row second moments (weight rows, bias column)
+                v = state["v"]
+                row[f"v{k}_min"], row[f"v{k}_med"] = float(v[0].min()), float(v[0].median())
+                row[f"v{k}_max"], row[f"vb{k}_min"] = float(v[0].max()), float(v[1].min())
+        print(json.dumps(row), flush=True)  # progress, one JSON line per epoch
 
     def state_dict(self):
         return {}
@@ -91,6 +110,14 @@ def main() -> None:
     p.add_argument("--patience", type=int, default=None, help="early stopping (default: none)")
     p.add_argument("--recon-weight", type=float, default=1.0, help="λ of selfnorm layers")
     p.add_argument("--out", required=True)
+    p.add_argument("--max-step", type=float, default=None, help="RelativeAdam's max_step")
+    p.add_argument("--max-rms", type=float, default=None, help="RelativeAdam's max_rms")
+    p.add_argument("--amsgrad", action="store_true", help="RelativeAdam with amsgrad=True")
+    p.add_argument(
+        "--relative-steps",
+        action="store_true",
+        help="record max ‖U‖ (ΔW = U·W) per epoch; an O(D³) solve per layer and step",
+    )
     a = p.parse_args()
     torch.set_num_threads(1)
 
@@ -140,12 +167,14 @@ def main() -> None:
         pairs = [(m.weight, m.bias) for m in flow.affine_layers]
         opt = proto.RowAdam(params, pairs, lr=a.lr, scale=a.optimizer == "rowadam")
     elif a.optimizer == "relative-adam":
-        opt = jf.train.RelativeAdam(flow, lr=a.lr)
+        opt = jf.train.RelativeAdam(
+            flow, lr=a.lr, max_step=a.max_step, max_rms=a.max_rms, amsgrad=a.amsgrad
+        )
     elif a.optimizer == "scalaradam":
         opt = proto.ScalarAdam(params, lr=a.lr)
     else:
         raise SystemExit(a.optimizer)
-    stats = WeightStats(flow)
+    stats = WeightStats(flow, opt, a.relative_steps)
     t0 = time.perf_counter()
     failed = None
     try:

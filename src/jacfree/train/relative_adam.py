@@ -42,6 +42,7 @@ steps as one process on the whole batch.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -69,7 +70,12 @@ class RelativeAdam(torch.optim.Optimizer):
         lr: float = 1e-3,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
+        max_step: float | None = None,
+        max_rms: float | None = None,
+        amsgrad: bool = False,
     ) -> None:
+        if max_step is not None and not max_step > 0:
+            raise ValueError(f"max_step must be > 0 or None, got {max_step!r}.")
         if not lr > 0:
             raise ValueError(f"lr must be > 0, got {lr!r}.")
         if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
@@ -84,7 +90,17 @@ class RelativeAdam(torch.optim.Optimizer):
         paired = {id(p) for m in self.layers for p in (m.weight, m.bias)}
         others = [p for p in flow.parameters() if id(p) not in paired]
         groups: list[dict] = [{"params": [p for m in self.layers for p in (m.weight, m.bias)]}]
-        super().__init__(groups, {"lr": lr, "betas": betas, "eps": eps})
+        super().__init__(
+            groups,
+            {
+                "lr": lr,
+                "betas": betas,
+                "eps": eps,
+                "max_step": max_step,
+                "max_rms": max_rms,
+                "amsgrad": amsgrad,
+            },
+        )
         # every other parameter (an R of selfnorm layers, ...) gets ordinary Adam
         self.fallback = make_adam(others, lr, betas=betas, eps=eps) if others else None
 
@@ -93,6 +109,7 @@ class RelativeAdam(torch.optim.Optimizer):
         loss = closure() if closure is not None else None
         group = self.param_groups[0]
         lr, (b1, b2), eps = group["lr"], group["betas"], group["eps"]
+        max_step, max_rms, amsgrad = group["max_step"], group["max_rms"], group["amsgrad"]
         for layer in self.layers:
             w, b = layer.weight, layer.bias
             if w.grad is None or b.grad is None:
@@ -110,12 +127,28 @@ class RelativeAdam(torch.optim.Optimizer):
             if not state:
                 state["step"] = 0  # a host counter, as in Adam's default (non-capturable) mode
                 state["v"] = torch.zeros_like(stats)
+                if amsgrad:
+                    state["v_max"] = torch.zeros_like(stats)
                 state["m_w"] = torch.zeros_like(w)
                 state["m_b"] = torch.zeros_like(b)
             state["step"] += 1
             t = state["step"]
             state["v"].lerp_(torch.stack([q, e_b.square()]), 1 - b2)
-            a, a_b = (state["v"] / (1 - b2**t)).sqrt_().add_(eps).reciprocal_()
+            v = state["v"]
+            if amsgrad:
+                v = torch.maximum(state["v_max"], v, out=state["v_max"])
+            a, a_b = (v / (1 - b2**t)).sqrt_().add_(eps).reciprocal_()
+            if max_step is not None or max_rms is not None:
+                # ‖N‖_F² of this step's multiplicative direction N = [diag(a) Ê_W, a_b ∘ e_b]
+                d = q.shape[0]
+                sq = (a.square() * q).sum().mul(d).add((a_b * e_b).square().sum())
+                bound = []
+                if max_step is not None:
+                    bound.append(max_step / lr)
+                if max_rms is not None:
+                    bound.append(max_rms * math.sqrt(d * (d + 1)))
+                factor = (min(bound) * sq.sqrt().clamp_min(1e-30).reciprocal()).clamp(max=1.0)
+                a, a_b = a * factor, a_b * factor
             state["m_w"].mul_(b1).addcmul_(w.grad, a[:, None], value=1 - b1)
             # R_b = E_W b + e_b: the E_W part is scaled by its row, e_b by its own running RMS
             state["m_b"].mul_(b1).add_((b.grad - e_b) * a + e_b * a_b, alpha=1 - b1)
