@@ -150,8 +150,10 @@ def _gap_to_mle(optimizer: str, gradient: str, steps: int = 300, lr: float = 1e-
 
 def test_scaled_gaussian_reaches_the_mle_in_300_steps():
     """Data at 1/20 of unit scale: W must grow 20×. Adam's fixed-size steps lag (> 1 nat short
-    after 300 steps, relative or exact); RelativeAdam's multiplicative steps get within 0.02."""
-    assert _gap_to_mle("relative-adam", "relative") < 0.02
+    after 300 steps, relative or exact); the default recipe for a relative flow (RelativeAdam,
+    whose multiplicative steps keep pace with W's scale) gets within 0.02."""
+    assert isinstance(make_optimizer("default", jf.FCFlow(2, layers=1), 1e-3), RelativeAdam)
+    assert _gap_to_mle("default", "relative") < 0.02
     assert _gap_to_mle("adam", "relative") > 1.0
     assert _gap_to_mle("adam", "exact") > 1.0
 

@@ -191,10 +191,11 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--optimizer",
-        choices=("adam", "relative-adam"),
-        default="adam",
-        help="adam, or relative-adam (RelativeAdam: Adam's statistics in the relative "
-        "gradient's multiplicative coordinates; fully connected flows in relative mode)",
+        choices=("default", "adam", "relative-adam"),
+        default="default",
+        help="default: relative-adam for fully connected flows in relative mode, adam otherwise; "
+        "relative-adam: RelativeAdam, Adam's statistics in the relative gradient's "
+        "multiplicative coordinates; adam: plain Adam",
     )
     p.add_argument(
         "--warmup-epochs",
@@ -474,7 +475,7 @@ def _fit(
         batch_size=args.batch_size,
         lr=args.lr,
         optimizer=None
-        if args.optimizer == "adam"
+        if args.optimizer == "default"
         else make_optimizer(args.optimizer, model, args.lr),
         patience=args.patience,
         clip_grad_norm=args.clip,

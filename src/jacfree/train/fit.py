@@ -48,7 +48,7 @@ from .._checks import all_finite, check_choice, check_dtype, check_positive_int,
 from . import distributed
 from .checkpoint import CheckpointError, file_mode, load_checkpoint, save_checkpoint
 from .evaluate import evaluate_nll
-from .optim import make_adam
+from .relative_adam import default_optimizer
 
 Objective = Callable[[nn.Module, Tensor], Tensor]
 ValMetric = Callable[[nn.Module, Tensor], float]
@@ -154,9 +154,11 @@ def fit(
         objective: ``objective(model, x) -> scalar loss``; default ``model.loss(x)``.
         val_metric: ``val_metric(model, val) -> float`` (lower is better); default exact NLL.
         val_name: name of the validation metric in the history (``val_<name>``).
-        optimizer: an optimizer over ``model``'s parameters; default Adam (fused on CUDA). For
-            a fully connected flow in relative mode, :class:`~jacfree.train.RelativeAdam` keeps
-            pace with exact training epoch for epoch.
+        optimizer: an optimizer over ``model``'s parameters; default
+            :func:`~jacfree.train.relative_adam.default_optimizer`: for a fully connected flow
+            in relative mode :class:`~jacfree.train.RelativeAdam` (which keeps pace with exact
+            training epoch for epoch), Adam (fused on CUDA) for every other model. Pass
+            ``make_adam(model.parameters(), lr)`` for plain Adam.
         clip_grad_norm: clip the global gradient norm to this value (> 0).
         warmup_epochs: raise the learning rate linearly from 0 to its value over this many
             epochs, batch by batch: step s (from 1) uses ``lr · min(1, s / (warmup_epochs ·
@@ -228,7 +230,7 @@ def fit(
     val_metric = val_metric or _default_val_metric
     val_key = f"val_{val_name}"
     out = Path(out_dir) if out_dir is not None else None
-    opt = optimizer or make_adam(model.parameters(), lr)
+    opt = optimizer or default_optimizer(model, lr)
     for group in opt.param_groups:  # the learning rate the warm-up rises to
         group.setdefault("initial_lr", group["lr"])
     shuffle = torch.Generator().manual_seed(seed)

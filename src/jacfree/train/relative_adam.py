@@ -71,7 +71,7 @@ class RelativeAdam(torch.optim.Optimizer):
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         max_step: float | None = None,
-        max_rms: float | None = None,
+        max_rms: float | None = 1.0,
         amsgrad: bool = False,
     ) -> None:
         if max_step is not None and not max_step > 0:
@@ -190,8 +190,22 @@ def _average_over_processes(t: Tensor) -> Tensor:
     return t
 
 
+def default_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
+    """jacfree's default optimiser for ``model``: :class:`RelativeAdam` for a flow that measures
+    its relative layers' row statistics (:class:`jacfree.FCFlow`) and has a square affine layer
+    in ``"relative"`` mode, Adam (:func:`~jacfree.train.optim.make_adam`) for every other model."""
+    layers = getattr(model, "affine_layers", [])
+    relative = any(getattr(m, "gradient", None) == "relative" for m in layers)
+    if relative and callable(getattr(model, "enable_row_stats", None)):
+        return RelativeAdam(model, lr=lr)
+    return make_adam(model.parameters(), lr)
+
+
 def make_optimizer(name: str, model: nn.Module, lr: float) -> torch.optim.Optimizer:
-    """The optimiser called ``name`` for ``model``: ``"adam"`` or ``"relative-adam"``."""
+    """The optimiser called ``name`` for ``model``: ``"default"`` (:func:`default_optimizer`),
+    ``"adam"`` or ``"relative-adam"``."""
+    if name == "default":
+        return default_optimizer(model, lr)
     if name == "adam":
         return make_adam(model.parameters(), lr)
     if name == "relative-adam":
