@@ -110,9 +110,10 @@ def main() -> None:
     p.add_argument("--patience", type=int, default=None, help="early stopping (default: none)")
     p.add_argument("--recon-weight", type=float, default=1.0, help="λ of selfnorm layers")
     p.add_argument("--out", required=True)
-    p.add_argument("--max-step", type=float, default=None, help="RelativeAdam's max_step")
+    p.add_argument(
+        "--max-step", type=float, default=None, help="RelativeAdam's max_step (default: none)"
+    )
     p.add_argument("--max-rms", type=float, default=None, help="RelativeAdam's max_rms")
-    p.add_argument("--amsgrad", action="store_true", help="RelativeAdam with amsgrad=True")
     p.add_argument(
         "--relative-steps",
         action="store_true",
@@ -167,9 +168,7 @@ def main() -> None:
         pairs = [(m.weight, m.bias) for m in flow.affine_layers]
         opt = proto.RowAdam(params, pairs, lr=a.lr, scale=a.optimizer == "rowadam")
     elif a.optimizer == "relative-adam":
-        opt = jf.train.RelativeAdam(
-            flow, lr=a.lr, max_step=a.max_step, max_rms=a.max_rms, amsgrad=a.amsgrad
-        )
+        opt = jf.train.RelativeAdam(flow, lr=a.lr, max_step=a.max_step, max_rms=a.max_rms)
     elif a.optimizer == "scalaradam":
         opt = proto.ScalarAdam(params, lr=a.lr)
     else:
