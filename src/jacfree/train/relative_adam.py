@@ -51,11 +51,11 @@ is not a relative square affine layer) gets ordinary Adam.
 
 It is the default optimiser of :func:`jacfree.fit` and ``jacfree train`` for a flow in relative
 mode (:func:`default_optimizer`); ``fit(flow, x, optimizer=RelativeAdam(flow, lr=1e-3))`` or
-:func:`make_optimizer` build it explicitly. It turns on the statistics tap of the flow's
-relative layers; the flow must be a :class:`jacfree.FCFlow` whose layers are in ``"relative"``
-mode when trained (in other modes they raise). Under ``torch.distributed`` each process records its share of Ê and
-the processes average it, exactly as DDP averages gradients, so a data-parallel run takes the same
-steps as one process on the whole batch.
+:func:`make_optimizer` build it explicitly. It turns on the statistics tap of the flow's relative
+layers; the flow must be a :class:`jacfree.FCFlow` whose layers are in ``"relative"`` mode when
+trained (in other modes they raise). Under ``torch.distributed`` each process records its share of
+Ê and the processes average it, exactly as DDP averages gradients, so a data-parallel run takes the
+same steps as one process on the whole batch.
 """
 
 from __future__ import annotations
