@@ -160,7 +160,7 @@ class RelativeAdam(torch.optim.Optimizer):
                 sq = (a.square() * q).sum().mul(d).add((a_b * e_b).square().sum())
                 bound = []
                 if max_step is not None:
-                    bound.append(max_step / lr)
+                    bound.append(max_step / lr if lr > 0 else math.inf)  # lr 0: no step
                 if max_rms is not None:
                     bound.append(max_rms * math.sqrt(d * (d + 1)))
                 factor = (min(bound) * sq.sqrt().clamp_min(1e-30).reciprocal()).clamp(max=1.0)
