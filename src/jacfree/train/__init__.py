@@ -7,7 +7,7 @@ from .fit import Callback, FitResult, fit
 from .geco import GECO, ReconstructionWatch
 from .monitor import TrainNLL
 from .optim import make_adam
-from .relative_adam import RelativeAdam, make_optimizer
+from .relative_adam import RelativeAdam, default_optimizer, make_optimizer
 
 __all__ = [
     "GECO",
@@ -19,6 +19,7 @@ __all__ = [
     "RelativeAdam",
     "TrainNLL",
     "bits_per_dim",
+    "default_optimizer",
     "distributed",
     "evaluate_nll",
     "fit",

@@ -158,7 +158,7 @@ def fit(
             :func:`~jacfree.train.relative_adam.default_optimizer`: for a fully connected flow
             in relative mode :class:`~jacfree.train.RelativeAdam` (which keeps pace with exact
             training epoch for epoch), Adam (fused on CUDA) for every other model. Pass
-            ``make_adam(model.parameters(), lr)`` for plain Adam.
+            ``jacfree.train.make_adam(model.parameters(), lr)`` for plain Adam.
         clip_grad_norm: clip the global gradient norm to this value (> 0).
         warmup_epochs: raise the learning rate linearly from 0 to its value over this many
             epochs, batch by batch: step s (from 1) uses ``lr · min(1, s / (warmup_epochs ·
