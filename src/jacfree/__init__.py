@@ -8,6 +8,7 @@
 __version__ = "0.1.0"
 
 from . import data, latent, train
+from .estimate import Estimate
 from .flows import (
     GRADIENT_MODES,
     ActNorm,
@@ -31,6 +32,7 @@ from .flows import (
     StandardNormal,
     Unsqueeze,
 )
+from .kinds import Evaluation, evaluate
 from .scorematching import DKEF as DKEF
 from .scorematching import NCSN as NCSN
 from .scorematching import NICE as NICE
@@ -51,6 +53,8 @@ __all__ = [
     "ContextEncoder",
     "Conv1x1",
     "Dequantize",
+    "Estimate",
+    "Evaluation",
     "FCFlow",
     "Flow",
     "FlowDistribution",
@@ -69,6 +73,7 @@ __all__ = [
     "Unsqueeze",
     "__version__",
     "data",
+    "evaluate",
     "evaluate_nll",
     "fd",
     "fit",

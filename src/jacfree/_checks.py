@@ -6,6 +6,8 @@ garbage silently.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 from torch._C._functorch import is_functorch_wrapped_tensor
@@ -110,6 +112,16 @@ def check_positive_int(value: object, name: str, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
     return value
+
+
+def check_positive(value: object, name: str, meaning: str = "") -> float:
+    """Check that ``value`` is a finite real number > 0 (not a bool) and return it as a float;
+    ``meaning`` (what the number is) goes into the message."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    if not (ok and math.isfinite(value) and value > 0):
+        what = f" ({meaning})" if meaning else ""
+        raise ValueError(f"{name} must be a finite number > 0{what}, got {value!r}.")
+    return float(value)
 
 
 def check_choice(value: str, name: str, choices: tuple[str, ...]) -> str:

@@ -31,8 +31,9 @@ from .data import cli as data_cli
 from .kinds import (
     build_model,
     data_output,
+    evaluate,
     kinds,
-    model_input,
+    model_data,
     model_kind,
     model_samples,
     model_score_fn,
@@ -41,12 +42,10 @@ from .kinds import (
 )
 from .train import (
     GECO,
-    NLL,
     CheckpointError,
     ReconstructionWatch,
     TrainNLL,
     distributed,
-    evaluate_nll,
     fit,
     load_checkpoint,
     make_optimizer,
@@ -376,19 +375,6 @@ def conditional_spec(option: str, ds: Any) -> dict[str, Any]:
     }
 
 
-def model_data(ds: Any, split: str, model: torch.nn.Module, spec: dict[str, Any]) -> Any:
-    """A split as the model takes it: the data, or ``(x, context)`` pairs for a conditional
-    flow (the class labels, or the context column taken out of the table)."""
-    x = ds.split(split)
-    if "context_column" in spec:
-        k = spec["context_column"]
-        rest = torch.cat([x[:, :k], x[:, k + 1 :]], 1)
-        return model_input(rest, model), x[:, k : k + 1]
-    if spec.get("conditional") == "label":
-        return model_input(x, model), ds.labels[split]
-    return model_input(x, model)
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -517,67 +503,13 @@ def _describe(spec: dict[str, Any]) -> str:
     return f"gradient={spec.get('gradient')}"
 
 
-def _stat_table(split: str, metrics: dict[str, float]) -> str:
-    """The metrics of a model kind as a table: one row per quantity with its standard error and
-    sample count where the metrics hold them (``<name>_stderr``, ``<name>_n``)."""
-    used: set[str] = set()
-    rows = []
-    for key, value in metrics.items():
-        if key in used:
-            continue
-        base = key[: -len("_nats")] if key.endswith("_nats") else key
-        stderr_keys = (f"{key}_stderr", f"{base}_stderr_nats", f"{base}_stderr")
-        stderr_key = next((k for k in stderr_keys if k in metrics and k != key), None)
-        n_key = next(
-            (k for k in (f"{key}_n", f"{base}_n", f"{base}_samples") if k in metrics), None
-        )
-        used.update(k for k in (key, stderr_key, n_key) if k)
-        stderr = f"± {metrics[stderr_key]:.4g}" if stderr_key else ""
-        n = f"{int(metrics[n_key])}" if n_key else ""
-        rows.append((key, f"{value:.6g}", stderr, n))
-    head = (f"{split} metric", "value", "stderr", "n")
-    widths = [max(len(r[i]) for r in (head, *rows)) for i in range(4)]
-    lines = [
-        "  ".join(
-            c.ljust(w) if i == 0 else c.rjust(w)
-            for i, (c, w) in enumerate(zip(r, widths, strict=True))
-        )
-        for r in (head, *rows)
-    ]
-    return "\n".join(line.rstrip() for line in lines)
-
-
 def _report(
     model: torch.nn.Module, ds: Any, spec: dict[str, Any], split: str, seed: int = 0
 ) -> dict[str, float]:
-    """Evaluate, print and return the test metrics: the NLL (nats, and bits/dim for images) on
-    the data's original scale when the model has a density, and the model kind's own metrics."""
-    kind = model_kind(spec)
-    x = model_data(ds, split, model, spec)
-    report: dict[str, float] = {}
-    if kind.has_density:
-        nll = evaluate_nll(model, x, seed=seed)
-        # back to the original scale of the data: the dataset's own pre-processing (e.g. the
-        # standardisation of a table) has log-det ds.logdet
-        # (conditioning on a column of a standardised table: the NLL stays on the loaded scale)
-        mean = nll.mean - (0.0 if "context_column" in spec else ds.logdet)
-        conditional = f" given {spec['conditional']}" if spec.get("conditional") else ""
-        line = f"{split} NLL{conditional} {mean:.3f} ± {nll.stderr:.3f} nats (n={nll.n})"
-        report.update(nll_nats=mean, nll_stderr_nats=nll.stderr, n=nll.n)
-        if ds.logdet and "context_column" not in spec:
-            line += f"; {nll.mean:.3f} on the pre-processed scale"
-            report.update(nll_nats_preprocessed=nll.mean)
-        if ds.bits_per_dim_applies:
-            original = NLL(mean, nll.stderr, nll.n)
-            bpd, bpd_se = original.bits_per_dim(ds.dim)
-            line += f" = {bpd:.4f} ± {bpd_se:.4f} bits/dim"
-            report.update(bits_per_dim=bpd, bits_per_dim_stderr=bpd_se)
-        print(line)
-    if kind.test_metrics:
-        extra = kind.test_metrics(spec)(model, x)
-        print(_stat_table(split, extra))
-        report.update(extra)
-    return report
+    """Evaluate (:func:`jacfree.evaluate`), print and return the metrics of a split."""
+    result = evaluate(model, ds, split, spec=spec, seed=seed)
+    print(result)
+    return result.as_dict()
 
 
 def _plots(model: torch.nn.Module, ds: Any, spec: dict, history: list, out: Path) -> None:

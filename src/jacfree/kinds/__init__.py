@@ -9,6 +9,8 @@ packages, which never import it.
 * :mod:`.scorematching` — ``energy-mlp``, ``nice``, ``dkef``, ``ncsn`` and ``ebm``;
 * :mod:`.flows` — the image flows ``cnn`` and ``glow``;
 * :mod:`.latent` — the implicit-encoder ``vae-implicit`` and ``wae-implicit``;
+* :mod:`.evaluate` — :func:`evaluate` (``jf.evaluate``): the NLL on the data's original scale,
+  bits/dim and a kind's own metrics, as ``jacfree train`` / ``eval`` report them;
 * :mod:`.adapters` — what the kind-agnostic reports need from a trained model of any kind:
   samples on the data's scale and a novelty score.
 
@@ -22,6 +24,7 @@ from . import scorematching as scorematching
 from . import flows as flows
 from . import latent as latent
 from .adapters import model_samples, model_score_fn
+from .evaluate import Evaluation, evaluate, stat_table
 from .registry import (
     FLOW_OPTIONS,
     MODELS,
@@ -36,6 +39,7 @@ from .registry import (
     context_options,
     data_output,
     kinds,
+    model_data,
     model_input,
     model_kind,
     option_type_name,
@@ -47,6 +51,7 @@ from .registry import (
 __all__ = [
     "FLOW_OPTIONS",
     "MODELS",
+    "Evaluation",
     "ModelKind",
     "ModelSpec",
     "Objective",
@@ -57,7 +62,9 @@ __all__ = [
     "build_model",
     "context_options",
     "data_output",
+    "evaluate",
     "kinds",
+    "model_data",
     "model_input",
     "model_kind",
     "model_samples",
@@ -66,4 +73,5 @@ __all__ = [
     "parse_option",
     "preprocess_layers",
     "register_model",
+    "stat_table",
 ]

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin
 
+import torch
 from torch import Tensor, nn
 
 from .._checks import check_choice
@@ -211,6 +212,19 @@ def context_options(spec: ModelSpec) -> dict[str, int]:
 def model_input(x: Tensor, model: nn.Module) -> Tensor:
     """Reshape data (samples first) to the model's event shape (fully connected flows flatten)."""
     return x.reshape(len(x), *model.event_shape)
+
+
+def model_data(ds: Any, split: str, model: nn.Module, spec: dict[str, Any]) -> Any:
+    """A split as the model takes it: the data, or ``(x, context)`` pairs for a conditional
+    flow (the class labels, or the context column taken out of the table)."""
+    x = ds.split(split)
+    if "context_column" in spec:
+        k = spec["context_column"]
+        rest = torch.cat([x[:, :k], x[:, k + 1 :]], 1)
+        return model_input(rest, model), x[:, k : k + 1]
+    if spec.get("conditional") == "label":
+        return model_input(x, model), ds.labels[split]
+    return model_input(x, model)
 
 
 def data_output(x: Tensor, spec: ModelSpec) -> Tensor:

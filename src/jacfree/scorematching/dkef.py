@@ -48,13 +48,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._checks import check_choice, check_positive_int, check_samples
+from ..estimate import Estimate
 from ..flows.core import CachedStateModule, ParameterStateCache
 from .sampling import LangevinSampled
 
@@ -191,13 +191,9 @@ def solve_alpha(G: Tensor, b: Tensor, lam: Tensor | float) -> Tensor:
     return alpha.to(b.dtype)
 
 
-@dataclass(frozen=True)
-class LogPartition:
-    """An importance-sampling estimate of ``log Z`` with its (delta-method) standard error."""
-
-    value: float
-    stderr: float
-    n: int
+# An importance-sampling estimate of ``log Z`` with its (delta-method) standard error: an
+# :class:`~jacfree.estimate.Estimate` (``.value`` reads its mean).
+LogPartition = Estimate
 
 
 class DKEF(LangevinSampled, CachedStateModule):

@@ -14,45 +14,15 @@ al., NeurIPS 2020, Table 1 caption; computed there by ``d`` backward passes). He
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
-from dataclasses import dataclass
 
-import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from .._checks import all_finite
+from ..estimate import Estimate, per_example
 from .convention import Energy, ScoreNet
 from .losses import exact_sm, exact_sm_scorenet
 
 __all__ = ["Estimate", "evaluate_per_sample", "exact_sm_loss", "exact_sm_loss_scorenet"]
-
-
-@dataclass(frozen=True)
-class Estimate:
-    """A mean over examples with its standard error (std / √n)."""
-
-    mean: float
-    stderr: float
-    n: int
-
-    def __str__(self) -> str:
-        return f"{self.mean:.4f} ± {self.stderr:.4f} (n={self.n})"
-
-
-def _modules(f: object) -> list[nn.Module]:
-    if isinstance(f, nn.Module):
-        return [f]
-    owner = getattr(f, "__self__", None)
-    return [owner] if isinstance(owner, nn.Module) else []
-
-
-def _device(f: object, data: Tensor) -> torch.device:
-    for m in _modules(f):
-        p = next(iter(m.parameters()), None)
-        if p is not None:
-            return p.device
-    return data.device
 
 
 def evaluate_per_sample(
@@ -66,53 +36,13 @@ def evaluate_per_sample(
     model: object = None,
 ) -> Estimate:
     """Mean ± standard error of per-sample values ``fn(batch) -> (b,)`` over the rows of ``data``
-    (``fn(batch, cond_batch)`` when per-row ``cond`` is given).
-
-    Runs in eval mode (for ``model``, if it is a module or a bound method of one) without a
-    parameter graph; with ``seed`` not ``None`` the global RNG (noise of stochastic estimators,
-    dequantisation) is seeded inside a forked RNG state, so repeated evaluations agree and the
-    caller's random stream is untouched. ``max_n`` evaluates the first ``max_n`` rows only.
+    (``fn(batch, cond_batch)`` when per-row ``cond`` is given): :func:`jacfree.estimate.per_example`
+    (eval mode, no parameter graph, seeded in a forked RNG state; ``max_n`` first rows only)
+    summarised by :meth:`Estimate.of`.
     """
-    if not isinstance(data, Tensor) or data.dim() < 2 or len(data) == 0:
-        raise ValueError(
-            f"data must be a non-empty tensor with samples first, got {type(data).__name__} "
-            f"{tuple(getattr(data, 'shape', ()))}."
-        )
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
-    if data.is_floating_point() and not all_finite(data):
-        raise ValueError("data contains NaN/Inf values; clean or impute it before evaluating.")
-    if cond is not None and len(cond) != len(data):
-        raise ValueError(f"cond must hold one row per data row ({len(data)}), got {len(cond)}.")
-    if max_n is not None:
-        data = data[:max_n]
-        cond = cond[:max_n] if cond is not None else None
-    device = _device(model if model is not None else fn, data)
-    mods = _modules(model if model is not None else fn)
-    modes = [m.training for m in mods]
-    for m in mods:
-        m.eval()
-    forked = [device] if device.type == "cuda" else []
-    try:
-        with torch.random.fork_rng(devices=forked, enabled=seed is not None):
-            if seed is not None:
-                torch.manual_seed(seed)
-            with torch.no_grad():
-                if cond is None:
-                    parts = [fn(b.to(device)) for b in data.split(batch_size)]
-                else:
-                    parts = [
-                        fn(b.to(device), c.to(device))
-                        for b, c in zip(data.split(batch_size), cond.split(batch_size), strict=True)
-                    ]
-            parts = [p.detach().double().cpu() for p in parts]
-    finally:
-        for m, mode in zip(mods, modes, strict=True):
-            m.train(mode)
-    values = torch.cat(parts)
-    n = values.numel()
-    stderr = float(values.std() / math.sqrt(n)) if n > 1 else float("nan")
-    return Estimate(float(values.mean()), stderr, n)
+    return Estimate.of(
+        per_example(fn, data, cond=cond, batch_size=batch_size, max_n=max_n, seed=seed, model=model)
+    )
 
 
 def exact_sm_loss(

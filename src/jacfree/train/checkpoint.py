@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
@@ -33,15 +34,16 @@ def file_mode() -> int:
     return 0o666 & ~mask
 
 
-def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:
-    """Atomically write ``payload`` (plus format tags) to ``path``."""
+def write_atomic(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
+    """Write ``path`` atomically: ``write(f)`` fills a temporary file in the same folder, which
+    is flushed to disk and renamed over ``path``, so a reader (or a crash) never sees a half
+    file. The file gets the permissions a new file has under the current umask."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"format": FORMAT, "version": VERSION, **payload}
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, file_mode())
@@ -50,6 +52,17 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write the UTF-8 ``text`` to ``path`` with :func:`write_atomic` (metrics, results)."""
+    return write_atomic(path, lambda f: f.write(text.encode()))
+
+
+def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:
+    """Atomically write ``payload`` (plus format tags) to ``path``."""
+    payload = {"format": FORMAT, "version": VERSION, **payload}
+    return write_atomic(path, lambda f: torch.save(payload, f))
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

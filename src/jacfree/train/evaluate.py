@@ -4,24 +4,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 
-import torch
 from torch import Tensor, nn
 
+from ..estimate import Estimate, per_example
 
-@dataclass(frozen=True)
-class NLL:
-    """Mean negative log-likelihood in nats per example, with its standard error."""
-
-    mean: float
-    stderr: float
-    n: int
-
-    def bits_per_dim(self, dim: int) -> tuple[float, float]:
-        """(bits/dim, its standard error): −log p(x) / (D ln 2)."""
-        scale = 1.0 / (dim * math.log(2))
-        return self.mean * scale, self.stderr * scale
+# Mean negative log-likelihood in nats per example, with its standard error: an Estimate.
+NLL = Estimate
 
 
 def bits_per_dim(nll_nats: float, dim: int) -> float:
@@ -29,7 +18,6 @@ def bits_per_dim(nll_nats: float, dim: int) -> float:
     return nll_nats / (dim * math.log(2))
 
 
-@torch.no_grad()
 def per_example_nll(
     model: nn.Module,
     data: Tensor | tuple[Tensor, Tensor],
@@ -42,31 +30,16 @@ def per_example_nll(
 
     Stochastic layers (uniform dequantisation) draw their noise from a generator seeded with
     ``seed`` inside a forked RNG, so repeated evaluations agree and the caller's random stream
-    is untouched. ``data`` may be an ``(x, context)`` pair: then −log p(x | context).
+    is untouched. ``data`` may be an ``(x, context)`` pair: then −log p(x | context). The loop
+    is :func:`jacfree.estimate.per_example`.
     """
     log_prob = log_prob or model.log_prob
-    if isinstance(data, tuple):
-        x, context = data
-        batches = zip(x.split(batch_size), context.split(batch_size), strict=True)
-    else:
-        batches = ((batch, None) for batch in data.split(batch_size))
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    was_training = model.training
-    model.eval()
-    forked = [device] if device.type == "cuda" else []
-    try:
-        with torch.random.fork_rng(devices=forked):
-            torch.manual_seed(seed)
-            parts = [
-                -_log_prob(log_prob, batch.to(device), c).double().cpu() for batch, c in batches
-            ]
-    finally:
-        model.train(was_training)
-    return torch.cat(parts)
+    x, context = data if isinstance(data, tuple) else (data, None)
 
+    def nll(batch: Tensor, c: Tensor | None = None) -> Tensor:
+        return -(log_prob(batch) if c is None else log_prob(batch, context=c))
 
-def _log_prob(log_prob: Callable[..., Tensor], x: Tensor, context: Tensor | None) -> Tensor:
-    return log_prob(x) if context is None else log_prob(x, context=context.to(x.device))
+    return per_example(nll, x, cond=context, batch_size=batch_size, seed=seed, model=model)
 
 
 def evaluate_nll(
@@ -76,8 +49,7 @@ def evaluate_nll(
     batch_size: int = 1000,
     seed: int = 0,
 ) -> NLL:
-    """Mean NLL over ``data`` (or ``(x, context)`` pairs) and its standard error (std / √n)."""
-    values = per_example_nll(model, data, batch_size=batch_size, seed=seed)
-    n = values.numel()
-    stderr = float(values.std() / math.sqrt(n)) if n > 1 else float("nan")
-    return NLL(float(values.mean()), stderr, n)
+    """Mean NLL over ``data`` (or ``(x, context)`` pairs) and its standard error (std / √n),
+    on the scale the data is given in (:func:`jacfree.evaluate`: on the data's original scale,
+    with bits/dim and a model kind's own metrics)."""
+    return Estimate.of(per_example_nll(model, data, batch_size=batch_size, seed=seed))

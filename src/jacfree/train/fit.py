@@ -44,9 +44,16 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .. import sample_noise
-from .._checks import all_finite, check_choice, check_dtype, check_positive_int, check_samples
+from .._checks import (
+    all_finite,
+    check_choice,
+    check_dtype,
+    check_positive,
+    check_positive_int,
+    check_samples,
+)
 from . import distributed
-from .checkpoint import CheckpointError, file_mode, load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint, write_text_atomic
 from .evaluate import evaluate_nll
 from .relative_adam import default_optimizer
 
@@ -197,6 +204,365 @@ def fit(
         PermissionError: ``out_dir`` cannot be written.
         KeyboardInterrupt: Ctrl-C; the message says where the last checkpoint is.
     """
+    epochs, batch_size, log_every = _check_settings(
+        epochs,
+        batch_size,
+        log_every,
+        patience,
+        warmup_epochs,
+        lr if optimizer is None else None,
+        clip_grad_norm,
+        divergence_factor,
+        compile,
+    )
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    _check_datasets(model, train, val)
+    objective = objective or _default_objective
+    if compile is not None:
+        objective = torch.compile(objective, mode=compile)
+    opt = optimizer or default_optimizer(model, lr)
+    lr_clip = (lr if optimizer is None else None, clip_grad_norm)
+    for group in opt.param_groups:  # the learning rate the warm-up rises to
+        group.setdefault("initial_lr", group["lr"])
+    cluster = distributed.current()
+    if cluster.active and batch_size < cluster.world:
+        raise ValueError(
+            f"batch_size {batch_size} is smaller than the {cluster.world} processes; the "
+            "global batch is split between them: use batch_size >= the number of processes."
+        )
+    run = _Run(
+        model=model,
+        train=train,
+        val=val,
+        opt=opt,
+        objective=objective,
+        val_metric=val_metric or _default_val_metric,
+        val_key=f"val_{val_name}",
+        epochs=epochs,
+        batch_size=batch_size,
+        patience=patience,
+        clip_grad_norm=clip_grad_norm,
+        warmup_epochs=warmup_epochs,
+        seed=seed,
+        out=Path(out_dir) if out_dir is not None else None,
+        log_every=log_every,
+        checkpoint_extra=checkpoint_extra,
+        callbacks=callbacks,
+        config=_run_config(train, batch_size, seed, cluster.world, warmup_epochs, lr_clip),
+        cluster=cluster,
+        device=device,
+    )
+    if run.writes and not resume:
+        _check_writable(run.out)
+    state: dict[str, Any] = {}
+    if run.out is not None and resume:
+        state = run.restore(allow_changes, lr if optimizer is None else None)
+    else:
+        run.start_fresh(overwrite)
+    return run.train_epochs(state, divergence_factor, progress, restore_best)
+
+
+@dataclass
+class _Run:
+    """One call of :func:`fit`: its validated settings and the state a checkpoint holds."""
+
+    model: nn.Module
+    train: Tensor | tuple[Tensor, Tensor]
+    val: Tensor | tuple[Tensor, Tensor] | None
+    opt: torch.optim.Optimizer
+    objective: Objective
+    val_metric: ValMetric
+    val_key: str
+    epochs: int
+    batch_size: int
+    patience: int | None
+    clip_grad_norm: float | None
+    warmup_epochs: float
+    seed: int
+    out: Path | None
+    log_every: int
+    checkpoint_extra: dict[str, Any] | None
+    callbacks: Sequence[Callback]
+    config: dict[str, Any]
+    cluster: Any
+    device: torch.device
+    result: FitResult = field(default_factory=FitResult)
+    best_state: dict[str, Tensor] | None = None
+    bad_epochs: int = 0
+    start: int = 0
+
+    def __post_init__(self) -> None:
+        self.result.out_dir = self.out
+        self.shuffle = torch.Generator().manual_seed(self.seed)
+        self.rows = self.train[0] if isinstance(self.train, tuple) else self.train
+        self.writes = self.out is not None and self.cluster.is_main
+        self.batches_per_epoch = _global_batches(
+            len(self.rows), self.batch_size, self.cluster.world
+        )
+        self.warmup_steps = self.warmup_epochs * self.batches_per_epoch
+
+    # -- restore ---------------------------------------------------------------------------
+
+    def restore(self, allow_changes: bool, lr: float | None) -> dict[str, Any]:
+        """Load ``out/checkpoint.pt``: parameters, optimiser, RNG streams, history, callbacks
+        (``lr``: the default Adam's learning rate, which replaces the saved one)."""
+        out, cluster = self.out, self.cluster
+        state = load_checkpoint(out / LAST, map_location=self.device)
+        _check_resumable(state, self.config, out / LAST, allow_changes)
+        if self.writes:
+            _check_writable(out)
+        self.model.load_state_dict(state["model_state"])
+        self.opt.load_state_dict(state["optimizer_state"])
+        if lr is not None:
+            for group in self.opt.param_groups:
+                group["lr"] = group["initial_lr"] = lr
+        rng = state["rng"]["ranks"][cluster.rank] if cluster.active else state["rng"]
+        torch.set_rng_state(rng["torch"])
+        if self.device.type == "cuda" and rng.get("cuda") is not None:
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        self.shuffle.set_state(state["rng"]["shuffle"])
+        self.start = int(state["epoch"])
+        self.result.history = list(state["history"])
+        self.result.best_epoch = state["best_epoch"]
+        self.result.best_val = state["best_val"]
+        self.best_state = state.get("best_state")
+        self.bad_epochs = int(state["bad_epochs"])
+        saved_callbacks = state.get("callbacks", [])
+        if len(saved_callbacks) != len(self.callbacks):
+            raise CheckpointError(
+                f"cannot resume {out / LAST} exactly: it was saved with {len(saved_callbacks)} "
+                f"callback(s), this run has {len(self.callbacks)}; pass the same callbacks."
+            )
+        for cb, cb_state in zip(self.callbacks, saved_callbacks, strict=True):
+            cb.load_state_dict(cb_state)
+        return state
+
+    def start_fresh(self, overwrite: bool) -> None:
+        """A new run: refuse a folder that holds one (unless ``overwrite``), seed the RNG."""
+        if self.out is not None and (self.out / LAST).exists() and not overwrite:
+            raise FileExistsError(
+                f"{self.out} already holds a training run ({LAST}); pass resume=True "
+                "(CLI: --resume) to continue it, overwrite=True (CLI: --overwrite) to replace "
+                "it, or choose another folder."
+            )
+        torch.manual_seed(self.seed + self.cluster.rank)  # each rank its own stream
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def train_epochs(
+        self, state: dict[str, Any], divergence_factor: float | None, progress: bool, best: bool
+    ) -> FitResult:
+        """Epochs ``start + 1 .. epochs`` with early stopping, then the best parameters."""
+        model, cluster, start = self.model, self.cluster, self.start
+        if start == 0:  # data-dependent initialisation on the first global batch, every rank
+            world = cluster.world
+            first = order_batches(_copy(self.shuffle), len(self.rows), self.batch_size, world)[0]
+            keys = sample_noise.row_keys(first.to(self.device), self.seed, 1)
+            _initialize_data_dependent(model, _take(self.train, first, self.device), keys)
+        if cluster.active:
+            self.step_model = distributed.data_parallel(model, self.objective, self.device)
+        else:
+            self.step_model = lambda x: self.objective(model, x)
+        self.diagnose = getattr(model, "training_diagnostics", None)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.guard = _Guard(divergence_factor, self.out, saved_epoch=start if start else None)
+        if start:
+            self.guard.reference = state.get("reference_grad_norm")
+        self.good_state = _cpu_state(model)  # what a divergence falls back to
+        log = _Progress(self.epochs, self.batches_per_epoch, start, progress and cluster.is_main)
+        epoch = start
+        try:
+            for epoch in range(start + 1, self.epochs + 1):
+                if self.patience is not None and self.bad_epochs >= self.patience:
+                    self.result.stopped_early = True
+                    break
+                row = self.run_epoch(epoch, log)
+                for cb in self.callbacks:
+                    cb.on_epoch_end(model, row)
+                if self.val is not None:
+                    self.validate(epoch, row)
+                self.result.history.append(row)
+                self.good_state = _cpu_state(model)
+                log.epoch_done(epoch, row, self.val_key if self.val is not None else None)
+                if self.out is not None:
+                    self.checkpoint(epoch)
+        except FloatingPointError:
+            model.load_state_dict(self.good_state)  # the parameters of the last good epoch
+            raise
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt(self.guard.interrupted(epoch)) from None
+        finally:
+            log.close()
+        return self.finish(best)
+
+    def run_epoch(self, epoch: int, log: _Progress) -> dict[str, Any]:
+        """One pass over the training data; its metrics row (guards read every ``log_every``)."""
+        self.model.train()
+        t0 = time.perf_counter()
+        count = 0
+        sums = _Sums(self.device)
+        order = order_batches(self.shuffle, len(self.rows), self.batch_size, self.cluster.world)
+        for i, idx in enumerate(order):
+            self.step(epoch, i, idx, sums)
+            count += len(idx)
+            log.update()
+            if (i + 1) % self.log_every == 0 and i + 1 < self.batches_per_epoch:
+                interval = self.guard.check(sums.read(), epoch)
+                log.bar.set_postfix(epoch=epoch, loss=f"{interval / count:.4g}", refresh=False)
+        loss_sum = self.guard.check(sums.read(), epoch)
+        train_time = time.perf_counter() - t0
+        return {
+            "epoch": epoch,
+            "train_loss": loss_sum / count,
+            "epoch_time_s": train_time,
+            "samples_per_s": count / train_time,
+            "lr": self.opt.param_groups[0]["lr"],
+            "grad_norm_max": sums.last["norm_max"],
+            **{f"train_{k}": v / count for k, v in sums.last["diag"].items()},
+        }
+
+    def step(self, epoch: int, i: int, idx: Tensor, sums: _Sums) -> None:
+        """One optimiser step on global batch ``i`` (rows ``idx``; this rank's share of them)."""
+        cluster, opt, device = self.cluster, self.opt, self.device
+        if self.warmup_steps:
+            step = (epoch - 1) * self.batches_per_epoch + i + 1
+            for group in opt.param_groups:
+                group["lr"] = group["initial_lr"] * min(1.0, step / self.warmup_steps)
+        mine = idx[cluster.rank :: cluster.world]
+        x = _take(self.train, mine, device)
+        keys = sample_noise.row_keys(mine.to(device, non_blocking=True), self.seed, epoch)
+        opt.zero_grad(set_to_none=True)
+        with sample_noise.indexed(keys):
+            loss = self.step_model(x)
+        # this rank's share of the global batch; the global loss and diagnostics are the
+        # share-weighted sums over ranks (one all-reduce; nothing to do without DDP)
+        weight = len(mine) / len(idx)
+        diagnostics = self.diagnose() if self.diagnose is not None else {}
+        value, *diag = distributed.sum_tensors(
+            [t.detach() * weight for t in (loss, *diagnostics.values())], cluster
+        )
+        diagnostics = dict(zip(diagnostics, diag, strict=True))
+        if cluster.active:  # DDP averages gradients over ranks: scale to the share
+            loss = loss * (weight * cluster.world)
+        loss.backward()
+        norm = _grad_norm(self.params, device)
+        if self.clip_grad_norm is not None:
+            nn.utils.clip_grads_with_norm_(self.params, self.clip_grad_norm, norm)
+        opt.step()
+        if self.guard.reference is None:
+            self.guard.reference = norm.detach().double()  # read at the first check
+        sums.add(value, norm, diagnostics, len(idx))
+        for cb in self.callbacks:
+            cb.on_step(self.model, value, diagnostics)
+
+    # -- validate, checkpoint ----------------------------------------------------------------
+
+    def validate(self, epoch: int, row: dict[str, Any]) -> None:
+        """The validation metric into ``row``; a new best is kept (and saved as ``best.pt``)."""
+        result = self.result
+        t1 = time.perf_counter()
+        score = float(self.val_metric(self.model, self.val))
+        row[self.val_key] = score
+        row["val_time_s"] = time.perf_counter() - t1
+        self.guard.check_val(score, result.best_val, self.val_key, epoch)
+        if result.best_val is None or score < result.best_val:
+            result.best_val, result.best_epoch, self.bad_epochs = score, epoch, 0
+            self.best_state = _cpu_state(self.model)
+            if self.writes:
+                payload = _model_payload(self.best_state, epoch, self.checkpoint_extra)
+                save_checkpoint(payload, self.out / BEST)
+        else:
+            self.bad_epochs += 1
+        row["best_" + self.val_key] = result.best_val
+
+    def checkpoint(self, epoch: int) -> None:
+        """``checkpoint.pt`` and ``metrics.jsonl`` after an epoch (RNG streams of every rank)."""
+        cluster = self.cluster
+        rng = distributed.gather_objects(_rng_state(self.device), cluster)
+        if self.writes:
+            extra = {"reference_grad_norm": self.guard.reference, **(self.checkpoint_extra or {})}
+            _save_run(
+                self.out,
+                self.good_state,
+                self.opt,
+                epoch,
+                self.shuffle,
+                rng[0] if not cluster.active else {"ranks": rng},
+                self.result,
+                self.best_state,
+                self.bad_epochs,
+                self.config,
+                extra,
+                self.callbacks,
+            )
+        self.guard.saved_epoch = epoch
+        distributed.barrier(cluster)
+
+    def finish(self, restore_best: bool) -> FitResult:
+        """The best parameters back into the model; ``best.pt`` of a run without validation."""
+        if restore_best and self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+        if self.writes and self.val is None:
+            payload = _model_payload(
+                _cpu_state(self.model), len(self.result.history), self.checkpoint_extra
+            )
+            save_checkpoint(payload, self.out / BEST)
+        distributed.barrier(self.cluster)
+        return self.result
+
+
+class _Progress:
+    """The progress bar, or (stderr not a terminal) a line for the first and last epoch and at
+    most one every :data:`LINE_EVERY_S` seconds between them."""
+
+    def __init__(self, epochs: int, steps_per_epoch: int, start: int, show: bool) -> None:
+        self.show, self.terminal = show, sys.stderr.isatty()
+        self.epochs, self.start = epochs, start
+        self.bar = tqdm(
+            total=epochs * steps_per_epoch,
+            initial=start * steps_per_epoch,
+            unit="step",
+            desc="train",
+            disable=not (show and self.terminal),
+            dynamic_ncols=True,
+        )
+        self.last_line = time.perf_counter()
+
+    def update(self) -> None:
+        self.bar.update(1)
+
+    def epoch_done(self, epoch: int, row: dict[str, Any], val_key: str | None) -> None:
+        summary = {
+            "epoch": epoch,
+            "loss": f"{row['train_loss']:.4g}",
+            **({"val": f"{row[val_key]:.4g}"} if val_key is not None else {}),
+            "samples_s": f"{row['samples_per_s']:.0f}",
+        }
+        self.bar.set_postfix(**summary)
+        now = time.perf_counter()
+        due = epoch in (self.start + 1, self.epochs) or now - self.last_line >= LINE_EVERY_S
+        if self.show and not self.terminal and due:  # a log file: periodic lines, no bar
+            line = ", ".join(f"{k} {v}" for k, v in summary.items() if k != "epoch")
+            print(f"epoch {epoch}/{self.epochs}: {line}", file=sys.stderr, flush=True)
+            self.last_line = now
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _check_settings(
+    epochs: object,
+    batch_size: object,
+    log_every: object,
+    patience: object,
+    warmup_epochs: object,
+    lr: object,
+    clip_grad_norm: object,
+    divergence_factor: object,
+    compile: str | None,
+) -> tuple[int, int, int]:
+    """Validate :func:`fit`'s scalar arguments (``lr``: ``None`` when an optimizer is given);
+    return ``epochs``, ``batch_size`` and ``log_every``."""
     epochs = check_positive_int(epochs, "epochs")
     batch_size = check_positive_int(batch_size, "batch_size")
     log_every = check_positive_int(log_every, "log_every")
@@ -206,15 +572,47 @@ def fit(
         warmup_epochs < 0
     ):
         raise ValueError(f"warmup_epochs must be a finite number >= 0, got {warmup_epochs!r}.")
-    if optimizer is None:
-        _check_positive(lr, "lr", "the learning rate; 0 would train nothing")
+    if lr is not None:
+        check_positive(lr, "lr", "the learning rate; 0 would train nothing")
     if clip_grad_norm is not None:
-        _check_positive(clip_grad_norm, "clip_grad_norm", "the largest gradient norm kept")
+        check_positive(clip_grad_norm, "clip_grad_norm", "the largest gradient norm kept")
     if divergence_factor is not None:
-        _check_positive(divergence_factor, "divergence_factor", "or None to disable")
+        check_positive(divergence_factor, "divergence_factor", "or None to disable")
     if compile is not None:
         check_choice(compile, "compile mode", COMPILE_MODES)
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    return epochs, batch_size, log_every
+
+
+def _run_config(
+    train: Tensor | tuple[Tensor, Tensor],
+    batch_size: int,
+    seed: int,
+    world_size: int,
+    warmup_epochs: float,
+    lr_clip: tuple[float | None, float | None],
+) -> dict[str, Any]:
+    """The settings a resumed run must share, ``n_train`` and the data's fingerprint."""
+    pairs = isinstance(train, tuple)
+    return {
+        "batch_size": batch_size,
+        "seed": seed,
+        "n_train": len(train[0]) if pairs else len(train),
+        "world_size": world_size,
+        "warmup_epochs": warmup_epochs,
+        "lr": lr_clip[0],
+        "clip_grad_norm": lr_clip[1],
+        "data_fingerprint": "-".join(map(data_fingerprint, train))
+        if pairs
+        else data_fingerprint(train),
+    }
+
+
+def _check_datasets(
+    model: nn.Module,
+    train: Tensor | tuple[Tensor, Tensor],
+    val: Tensor | tuple[Tensor, Tensor] | None,
+) -> None:
+    """Both data sets (or ``(x, context)`` pairs of them), once, before training."""
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
     pairs = isinstance(train, tuple)
     for name, data in (("train", train), ("val", val)):
@@ -223,237 +621,6 @@ def fit(
         if pairs:
             _check_pairs(data, name)
         _check_data(*(data if pairs else (data, None)), name, model, dtype)
-    rows = train[0] if pairs else train  # what indexes the samples
-    objective = objective or _default_objective
-    if compile is not None:
-        objective = torch.compile(objective, mode=compile)
-    val_metric = val_metric or _default_val_metric
-    val_key = f"val_{val_name}"
-    out = Path(out_dir) if out_dir is not None else None
-    opt = optimizer or default_optimizer(model, lr)
-    for group in opt.param_groups:  # the learning rate the warm-up rises to
-        group.setdefault("initial_lr", group["lr"])
-    shuffle = torch.Generator().manual_seed(seed)
-    cluster = distributed.current()
-    config = {
-        "batch_size": batch_size,
-        "seed": seed,
-        "n_train": len(train[0]) if pairs else len(train),
-        "world_size": cluster.world,
-        "warmup_epochs": warmup_epochs,
-        "lr": lr if optimizer is None else None,
-        "clip_grad_norm": clip_grad_norm,
-        "data_fingerprint": data_fingerprint(rows)
-        if not pairs
-        else "-".join(map(data_fingerprint, train)),
-    }
-    if cluster.active and batch_size < cluster.world:
-        raise ValueError(
-            f"batch_size {batch_size} is smaller than the {cluster.world} processes; the "
-            "global batch is split between them: use batch_size >= the number of processes."
-        )
-    writes = out is not None and cluster.is_main
-    if writes and not resume:
-        _check_writable(out)
-
-    result = FitResult(out_dir=out)
-    best_state: dict[str, Tensor] | None = None
-    bad_epochs = 0
-    start = 0
-    if out is not None and resume:
-        state = load_checkpoint(out / LAST, map_location=device)
-        _check_resumable(state, config, out / LAST, allow_changes)
-        if writes:
-            _check_writable(out)
-        model.load_state_dict(state["model_state"])
-        opt.load_state_dict(state["optimizer_state"])
-        if optimizer is None:
-            for group in opt.param_groups:
-                group["lr"] = group["initial_lr"] = lr
-        rng = state["rng"]["ranks"][cluster.rank] if cluster.active else state["rng"]
-        torch.set_rng_state(rng["torch"])
-        if device.type == "cuda" and rng.get("cuda") is not None:
-            torch.cuda.set_rng_state_all(rng["cuda"])
-        shuffle.set_state(state["rng"]["shuffle"])
-        start = int(state["epoch"])
-        result.history = list(state["history"])
-        result.best_epoch = state["best_epoch"]
-        result.best_val = state["best_val"]
-        best_state = state.get("best_state")
-        bad_epochs = int(state["bad_epochs"])
-        saved_callbacks = state.get("callbacks", [])
-        if len(saved_callbacks) != len(callbacks):
-            raise CheckpointError(
-                f"cannot resume {out / LAST} exactly: it was saved with {len(saved_callbacks)} "
-                f"callback(s), this run has {len(callbacks)}; pass the same callbacks."
-            )
-        for cb, cb_state in zip(callbacks, saved_callbacks, strict=True):
-            cb.load_state_dict(cb_state)
-    else:
-        if out is not None and (out / LAST).exists() and not overwrite:
-            raise FileExistsError(
-                f"{out} already holds a training run ({LAST}); pass resume=True "
-                "(CLI: --resume) to continue it, overwrite=True (CLI: --overwrite) to replace "
-                "it, or choose another folder."
-            )
-        torch.manual_seed(seed + cluster.rank)  # other randomness: each rank its own stream
-
-    if start == 0:  # data-dependent initialisation on the first global batch, on every rank
-        first = order_batches(_copy(shuffle), len(rows), batch_size, cluster.world)[0]
-        keys = sample_noise.row_keys(first.to(device), seed, 1)
-        _initialize_data_dependent(model, _take(train, first, device), keys)
-
-    step_model: Callable[[Tensor], Tensor]
-    if cluster.active:
-        step_model = distributed.data_parallel(model, objective, device)
-    else:
-        step_model = lambda x: objective(model, x)  # noqa: E731
-
-    diagnose = getattr(model, "training_diagnostics", None)
-    params = [p for p in model.parameters() if p.requires_grad]
-    batches_per_epoch = _global_batches(len(rows), batch_size, cluster.world)
-    steps_per_epoch = batches_per_epoch
-    warmup_steps = warmup_epochs * steps_per_epoch
-    guard = _Guard(divergence_factor, out, saved_epoch=start if start else None)
-    if start:
-        guard.reference = state.get("reference_grad_norm")
-    good_state = _cpu_state(model)  # what a divergence falls back to
-    show = progress and cluster.is_main
-    terminal = sys.stderr.isatty()
-    bar = tqdm(
-        total=epochs * steps_per_epoch,
-        initial=start * steps_per_epoch,
-        unit="step",
-        desc="train",
-        disable=not (show and terminal),
-        dynamic_ncols=True,
-    )
-    epoch = start
-    last_line = time.perf_counter()
-    try:
-        for epoch in range(start + 1, epochs + 1):
-            if patience is not None and bad_epochs >= patience:
-                result.stopped_early = True
-                break
-            model.train()
-            t0 = time.perf_counter()
-            count = 0
-            sums = _Sums(device)
-            for i, idx in enumerate(order_batches(shuffle, len(rows), batch_size, cluster.world)):
-                if warmup_steps:
-                    step = (epoch - 1) * steps_per_epoch + i + 1
-                    for group in opt.param_groups:
-                        group["lr"] = group["initial_lr"] * min(1.0, step / warmup_steps)
-                mine = idx[cluster.rank :: cluster.world]
-                x = _take(train, mine, device)
-                keys = sample_noise.row_keys(mine.to(device, non_blocking=True), seed, epoch)
-                opt.zero_grad(set_to_none=True)
-                with sample_noise.indexed(keys):
-                    loss = step_model(x)
-                # this rank's share of the global batch; the global loss and diagnostics are the
-                # share-weighted sums over ranks (one all-reduce; nothing to do without DDP)
-                weight = len(mine) / len(idx)
-                diagnostics = diagnose() if diagnose is not None else {}
-                value, *diag = distributed.sum_tensors(
-                    [t.detach() * weight for t in (loss, *diagnostics.values())], cluster
-                )
-                diagnostics = dict(zip(diagnostics, diag, strict=True))
-                if cluster.active:  # DDP averages gradients over ranks: scale to the share
-                    loss = loss * (weight * cluster.world)
-                loss.backward()
-                norm = _grad_norm(params, device)
-                if clip_grad_norm is not None:
-                    nn.utils.clip_grads_with_norm_(params, clip_grad_norm, norm)
-                opt.step()
-                if guard.reference is None:
-                    guard.reference = norm.detach().double()  # read at the first check
-                sums.add(value, norm, diagnostics, len(idx))
-                for cb in callbacks:
-                    cb.on_step(model, value, diagnostics)
-                count += len(idx)
-                bar.update(1)
-                if (i + 1) % log_every == 0 and i + 1 < batches_per_epoch:
-                    interval = guard.check(sums.read(), epoch)
-                    bar.set_postfix(epoch=epoch, loss=f"{interval / count:.4g}", refresh=False)
-            loss_sum = guard.check(sums.read(), epoch)
-            train_time = time.perf_counter() - t0
-            row: dict[str, Any] = {
-                "epoch": epoch,
-                "train_loss": loss_sum / count,
-                "epoch_time_s": train_time,
-                "samples_per_s": count / train_time,
-                "lr": opt.param_groups[0]["lr"],
-                "grad_norm_max": sums.last["norm_max"],
-                **{f"train_{k}": v / count for k, v in sums.last["diag"].items()},
-            }
-            for cb in callbacks:
-                cb.on_epoch_end(model, row)
-            if val is not None:
-                t1 = time.perf_counter()
-                score = float(val_metric(model, val))
-                row[val_key] = score
-                row["val_time_s"] = time.perf_counter() - t1
-                guard.check_val(score, result.best_val, val_key, epoch)
-                if result.best_val is None or score < result.best_val:
-                    result.best_val, result.best_epoch, bad_epochs = score, epoch, 0
-                    best_state = _cpu_state(model)
-                    if writes:
-                        save_checkpoint(
-                            _model_payload(best_state, epoch, checkpoint_extra), out / BEST
-                        )
-                else:
-                    bad_epochs += 1
-                row["best_" + val_key] = result.best_val
-            result.history.append(row)
-            good_state = _cpu_state(model)
-            summary = {
-                "epoch": epoch,
-                "loss": f"{row['train_loss']:.4g}",
-                **({"val": f"{row[val_key]:.4g}"} if val is not None else {}),
-                "samples_s": f"{row['samples_per_s']:.0f}",
-            }
-            bar.set_postfix(**summary)
-            now = time.perf_counter()
-            due = epoch in (start + 1, epochs) or now - last_line >= LINE_EVERY_S
-            if show and not terminal and due:  # a log file: periodic lines instead of a bar
-                line = ", ".join(f"{k} {v}" for k, v in summary.items() if k != "epoch")
-                print(f"epoch {epoch}/{epochs}: {line}", file=sys.stderr, flush=True)
-                last_line = now
-            if out is not None:
-                rng = distributed.gather_objects(_rng_state(device), cluster)
-                if writes:
-                    _save_run(
-                        out,
-                        good_state,
-                        opt,
-                        epoch,
-                        shuffle,
-                        rng[0] if not cluster.active else {"ranks": rng},
-                        result,
-                        best_state,
-                        bad_epochs,
-                        config,
-                        {"reference_grad_norm": guard.reference, **(checkpoint_extra or {})},
-                        callbacks,
-                    )
-                guard.saved_epoch = epoch
-                distributed.barrier(cluster)
-    except FloatingPointError:
-        model.load_state_dict(good_state)  # the parameters of the last good epoch
-        raise
-    except KeyboardInterrupt:
-        raise KeyboardInterrupt(guard.interrupted(epoch)) from None
-    finally:
-        bar.close()
-
-    if restore_best and best_state is not None:
-        model.load_state_dict(best_state)
-    if writes and val is None:
-        save_checkpoint(
-            _model_payload(_cpu_state(model), len(result.history), checkpoint_extra), out / BEST
-        )
-    distributed.barrier(cluster)
-    return result
 
 
 def order_batches(
@@ -604,12 +771,6 @@ def _grad_norm(params: list[nn.Parameter], device: torch.device) -> Tensor:
     return nn.utils.get_total_norm(grads)
 
 
-def _check_positive(value: object, name: str, meaning: str) -> None:
-    ok = isinstance(value, int | float) and not isinstance(value, bool)
-    if not (ok and math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a finite number > 0 ({meaning}), got {value!r}.")
-
-
 def _check_data(
     x: object, context: Tensor | None, name: str, model: nn.Module, dtype: torch.dtype | None
 ) -> None:
@@ -736,12 +897,7 @@ def _save_run(
 
 def _write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
     """Rewrite the JSONL metrics file atomically (it always matches the checkpoint)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        for row in history:
-            f.write(json.dumps(row) + "\n")
-    os.chmod(tmp, file_mode())
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(json.dumps(row) + "\n" for row in history))
 
 
 def _check_resumable(
