@@ -50,7 +50,8 @@ from .train import (
     load_checkpoint,
     make_optimizer,
 )
-from .train.fit import BEST, COMPILE_MODES, LAST, METRICS
+from .train.checkpoint import write_json_atomic
+from .train.fit import BEST, COMPILE_MODES, LAST, METRICS, RESULTS
 
 RUNS = Path("runs")
 # Epochs for `jacfree train` when --epochs is not given: small data sets need many passes.
@@ -135,7 +136,7 @@ FREE_ON_RESUME = (
     "no_plots", "out", "resume", "overwrite", "allow_changes", "config",
 )  # fmt: skip
 NEVER_ON_RESUME = ("data", "data_seed", "root", "model")
-RUN_FILES = (LAST, BEST, METRICS, "results.json")
+RUN_FILES = (LAST, BEST, METRICS, RESULTS)
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -417,21 +418,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = _fit(args, model, ds, spec, kind, out, data_info, settings)
     wall = time.perf_counter() - t0
     test = _report(model, ds, spec, "test")
-    epoch_times = [row["epoch_time_s"] for row in result.history]
     summary = {
         "data": data_info,
         "spec": spec,
         "settings": settings,
-        "epochs_run": len(result.history),
-        "best_epoch": result.best_epoch,
-        "stopped_early": result.stopped_early,
-        "val_metric": f"val_{kind.validation_name(spec)}",
-        "best_val": result.best_val,
-        "train_time_per_epoch_s": sum(epoch_times) / max(len(epoch_times), 1),
+        **result.summary(),
         "wall_time_s": wall,
         "test": test,
     }
-    (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json_atomic(out / RESULTS, summary)
     print(
         f"epochs {len(result.history)} (best {result.best_epoch}"
         f"{', early stop' if result.stopped_early else ''}), "

@@ -10,6 +10,7 @@ of a temporary file.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Callable
@@ -57,6 +58,11 @@ def write_atomic(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
 def write_text_atomic(path: str | Path, text: str) -> Path:
     """Write the UTF-8 ``text`` to ``path`` with :func:`write_atomic` (metrics, results)."""
     return write_atomic(path, lambda f: f.write(text.encode()))
+
+
+def write_json_atomic(path: str | Path, value: Any) -> Path:
+    """Write ``value`` as indented JSON (one trailing newline) with :func:`write_atomic`."""
+    return write_text_atomic(path, json.dumps(value, indent=2) + "\n")
 
 
 def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import inspect
 import json
 import math
 import os
@@ -53,7 +54,13 @@ from .._checks import (
     check_samples,
 )
 from . import distributed
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint, write_text_atomic
+from .checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    save_checkpoint,
+    write_json_atomic,
+    write_text_atomic,
+)
 from .evaluate import evaluate_nll
 from .relative_adam import default_optimizer
 
@@ -63,6 +70,7 @@ ValMetric = Callable[[nn.Module, Tensor], float]
 LAST = "checkpoint.pt"
 BEST = "best.pt"
 METRICS = "metrics.jsonl"
+RESULTS = "results.json"
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 LINE_EVERY_S = 10.0  # progress lines when stderr is no terminal: first, last, then this often
 # settings a resumed run may change without breaking the exact continuation
@@ -95,6 +103,7 @@ class FitResult:
         best_val: that metric's value.
         stopped_early: whether early stopping ended the run.
         out_dir: the folder holding checkpoints and metrics, if any.
+        settings: every setting of the call (JSON values; functions and objects by name).
     """
 
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -102,6 +111,22 @@ class FitResult:
     best_val: float | None = None
     stopped_early: bool = False
     out_dir: Path | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        """What ``results.json`` records of the run: the settings (``"fit"``), the epochs run,
+        the best epoch and its validation metric, early stopping, the mean training time per
+        epoch."""
+        times = [row["epoch_time_s"] for row in self.history]
+        return {
+            "fit": self.settings,
+            "epochs_run": len(self.history),
+            "best_epoch": self.best_epoch,
+            "stopped_early": self.stopped_early,
+            "val_metric": f"val_{self.settings.get('val_name', 'nll')}",
+            "best_val": self.best_val,
+            "train_time_per_epoch_s": sum(times) / max(len(times), 1),
+        }
 
 
 def _default_objective(model: nn.Module, x: Tensor | tuple[Tensor, Tensor]) -> Tensor:
@@ -173,7 +198,9 @@ def fit(
         seed: seeds the shuffling, the per-sample noise of :mod:`jacfree.sample_noise`
             (dequantisation) and the global torch RNG (other randomness of the objective).
         out_dir: folder for ``checkpoint.pt`` (last epoch, for resuming), ``best.pt`` (best
-            validation epoch) and ``metrics.jsonl``. ``None`` keeps everything in memory.
+            validation epoch), ``metrics.jsonl`` and, at the end, ``results.json``
+            (:meth:`FitResult.summary`: every setting and the best epoch), all written
+            atomically. ``None`` keeps everything in memory.
         resume: continue the run saved in ``out_dir/checkpoint.pt``. The training data must be
             the same (its fingerprint is stored); of the settings only ``epochs`` and
             ``patience`` may change, unless ``allow_changes``.
@@ -251,6 +278,9 @@ def fit(
         config=_run_config(train, batch_size, seed, cluster.world, warmup_epochs, lr_clip),
         cluster=cluster,
         device=device,
+    )
+    run.result.settings = _recorded_settings(
+        run, opt, optimizer is None, val_name, val_metric, divergence_factor, compile, restore_best
     )
     if run.writes and not resume:
         _check_writable(run.out)
@@ -507,6 +537,8 @@ class _Run:
                 _cpu_state(self.model), len(self.result.history), self.checkpoint_extra
             )
             save_checkpoint(payload, self.out / BEST)
+        if self.writes:
+            write_json_atomic(self.out / RESULTS, self.result.summary())
         distributed.barrier(self.cluster)
         return self.result
 
@@ -581,6 +613,52 @@ def _check_settings(
     if compile is not None:
         check_choice(compile, "compile mode", COMPILE_MODES)
     return epochs, batch_size, log_every
+
+
+def _recorded_settings(
+    run: _Run,
+    opt: torch.optim.Optimizer,
+    default_adam: bool,
+    val_name: str,
+    val_metric: ValMetric | None,
+    divergence_factor: float | None,
+    compile: str | None,
+    restore_best: bool,
+) -> dict[str, Any]:
+    """The settings of a :func:`fit` call as plain JSON values (:attr:`FitResult.settings`)."""
+    n_val = None if run.val is None else len(run.val[0] if isinstance(run.val, tuple) else run.val)
+    return {
+        "epochs": run.epochs,
+        "batch_size": run.batch_size,
+        "lr": run.config["lr"],
+        "optimizer": "adam" if default_adam else type(opt).__name__,
+        "patience": run.patience,
+        "objective": _name(run.objective, "model.loss"),
+        "val_metric": _name(val_metric, "exact NLL") if run.val is not None else None,
+        "val_name": val_name,
+        "clip_grad_norm": run.clip_grad_norm,
+        "warmup_epochs": run.warmup_epochs,
+        "seed": run.seed,
+        "log_every": run.log_every,
+        "divergence_factor": divergence_factor,
+        "compile": compile,
+        "restore_best": restore_best,
+        "callbacks": [type(cb).__name__ for cb in run.callbacks],
+        "world_size": run.cluster.world,
+        "n_train": run.config["n_train"],
+        "n_val": n_val,
+        "data_fingerprint": run.config["data_fingerprint"],
+    }
+
+
+def _name(fn: object, default: str) -> str:
+    """How a function reads in the recorded settings (its qualified name)."""
+    if fn is None or fn is _default_objective:
+        return default
+    inner = inspect.unwrap(fn)  # type: ignore[arg-type]  # a compiled objective: the original
+    if inner is _default_objective:
+        return default
+    return getattr(inner, "__qualname__", type(inner).__name__)
 
 
 def _run_config(
