@@ -90,7 +90,7 @@ def test_watch_warns_once_per_excursion() -> None:
             watch.on_epoch_end(None, {"epoch": 1, "train_recon_rel": rel})
     assert len(caught) == 2
     assert "drifting from W⁻¹" in str(caught[0].message)
-    with pytest.raises(ValueError, match="threshold must be > 0"):
+    with pytest.raises(ValueError, match="threshold must be a finite number > 0"):
         ReconstructionWatch(0.0)
 
 

@@ -7,6 +7,7 @@ garbage silently.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -124,9 +125,35 @@ def check_positive(value: object, name: str, meaning: str = "") -> float:
     return float(value)
 
 
+def check_image_shape(shape: Sequence[int], name: str, advice: str = "") -> tuple[int, int, int]:
+    """Check that ``shape`` is the event shape of one image, ``(channels, height, width)`` of
+    positive integers, and return it as a tuple; ``name`` is what needs it, ``advice`` ends the
+    message (default: an MNIST example)."""
+    shape = tuple(shape)
+    if len(shape) != 3 or not all(isinstance(s, int) and s >= 1 for s in shape):
+        raise ValueError(
+            f"{name} needs image data, the event shape of one image (channels, height, width); "
+            f"got {shape!r}. " + (advice or "E.g. (1, 28, 28) for MNIST.")
+        )
+    return shape  # type: ignore[return-value]
+
+
 def check_choice(value: str, name: str, choices: tuple[str, ...]) -> str:
     """Check that ``value`` is one of ``choices`` and return it."""
     if value not in choices:
         options = ", ".join(map(repr, choices))
         raise ValueError(f"unknown {name} {value!r}; choose one of {options}.")
     return value
+
+
+def resolve_device(device: torch.device | str) -> torch.device:
+    """``torch.device(device)``; ``"auto"`` is CUDA when available, else the CPU. A clear error
+    when CUDA is asked for and absent (checked where the device enters, once)."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            "device cuda was requested (--device cuda) but no CUDA device is available; use cpu."
+        )
+    return dev

@@ -25,6 +25,7 @@ except ModuleNotFoundError:  # Python 3.10: the same parser as the tomli package
     import tomli as tomllib
 
 from . import __version__
+from ._checks import resolve_device
 from .bench import cli as bench_cli
 from .data import DatasetUnavailableError, load
 from .data import cli as data_cli
@@ -56,15 +57,6 @@ from .train.fit import BEST, COMPILE_MODES, LAST, METRICS, RESULTS
 RUNS = Path("runs")
 # Epochs for `jacfree train` when --epochs is not given: small data sets need many passes.
 DEFAULT_EPOCHS = {"digits": 1500}
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was requested but no CUDA device is available; use cpu.")
-    return dev
 
 
 def _fresh_folder(base: Path) -> Path:
@@ -384,8 +376,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.allow_changes and not args.resume:
         raise ValueError("--allow-changes only applies with --resume.")
     # under torchrun: join the process group (DDP); only rank 0 prints and writes
-    cluster = distributed.init_from_env(_device(args.device))
-    device = distributed.local_device(_device(args.device))
+    cluster = distributed.init_from_env(resolve_device(args.device))
+    device = distributed.local_device(resolve_device(args.device))
     kind = model_kind(args.model)
     ds = load(args.data, root=args.root, seed=args.data_seed)
     spec = train_spec(args, ds)
@@ -575,7 +567,7 @@ def _load_run(path: Path, which: str, device: torch.device) -> tuple[Any, dict, 
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    device = _device(args.device)
+    device = resolve_device(args.device)
     model, spec, data = _load_run(args.run, args.which, device)
     name = args.data or data.get("name")
     if not name:
@@ -661,7 +653,7 @@ def _class_panels(
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    device = _device(args.device)
+    device = resolve_device(args.device)
     model, spec, data = _load_run(args.run, args.which, device)
     if spec.get("conditional"):
         return _sample_conditional(args, model, spec, data)

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from .. import __version__
+from .._checks import resolve_device
 from ..plots import pyplot
 from .step import COMPILE_MODES
 from .timing import CLOCKS, TimingOptions
@@ -37,14 +38,6 @@ PLOT_HINT = "the benchmark plots need matplotlib (or pass --no-plot)"
 
 
 # -- where a benchmark runs -------------------------------------------------------------------
-
-
-def resolve_device(device: torch.device | str) -> torch.device:
-    """``torch.device(device)``, with a clear error when CUDA is asked for and absent."""
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device cuda was requested but no CUDA device is available; use cpu.")
-    return dev
 
 
 def _cpu_name() -> str:

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .._checks import check_choice, check_positive_int
+from .._checks import check_choice, check_image_shape, check_positive_int
 from .activations import SmoothLeakyReLU
 from .conditional import ContextAffine, context_encoder
 from .conv import SelfNormConv2d
@@ -114,7 +114,7 @@ class CNNFlow(Flow):
         context_classes: int | None = None,
         context_hidden: int = 64,
     ) -> None:
-        shape = _image_shape(shape, "CNNFlow")
+        shape = check_image_shape(shape, "CNNFlow")
         encoder = context_encoder(context_features, context_classes, context_hidden)
         check_positive_int(blocks, "blocks")
         check_positive_int(layers_per_block, "layers_per_block")
@@ -153,16 +153,6 @@ class CNNFlow(Flow):
     def conv_layers(self) -> list[SelfNormConv2d]:
         """The SNF convolutions (the layers with a gradient mode), in data → latent order."""
         return self.gradient_layers()  # type: ignore[return-value]
-
-
-def _image_shape(shape: Sequence[int], model: str) -> tuple[int, int, int]:
-    shape = tuple(shape)
-    if len(shape) != 3 or not all(isinstance(s, int) and s >= 1 for s in shape):
-        raise ValueError(
-            f"{model} needs the event shape of one image, (channels, height, width), got "
-            f"{shape!r}; e.g. (1, 28, 28) for MNIST."
-        )
-    return shape  # type: ignore[return-value]
 
 
 def _check_squeezes(shape: tuple[int, int, int], model: str, blocks: int, squeezes: int) -> None:

@@ -39,9 +39,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .._checks import check_choice, check_positive_int
+from .._checks import check_choice, check_image_shape, check_positive_int
 from .actnorm import ActNorm
-from .cnn import _check_squeezes, _image_shape
+from .cnn import _check_squeezes
 from .conditional import ContextAffine, context_encoder
 from .conv import Conv1x1, SelfNormConv2d
 from .core import GRADIENT_MODES, Flow, FlowLayer
@@ -113,7 +113,7 @@ class GlowFlow(Flow):
         context_classes: int | None = None,
         context_hidden: int = 64,
     ) -> None:
-        shape = _image_shape(shape, "GlowFlow")
+        shape = check_image_shape(shape, "GlowFlow")
         encoder = context_encoder(context_features, context_classes, context_hidden)
         check_positive_int(blocks, "blocks")
         check_positive_int(steps, "steps")

@@ -37,6 +37,7 @@ from typing import Any
 
 from torch import nn
 
+from .._checks import check_image_shape
 from ..flows.cnn import CNNFlow
 from ..flows.conv import SelfNormConv2d
 from ..flows.glow_model import GlowFlow
@@ -53,14 +54,12 @@ __all__ = ["build_cnn", "build_glow"]
 
 
 def _image_shape(spec: ModelSpec, kind: str) -> tuple[int, int, int]:
-    shape = tuple(int(s) for s in spec["data_shape"])
-    if len(shape) != 3:
-        raise ValueError(
-            f"model kind {kind!r} needs image data of shape (channels, height, width); the data "
-            f"has per-sample shape {shape}. Use an image dataset (e.g. --data fashion-mnist) or "
-            "the fully connected flow (--model fc)."
-        )
-    return shape  # type: ignore[return-value]
+    return check_image_shape(
+        [int(s) for s in spec["data_shape"]],
+        f"model kind {kind!r}",
+        "Use an image dataset (e.g. --data fashion-mnist) or the fully connected flow "
+        "(--model fc).",
+    )
 
 
 def _gradient(spec: ModelSpec, kind: str, supported: tuple[str, ...]) -> str:

@@ -53,7 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._checks import check_choice, check_positive_int, check_samples
+from .._checks import check_choice, check_positive, check_positive_int, check_samples
 from ..estimate import Estimate
 from ..flows.core import CachedStateModule, ParameterStateCache
 from .sampling import LangevinSampled
@@ -240,8 +240,7 @@ class DKEF(LangevinSampled, CachedStateModule):
         check_positive_int(alpha_points, "alpha_points")
         check_positive_int(logz_samples, "logz_samples")
         check_choice(alpha_solve, "alpha_solve", ALPHA_SOLVES)
-        if not (math.isfinite(q0_std) and q0_std > 0):
-            raise ValueError(f"q0_std must be a positive number, got {q0_std!r}.")
+        check_positive(q0_std, "q0_std", "the base's standard deviation")
         if len(log_sigma) == 0:
             raise ValueError("log_sigma must hold at least one initial log-bandwidth.")
         self.dim = dim

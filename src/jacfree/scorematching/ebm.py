@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._activations import ACTIVATIONS, Activation
+from .._checks import check_positive
 
 __all__ = [
     "ACTIVATIONS",
@@ -168,8 +169,7 @@ def annealed_langevin_energy(
     """
     if not isinstance(x0, Tensor) or not x0.is_floating_point() or x0.dim() < 2:
         raise ValueError("x0 must be a floating-point tensor of starting points (n, *event)")
-    if not step_size > 0:
-        raise ValueError(f"step_size must be > 0, got {step_size!r}")
+    check_positive(step_size, "step_size")
     x = x0.detach().clone()
     a2 = step_size**2
     for t in temperatures.tolist():  # the schedule is host data, not a model output

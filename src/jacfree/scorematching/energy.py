@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from .._activations import ACTIVATIONS, Activation, activation
-from .._checks import check_positive_int, check_samples
+from .._checks import check_positive, check_positive_int, check_samples
 from .sampling import LangevinSampled
 
 __all__ = ["ACTIVATIONS", "MLPEnergy", "activation"]
@@ -72,8 +72,8 @@ class MLPEnergy(LangevinSampled, nn.Module):
             raise ValueError("hidden must list at least one hidden-layer width, e.g. (256, 256).")
         for h in hidden:
             check_positive_int(h, "hidden width")
-        if base_std is not None and not (math.isfinite(base_std) and base_std > 0):
-            raise ValueError(f"base_std must be a positive number or None, got {base_std!r}.")
+        if base_std is not None:
+            check_positive(base_std, "base_std", "or None")
         self.event_shape = event
         self.dim = math.prod(event)
         self.hidden = hidden

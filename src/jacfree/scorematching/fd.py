@@ -72,7 +72,7 @@ from functools import lru_cache
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_positive_int
+from .._checks import check_positive, check_positive_int
 from .._compile import constant_result
 
 __all__ = [
@@ -311,8 +311,7 @@ def sphere_directions(
     """
     if not isinstance(like, Tensor) or like.dim() < 2:
         raise ValueError("sphere_directions needs a (batch, *event) tensor to copy shape from")
-    if not (isinstance(eps, int | float) and math.isfinite(eps) and eps > 0):
-        raise ValueError(f"eps must be a positive finite number, got {eps!r}")
+    check_positive(eps, "eps", "the finite-difference step")
     shape = tuple(like.shape) if n is None else (n, *like.shape)
     g = torch.randn(shape, dtype=like.dtype, device=like.device, generator=generator)
     event_dims = tuple(range(g.dim() - like.dim() + 1, g.dim()))

@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from .._checks import check_positive_int
+from .._checks import check_positive, check_positive_int
 from .convention import Energy, score
 
 __all__ = ["LangevinSampled", "annealed_langevin", "energy_score", "langevin"]
@@ -41,14 +41,6 @@ def _check_start(x0: object) -> Tensor:
             "torch.randn(n, d) or torch.rand(n, 1, 28, 28)."
         )
     return x0
-
-
-def _check_positive(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise ValueError(f"{name} must be a positive number, got {value!r}.")
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value!r}.")
-    return float(value)
 
 
 def _check_steps(n: object, name: str) -> int:
@@ -94,7 +86,7 @@ def langevin(
         The final iterate, detached, same shape, device and dtype as ``x0``.
     """
     x = _check_start(x0).detach().clone()
-    h = _check_positive(step_size, "step_size")
+    h = check_positive(step_size, "step_size")
     n_steps = _check_steps(n_steps, "n_steps")
     for _ in range(n_steps):
         with torch.no_grad():
@@ -138,7 +130,7 @@ def annealed_langevin(
         clamp: optional ``(lo, hi)`` box the iterates are clipped to after every step.
     """
     x = _check_start(x0).detach().clone()
-    lr = _check_positive(step_lr, "step_lr")
+    lr = check_positive(step_lr, "step_lr")
     n_steps_each = _check_steps(n_steps_each, "n_steps_each")
     levels = torch.as_tensor(sigmas, dtype=x.dtype, device=x.device).flatten()
     if levels.numel() == 0 or not bool((levels > 0).all()):

@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .._checks import check_positive
+
 
 def _recon_buffers(model: nn.Module) -> list[Tensor]:
     """The ``recon_weight`` (λ) buffers of the model's self-normalizing layers."""
@@ -118,9 +120,7 @@ class ReconstructionWatch:
     """
 
     def __init__(self, threshold: float) -> None:
-        if not threshold > 0:
-            raise ValueError(f"threshold must be > 0, got {threshold}.")
-        self.threshold = float(threshold)
+        self.threshold = check_positive(threshold, "threshold", "the reconstruction target")
         self.above = False
 
     def on_step(self, model: nn.Module, loss: Tensor, diagnostics: dict[str, Tensor]) -> None:
