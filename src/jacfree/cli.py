@@ -129,10 +129,32 @@ FREE_ON_RESUME = (
 )  # fmt: skip
 NEVER_ON_RESUME = ("data", "data_seed", "root", "model")
 RUN_FILES = (LAST, BEST, METRICS, RESULTS)
+# options of `jacfree train` that are arguments of `fit` by the same name
+FIT_ARGUMENTS = (
+    "batch_size",
+    "lr",
+    "patience",
+    "warmup_epochs",
+    "seed",
+    "resume",
+    "overwrite",
+    "allow_changes",
+    "compile",
+)
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
+    """The options of `jacfree train` (a --config TOML file takes the same), in four groups."""
+    _add_data_model_arguments(p)
+    _add_optimisation_arguments(p)
+    _add_selfnorm_arguments(p)
+    _add_run_arguments(p)
+
+
+def _add_data_model_arguments(p: argparse.ArgumentParser) -> None:
+    """--config, the data, the model kind and its options."""
+    g = p.add_argument_group("data and model")
+    g.add_argument(
         "--config",
         type=Path,
         default=None,
@@ -140,17 +162,17 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         help="TOML file of options (keys = long option names, [set] = model options); "
         "options on the command line override it",
     )
-    p.add_argument("--data", default="digits", help="dataset name (see `jacfree data list`)")
-    p.add_argument("--root", default=None, help="folder holding user-supplied dataset files")
-    p.add_argument(
+    g.add_argument("--data", default="digits", help="dataset name (see `jacfree data list`)")
+    g.add_argument("--root", default=None, help="folder holding user-supplied dataset files")
+    g.add_argument(
         "--model",
         default="fc",
         help="model kind (see `jacfree models` for each kind's options): "
         + "; ".join(f"{name}: {kind.description}" for name, kind in kinds().items()),
     )
     for name, (kind, help_text) in SPEC_OPTIONS.items():
-        p.add_argument("--" + name.replace("_", "-"), type=kind, default=None, help=help_text)
-    p.add_argument(
+        g.add_argument("--" + name.replace("_", "-"), type=kind, default=None, help=help_text)
+    g.add_argument(
         "--set",
         type=_spec_value,
         action="append",
@@ -159,7 +181,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         help="any other model option of the chosen kind (see `jacfree models`), typed by the "
         "option, e.g. --set paper_bias_rule=true",
     )
-    p.add_argument(
+    g.add_argument(
         "--conditional",
         default=None,
         metavar="label|column:K",
@@ -167,21 +189,26 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         "data (digits, fashion-mnist, mnist-5k, ...), 'column:K' on column K of a table "
         "(models fc, cnn, glow)",
     )
-    p.add_argument(
+
+
+def _add_optimisation_arguments(p: argparse.ArgumentParser) -> None:
+    """Epochs, batches, learning rate, early stopping, clipping, warm-up."""
+    g = p.add_argument_group("optimisation")
+    g.add_argument(
         "--epochs",
         type=_positive(int),
         default=None,
         help="epochs (default: 1500 for digits, else 100)",
     )
-    p.add_argument("--batch-size", type=_positive(int), default=100, help="mini-batch size")
-    p.add_argument("--lr", type=_positive(float), default=1e-3, help="Adam learning rate")
-    p.add_argument(
+    g.add_argument("--batch-size", type=_positive(int), default=100, help="mini-batch size")
+    g.add_argument("--lr", type=_positive(float), default=1e-3, help="Adam learning rate")
+    g.add_argument(
         "--patience", type=_positive(int), default=100, help="early-stopping patience (epochs)"
     )
-    p.add_argument(
+    g.add_argument(
         "--clip", type=_positive(float), default=None, help="clip the gradient norm to this"
     )
-    p.add_argument(
+    g.add_argument(
         "--optimizer",
         choices=("default", "adam", "relative-adam"),
         default="default",
@@ -189,41 +216,51 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         "relative-adam: RelativeAdam, Adam's statistics in the relative gradient's "
         "multiplicative coordinates; adam: plain Adam",
     )
-    p.add_argument(
+    g.add_argument(
         "--warmup-epochs",
         type=_non_negative,
         default=0.0,
         help="raise the learning rate linearly from 0 over this many epochs, per batch",
     )
-    p.add_argument(
+
+
+def _add_selfnorm_arguments(p: argparse.ArgumentParser) -> None:
+    """GECO and the reconstruction watch of selfnorm models."""
+    g = p.add_argument_group("self-normalizing flows")
+    g.add_argument(
         "--geco-target",
         type=_non_negative,
         default=None,
         help="selfnorm: adapt λ by GECO to hold the reconstruction error near this value",
     )
-    p.add_argument(
+    g.add_argument(
         "--geco-lr", type=_positive(float), default=1e-3, help="selfnorm: GECO step of log λ"
     )
-    p.add_argument(
+    g.add_argument(
         "--recon-warn",
         type=_positive(float),
         default=1e-2,
         help="selfnorm: warn when an epoch's relative reconstruction error ‖RWh−h‖²/‖h‖² "
         "exceeds this",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of initialisation, shuffling, noise")
-    p.add_argument("--data-seed", type=int, default=0, help="seed of the dataset split")
-    p.add_argument("--out", type=Path, default=None, help="run folder (default runs/<data>-...)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    p.add_argument(
+
+
+def _add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """Seeds, the run folder, resuming, device, compilation, output."""
+    g = p.add_argument_group("run")
+    g.add_argument("--seed", type=int, default=0, help="seed of initialisation, shuffling, noise")
+    g.add_argument("--data-seed", type=int, default=0, help="seed of the dataset split")
+    g.add_argument("--out", type=Path, default=None, help="run folder (default runs/<data>-...)")
+    g.add_argument("--resume", action="store_true", help="continue the run in --out")
+    g.add_argument(
         "--allow-changes",
         action="store_true",
         help="with --resume: continue although settings other than --epochs/--patience changed "
         "(learning rate, batch size, ...; no longer an exact continuation)",
     )
-    p.add_argument("--overwrite", action="store_true", help="replace the run in --out")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (auto: cuda if any)")
-    p.add_argument(
+    g.add_argument("--overwrite", action="store_true", help="replace the run in --out")
+    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (auto: cuda if any)")
+    g.add_argument(
         "--compile",
         nargs="?",
         const="default",
@@ -232,15 +269,15 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         help="compile the training objective with torch.compile in this mode (default mode "
         "when given without one)",
     )
-    p.add_argument(
+    g.add_argument(
         "--threads",
         type=_positive(int),
         default=None,
         help="CPU threads of torch (default: torch's choice; use 1 per process on a shared or "
         "busy machine)",
     )
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    p.add_argument("--no-plots", action="store_true", help="do not write PNG plots")
+    g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    g.add_argument("--no-plots", action="store_true", help="do not write PNG plots")
 
 
 def _given_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -440,31 +477,22 @@ def _fit(
     settings: dict[str, Any],
 ) -> Any:
     train = model_data(ds, "train", model, spec)
+    optimizer = None  # fit's default: RelativeAdam for relative fully connected flows, else Adam
+    if args.optimizer != "default":
+        optimizer = make_optimizer(args.optimizer, model, args.lr)
     return fit(
         model,
         train,
         model_data(ds, "val", model, spec),
         epochs=_epochs(args),
-        batch_size=args.batch_size,
-        lr=args.lr,
-        optimizer=None
-        if args.optimizer == "default"
-        else make_optimizer(args.optimizer, model, args.lr),
-        patience=args.patience,
+        optimizer=optimizer,
         clip_grad_norm=args.clip,
-        warmup_epochs=args.warmup_epochs,
-        seed=args.seed,
         out_dir=out,
-        resume=args.resume,
-        overwrite=args.overwrite,
-        allow_changes=args.allow_changes,
         progress=not args.no_progress,
-        compile=args.compile,
         checkpoint_extra={"spec": spec, "data": data_info, "settings": settings},
-        objective=kind.objective(spec) if kind.objective else None,
-        val_metric=kind.val_metric(spec) if kind.val_metric else None,
-        val_name=kind.validation_name(spec),
         callbacks=_callbacks(args, model, spec, kind, train),
+        **kind.fit_options(spec),
+        **{name: getattr(args, name) for name in FIT_ARGUMENTS},
     )
 
 

@@ -81,6 +81,16 @@ class ModelKind:
         """The name of the validation metric for this spec (``val_<name>`` in the metrics)."""
         return self.val_name(spec) if callable(self.val_name) else self.val_name
 
+    def fit_options(self, spec: ModelSpec) -> dict[str, Any]:
+        """The arguments of :func:`jacfree.fit` that train and validate a model of this kind
+        as ``jacfree train`` does: ``objective``, ``val_metric`` and ``val_name``
+        (``fit(model, train, val, **kind.fit_options(spec))``)."""
+        return {
+            "objective": self.objective(spec) if self.objective else None,
+            "val_metric": self.val_metric(spec) if self.val_metric else None,
+            "val_name": self.validation_name(spec),
+        }
+
     def run_tag(self, spec: ModelSpec) -> str:
         """How a run is labelled: the training objective if the spec names one, else the
         gradient mode."""

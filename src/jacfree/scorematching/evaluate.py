@@ -15,6 +15,7 @@ al., NeurIPS 2020, Table 1 caption; computed there by ``d`` backward passes). He
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from torch import Tensor
 
@@ -25,24 +26,12 @@ from .losses import exact_sm, exact_sm_scorenet
 __all__ = ["Estimate", "evaluate_per_sample", "exact_sm_loss", "exact_sm_loss_scorenet"]
 
 
-def evaluate_per_sample(
-    fn: Callable[..., Tensor],
-    data: Tensor,
-    *,
-    cond: Tensor | None = None,
-    batch_size: int = 100,
-    max_n: int | None = None,
-    seed: int | None = 0,
-    model: object = None,
-) -> Estimate:
-    """Mean ± standard error of per-sample values ``fn(batch) -> (b,)`` over the rows of ``data``
-    (``fn(batch, cond_batch)`` when per-row ``cond`` is given): :func:`jacfree.estimate.per_example`
-    (eval mode, no parameter graph, seeded in a forked RNG state; ``max_n`` first rows only)
-    summarised by :meth:`Estimate.of`.
-    """
-    return Estimate.of(
-        per_example(fn, data, cond=cond, batch_size=batch_size, max_n=max_n, seed=seed, model=model)
-    )
+def evaluate_per_sample(fn: Callable[..., Tensor], data: Tensor, **options: Any) -> Estimate:
+    """Mean ± standard error of per-sample values ``fn(batch) -> (b,)`` over the rows of
+    ``data``: :func:`jacfree.estimate.per_example` (options ``cond``, ``batch_size`` (default
+    100), ``max_n``, ``seed``, ``model``: eval mode, no parameter graph, seeded in a forked RNG
+    state) summarised by :meth:`Estimate.of`."""
+    return Estimate.of(per_example(fn, data, **options))
 
 
 def exact_sm_loss(
