@@ -154,6 +154,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 def _add_data_model_arguments(p: argparse.ArgumentParser) -> None:
     """--config, the data, the model kind and its options."""
     g = p.add_argument_group("data and model")
+    g.add_argument("--data", default="digits", help="dataset name (see `jacfree data list`)")
+    g.add_argument("--root", default=None, help="folder holding user-supplied dataset files")
     g.add_argument(
         "--config",
         type=Path,
@@ -162,8 +164,6 @@ def _add_data_model_arguments(p: argparse.ArgumentParser) -> None:
         help="TOML file of options (keys = long option names, [set] = model options); "
         "options on the command line override it",
     )
-    g.add_argument("--data", default="digits", help="dataset name (see `jacfree data list`)")
-    g.add_argument("--root", default=None, help="folder holding user-supplied dataset files")
     g.add_argument(
         "--model",
         default="fc",
@@ -228,13 +228,13 @@ def _add_selfnorm_arguments(p: argparse.ArgumentParser) -> None:
     """GECO and the reconstruction watch of selfnorm models."""
     g = p.add_argument_group("self-normalizing flows")
     g.add_argument(
+        "--geco-lr", type=_positive(float), default=1e-3, help="selfnorm: GECO step of log λ"
+    )
+    g.add_argument(
         "--geco-target",
         type=_non_negative,
         default=None,
         help="selfnorm: adapt λ by GECO to hold the reconstruction error near this value",
-    )
-    g.add_argument(
-        "--geco-lr", type=_positive(float), default=1e-3, help="selfnorm: GECO step of log λ"
     )
     g.add_argument(
         "--recon-warn",
