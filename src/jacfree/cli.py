@@ -38,6 +38,7 @@ from .kinds import (
     model_kind,
     model_samples,
     model_score_fn,
+    option,
     option_type_name,
     parse_option,
 )
@@ -423,7 +424,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     model = build_model(spec).to(device)  # fills in the kind's defaults (e.g. the objective)
     if kind.options is not None and "gradient" in kind.options:
         spec["gradient"] = getattr(model, "gradient", None)
-    if args.geco_target is not None and spec.get("gradient") != "selfnorm":
+    if args.geco_target is not None and option(spec, "gradient") != "selfnorm":
         raise ValueError("--geco-target needs a model trained with --gradient selfnorm.")
     if args.out is None:
         out = _fresh_folder(RUNS / f"{args.data}-{args.model}-{kind.run_tag(spec)}")
@@ -504,7 +505,7 @@ def _callbacks(
     callbacks: list[Any] = []
     if kind.has_density and kind.validation_name(spec) == "nll":
         callbacks.append(TrainNLL(train))
-    if getattr(model, "recon_weight", None) is not None and spec.get("gradient") == "selfnorm":
+    if getattr(model, "recon_weight", None) is not None and option(spec, "gradient") == "selfnorm":
         callbacks.append(ReconstructionWatch(args.recon_warn))
         if args.geco_target is not None:
             callbacks.append(GECO(args.geco_target, lr=args.geco_lr))
@@ -513,9 +514,9 @@ def _callbacks(
 
 def _describe(spec: dict[str, Any]) -> str:
     """How the run is trained, for the start-up line: its objective if the spec names one."""
-    if spec.get("objective"):
+    if option(spec, "objective"):
         return f"objective={spec['objective']}"
-    return f"gradient={spec.get('gradient')}"
+    return f"gradient={option(spec, 'gradient')}"
 
 
 def _report(
@@ -545,7 +546,7 @@ def _plots(model: torch.nn.Module, ds: Any, spec: dict, history: list, out: Path
             unit=unit,
         )
         torch.manual_seed(0)
-        if spec.get("conditional"):
+        if option(spec, "conditional"):
             if ds.is_image and "context_classes" in spec:
                 per_class = 10
                 panels = _class_panels(model, spec, per_class, seed=0)
@@ -647,7 +648,7 @@ def _sample_panels(
     """Samples from the same latents through the exact inverse and/or, for self-normalizing
     models, through the learned inverses R, keyed by a panel title (with the time per sample).
     Models without an exact sampler (energies) are named by how they sample (Langevin)."""
-    learned = spec.get("gradient") == "selfnorm"
+    learned = option(spec, "gradient") == "selfnorm"
     sampler = model_kind(spec).sampler
     if inverse == "learned" and not learned:
         raise ValueError("--inverse learned needs a model trained with --gradient selfnorm.")
@@ -683,7 +684,7 @@ def _class_panels(
 def cmd_sample(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     model, spec, data = _load_run(args.run, args.which, device)
-    if spec.get("conditional"):
+    if option(spec, "conditional"):
         return _sample_conditional(args, model, spec, data)
     panels = _sample_panels(model, spec, args.n, seed=args.seed, inverse=args.inverse)
     for name in panels:
@@ -697,7 +698,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if len(spec["data_shape"]) == 3:
         from . import plots
 
-        plots.image_grids(panels, out, spec.get("levels"), title=f"{args.n} samples")
+        plots.image_grids(panels, out, option(spec, "levels"), title=f"{args.n} samples")
         print(f"wrote {out}")
     else:
         out = out.with_suffix(".csv")
@@ -722,7 +723,7 @@ def _sample_conditional(
         if len(spec["data_shape"]) == 3:
             from . import plots
 
-            plots.image_grids(panels, out, spec.get("levels"), title="", cols=args.n)
+            plots.image_grids(panels, out, option(spec, "levels"), title="", cols=args.n)
             print(f"wrote {out} (one row per class)")
             return 0
         x = next(iter(panels.values())).flatten(1)

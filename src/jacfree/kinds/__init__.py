@@ -69,6 +69,7 @@ __all__ = [
     "model_kind",
     "model_samples",
     "model_score_fn",
+    "option",
     "option_type_name",
     "parse_option",
     "preprocess_layers",

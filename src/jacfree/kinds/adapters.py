@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import sample_noise
-from .registry import data_output, model_input, model_kind
+from .registry import data_output, model_input, model_kind, option
 from .scorematching import ebm_samples
 
 __all__ = ["model_samples", "model_score_fn"]
@@ -26,7 +26,7 @@ def model_samples(model: nn.Module, spec: dict[str, Any], n: int, *, seed: int =
     """``n`` samples of a ``jacfree train`` image model on the data's scale ``(n, C, H, W)``:
     the reference annealed Langevin sampler for ``ebm`` (spec options ``sample_*``), annealed
     Langevin for ``ncsn``, ``model.sample`` for flows."""
-    levels = spec.get("levels")
+    levels = option(spec, "levels")
     if spec.get("kind") == "ebm":
         unit = ebm_samples(model, spec, n, seed=seed)
         return (unit * levels - 0.5).clamp(0, levels - 1) if levels else unit
@@ -34,8 +34,8 @@ def model_samples(model: nn.Module, spec: dict[str, Any], n: int, *, seed: int =
     if spec.get("kind") == "ncsn":
         x = model.sample(  # type: ignore[operator]
             n,
-            n_steps_each=int(spec.get("sample_steps", 20)),
-            step_lr=float(spec.get("step_lr", 2e-5)),
+            n_steps_each=option(spec, "sample_steps", 20, int),
+            step_lr=option(spec, "step_lr", 2e-5, float),
             generator=gen,
         )
     elif hasattr(model, "sample"):
@@ -60,7 +60,7 @@ def model_score_fn(
 
         return nll, "-log p"
     if spec.get("kind") in ("ebm", "energy-mlp"):
-        levels = spec.get("levels")
+        levels = option(spec, "levels")
 
         def energy(b: Tensor) -> Tensor:
             b = b.to(ref)

@@ -33,8 +33,6 @@ with ``--gradient selfnorm`` logs the reconstruction error (``train_recon``,
 
 from __future__ import annotations
 
-from typing import Any
-
 from torch import nn
 
 from .._checks import check_image_shape
@@ -46,6 +44,7 @@ from .registry import (
     ModelKind,
     ModelSpec,
     context_options,
+    option,
     preprocess_layers,
     register_model,
 )
@@ -63,7 +62,7 @@ def _image_shape(spec: ModelSpec, kind: str) -> tuple[int, int, int]:
 
 
 def _gradient(spec: ModelSpec, kind: str, supported: tuple[str, ...]) -> str:
-    mode = spec.get("gradient", "selfnorm")
+    mode = option(spec, "gradient", "selfnorm")
     if mode not in supported:
         raise ValueError(
             f"model kind {kind!r} supports --gradient {' / '.join(supported)}, not {mode!r}; "
@@ -72,21 +71,11 @@ def _gradient(spec: ModelSpec, kind: str, supported: tuple[str, ...]) -> str:
     return mode
 
 
-def _int(spec: ModelSpec, key: str, default: int) -> int:
-    value = spec.get(key)
-    return default if value is None else int(value)
-
-
-def _option(spec: ModelSpec, key: str, default: Any) -> Any:
-    value = spec.get(key)
-    return default if value is None else value
-
-
 def build_cnn(spec: ModelSpec) -> nn.Module:
     """The ``cnn`` kind: :class:`~jacfree.flows.CNNFlow` from a spec (see the module docs)."""
     shape = _image_shape(spec, "cnn")
     gradient = _gradient(spec, "cnn", SelfNormConv2d.supported_gradients)
-    layers, blocks = _int(spec, "layers", 9), _int(spec, "blocks", 3)
+    layers, blocks = option(spec, "layers", 9, int), option(spec, "blocks", 3, int)
     if blocks < 1 or layers < blocks or layers % blocks:
         raise ValueError(
             f"model kind 'cnn' spreads --layers (convolutions in all) evenly over "
@@ -98,14 +87,14 @@ def build_cnn(spec: ModelSpec) -> nn.Module:
         blocks=blocks,
         layers_per_block=layers // blocks,
         gradient=gradient,
-        kernel_size=_int(spec, "kernel_size", 3),
-        activation=_option(spec, "activation", "spline"),
-        alpha=float(_option(spec, "alpha", 0.3)),
-        spline_params=_option(spec, "spline_params", "element"),
-        spline_bins=_int(spec, "spline_bins", 5),
-        spline_bound=float(_option(spec, "spline_bound", 10.0)),
+        kernel_size=option(spec, "kernel_size", 3, int),
+        activation=option(spec, "activation", "spline"),
+        alpha=option(spec, "alpha", 0.3, float),
+        spline_params=option(spec, "spline_params", "element"),
+        spline_bins=option(spec, "spline_bins", 5, int),
+        spline_bound=option(spec, "spline_bound", 10.0, float),
         preprocess=preprocess_layers(spec),
-        recon_weight=float(_option(spec, "recon_weight", 1.0)),
+        recon_weight=option(spec, "recon_weight", 1.0, float),
         **context_options(spec),
     )
 
@@ -113,21 +102,21 @@ def build_cnn(spec: ModelSpec) -> nn.Module:
 def build_glow(spec: ModelSpec) -> nn.Module:
     """The ``glow`` kind: :class:`~jacfree.flows.GlowFlow` from a spec (see the module docs)."""
     shape = _image_shape(spec, "glow")
-    conv_kernel = _int(spec, "conv_kernel", 1)
+    conv_kernel = option(spec, "conv_kernel", 1, int)
     supported = ("exact", "relative", "selfnorm") if conv_kernel == 1 else ("exact", "selfnorm")
     gradient = _gradient(spec, "glow", supported)
     return GlowFlow(
         shape,
-        blocks=_int(spec, "blocks", 2),
-        steps=_int(spec, "layers", 8),
-        hidden=_int(spec, "hidden", 64),
+        blocks=option(spec, "blocks", 2, int),
+        steps=option(spec, "layers", 8, int),
+        hidden=option(spec, "hidden", 64, int),
         gradient=gradient,
         conv_kernel=conv_kernel,
-        coupling_kernel=_int(spec, "coupling_kernel", 3),
-        split=bool(_option(spec, "split", True)),
-        swap=bool(_option(spec, "swap", False)),
+        coupling_kernel=option(spec, "coupling_kernel", 3, int),
+        split=option(spec, "split", True, bool),
+        swap=option(spec, "swap", False, bool),
         preprocess=preprocess_layers(spec),
-        recon_weight=float(_option(spec, "recon_weight", 100.0)),
+        recon_weight=option(spec, "recon_weight", 100.0, float),
         **context_options(spec),
     )
 

@@ -94,7 +94,7 @@ class ModelKind:
     def run_tag(self, spec: ModelSpec) -> str:
         """How a run is labelled: the training objective if the spec names one, else the
         gradient mode."""
-        return str(spec.get("objective") or spec.get("gradient"))
+        return str(option(spec, "objective") or option(spec, "gradient"))
 
 
 MODELS: dict[str, ModelKind] = {}
@@ -125,12 +125,25 @@ def build_model(spec: ModelSpec) -> nn.Module:
     return model_kind(spec).build(spec)
 
 
+def option(spec: ModelSpec, key: str, default: Any = None, kind: type | None = None) -> Any:
+    """The value of option ``key`` of a spec: ``default`` when the spec leaves it out or sets it
+    to ``None``, else the value, converted by ``kind`` (``int``, ``float``, ``bool``) if given.
+
+    The one way every model kind reads its options (required entries such as ``data_shape``
+    are read as ``spec[key]``).
+    """
+    value = spec.get(key)
+    if value is None:
+        return default
+    return kind(value) if kind is not None else value
+
+
 def preprocess_layers(spec: ModelSpec) -> list[FlowLayer]:
     """Dequantisation and logit transform for quantised data (``spec["levels"]``), else none."""
-    levels = spec.get("levels")
+    levels = option(spec, "levels")
     if not levels:
         return []
-    return [Dequantize(levels), LogitTransform(levels, spec.get("logit_alpha", 1e-6))]
+    return [Dequantize(levels), LogitTransform(levels, option(spec, "logit_alpha", 1e-6))]
 
 
 OptionType = Any  # int, float, bool, str, tuple of allowed strings, or ``T | None``
@@ -216,7 +229,7 @@ def context_options(spec: ModelSpec) -> dict[str, int]:
     """The context keywords of a conditional flow's spec (``context_features`` for a vector
     context, ``context_classes`` for class labels; ``context_hidden``), or none."""
     keys = ("context_features", "context_classes", "context_hidden")
-    return {k: int(spec[k]) for k in keys if spec.get(k) is not None}
+    return {k: option(spec, k, kind=int) for k in keys if option(spec, k) is not None}
 
 
 def model_input(x: Tensor, model: nn.Module) -> Tensor:
@@ -232,7 +245,7 @@ def model_data(ds: Any, split: str, model: nn.Module, spec: dict[str, Any]) -> A
         k = spec["context_column"]
         rest = torch.cat([x[:, :k], x[:, k + 1 :]], 1)
         return model_input(rest, model), x[:, k : k + 1]
-    if spec.get("conditional") == "label":
+    if option(spec, "conditional") == "label":
         return model_input(x, model), ds.labels[split]
     return model_input(x, model)
 
@@ -245,12 +258,12 @@ def data_output(x: Tensor, spec: ModelSpec) -> Tensor:
 def _build_fc(spec: ModelSpec) -> nn.Module:
     return FCFlow(
         math.prod(spec["data_shape"]),
-        layers=spec.get("layers", 2),
-        alpha=spec.get("alpha", 0.3),
-        gradient=spec.get("gradient", "relative"),
+        layers=option(spec, "layers", 2),
+        alpha=option(spec, "alpha", 0.3),
+        gradient=option(spec, "gradient", "relative"),
         preprocess=preprocess_layers(spec),
-        paper_bias_rule=spec.get("paper_bias_rule", False),
-        recon_weight=spec.get("recon_weight", 1.0),
+        paper_bias_rule=option(spec, "paper_bias_rule", False),
+        recon_weight=option(spec, "recon_weight", 1.0),
         **context_options(spec),
     )
 
