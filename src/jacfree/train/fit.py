@@ -231,62 +231,16 @@ def fit(
         PermissionError: ``out_dir`` cannot be written.
         KeyboardInterrupt: Ctrl-C; the message says where the last checkpoint is.
     """
-    epochs, batch_size, log_every = _check_settings(
-        epochs,
-        batch_size,
-        log_every,
-        patience,
-        warmup_epochs,
-        lr if optimizer is None else None,
-        clip_grad_norm,
-        divergence_factor,
-        compile,
-    )
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    call = dict(locals())  # the arguments of this call, by name
+    call.update(_check_settings(call))  # epochs, batch_size, log_every: the checked integers
     _check_datasets(model, train, val)
-    objective = objective or _default_objective
-    if compile is not None:
-        objective = torch.compile(objective, mode=compile)
-    opt = optimizer or default_optimizer(model, lr)
-    lr_clip = (lr if optimizer is None else None, clip_grad_norm)
-    for group in opt.param_groups:  # the learning rate the warm-up rises to
-        group.setdefault("initial_lr", group["lr"])
-    cluster = distributed.current()
-    if cluster.active and batch_size < cluster.world:
-        raise ValueError(
-            f"batch_size {batch_size} is smaller than the {cluster.world} processes; the "
-            "global batch is split between them: use batch_size >= the number of processes."
-        )
-    run = _Run(
-        model=model,
-        train=train,
-        val=val,
-        opt=opt,
-        objective=objective,
-        val_metric=val_metric or _default_val_metric,
-        val_key=f"val_{val_name}",
-        epochs=epochs,
-        batch_size=batch_size,
-        patience=patience,
-        clip_grad_norm=clip_grad_norm,
-        warmup_epochs=warmup_epochs,
-        seed=seed,
-        out=Path(out_dir) if out_dir is not None else None,
-        log_every=log_every,
-        checkpoint_extra=checkpoint_extra,
-        callbacks=callbacks,
-        config=_run_config(train, batch_size, seed, cluster.world, warmup_epochs, lr_clip),
-        cluster=cluster,
-        device=device,
-    )
-    run.result.settings = _recorded_settings(
-        run, opt, optimizer is None, val_name, val_metric, divergence_factor, compile, restore_best
-    )
+    run = _Run.from_call(call)
+    run.result.settings = _recorded_settings(run, call)
     if run.writes and not resume:
         _check_writable(run.out)
     state: dict[str, Any] = {}
     if run.out is not None and resume:
-        state = run.restore(allow_changes, lr if optimizer is None else None)
+        state = run.restore(allow_changes)
     else:
         run.start_fresh(overwrite)
     return run.train_epochs(state, divergence_factor, progress, restore_best)
@@ -321,6 +275,41 @@ class _Run:
     bad_epochs: int = 0
     start: int = 0
 
+    @classmethod
+    def from_call(cls, call: dict[str, Any]) -> _Run:
+        """The run of a :func:`fit` call (its checked arguments by name): the objective
+        (compiled if asked), the optimiser, the process group."""
+        model, optimizer = call["model"], call["optimizer"]
+        objective = call["objective"] or _default_objective
+        if call["compile"] is not None:
+            objective = torch.compile(objective, mode=call["compile"])
+        opt = optimizer or default_optimizer(model, call["lr"])
+        for group in opt.param_groups:  # the learning rate the warm-up rises to
+            group.setdefault("initial_lr", group["lr"])
+        cluster, batch_size = distributed.current(), call["batch_size"]
+        if cluster.active and batch_size < cluster.world:
+            raise ValueError(
+                f"batch_size {batch_size} is smaller than the {cluster.world} processes; the "
+                "global batch is split between them: use batch_size >= the number of processes."
+            )
+        same = ("train", "val", "epochs", "batch_size", "patience", "clip_grad_norm", "seed")
+        return cls(
+            **{name: call[name] for name in same},
+            model=model,
+            opt=opt,
+            objective=objective,
+            val_metric=call["val_metric"] or _default_val_metric,
+            val_key=f"val_{call['val_name']}",
+            warmup_epochs=call["warmup_epochs"],
+            out=Path(call["out_dir"]) if call["out_dir"] is not None else None,
+            log_every=call["log_every"],
+            checkpoint_extra=call["checkpoint_extra"],
+            callbacks=call["callbacks"],
+            config=_run_config(call, cluster.world),
+            cluster=cluster,
+            device=next((p.device for p in model.parameters()), torch.device("cpu")),
+        )
+
     def __post_init__(self) -> None:
         self.result.out_dir = self.out
         self.shuffle = torch.Generator().manual_seed(self.seed)
@@ -333,9 +322,9 @@ class _Run:
 
     # -- restore ---------------------------------------------------------------------------
 
-    def restore(self, allow_changes: bool, lr: float | None) -> dict[str, Any]:
+    def restore(self, allow_changes: bool) -> dict[str, Any]:
         """Load ``out/checkpoint.pt``: parameters, optimiser, RNG streams, history, callbacks
-        (``lr``: the default Adam's learning rate, which replaces the saved one)."""
+        (the default Adam's learning rate replaces the saved one)."""
         out, cluster = self.out, self.cluster
         state = load_checkpoint(out / LAST, map_location=self.device)
         _check_resumable(state, self.config, out / LAST, allow_changes)
@@ -343,6 +332,7 @@ class _Run:
             _check_writable(out)
         self.model.load_state_dict(state["model_state"])
         self.opt.load_state_dict(state["optimizer_state"])
+        lr = self.config["lr"]
         if lr is not None:
             for group in self.opt.param_groups:
                 group["lr"] = group["initial_lr"] = lr
@@ -582,67 +572,45 @@ class _Progress:
         self.bar.close()
 
 
-def _check_settings(
-    epochs: object,
-    batch_size: object,
-    log_every: object,
-    patience: object,
-    warmup_epochs: object,
-    lr: object,
-    clip_grad_norm: object,
-    divergence_factor: object,
-    compile: str | None,
-) -> tuple[int, int, int]:
-    """Validate :func:`fit`'s scalar arguments (``lr``: ``None`` when an optimizer is given);
-    return ``epochs``, ``batch_size`` and ``log_every``."""
-    epochs = check_positive_int(epochs, "epochs")
-    batch_size = check_positive_int(batch_size, "batch_size")
-    log_every = check_positive_int(log_every, "log_every")
-    if patience is not None:
-        check_positive_int(patience, "patience")
-    if not (isinstance(warmup_epochs, int | float) and math.isfinite(warmup_epochs)) or (
-        warmup_epochs < 0
-    ):
-        raise ValueError(f"warmup_epochs must be a finite number >= 0, got {warmup_epochs!r}.")
-    if lr is not None:
-        check_positive(lr, "lr", "the learning rate; 0 would train nothing")
-    if clip_grad_norm is not None:
-        check_positive(clip_grad_norm, "clip_grad_norm", "the largest gradient norm kept")
-    if divergence_factor is not None:
-        check_positive(divergence_factor, "divergence_factor", "or None to disable")
-    if compile is not None:
-        check_choice(compile, "compile mode", COMPILE_MODES)
-    return epochs, batch_size, log_every
+def _check_settings(call: dict[str, Any]) -> dict[str, int]:
+    """Validate :func:`fit`'s scalar arguments; return ``epochs``, ``batch_size`` and
+    ``log_every`` as checked integers."""
+    checked = {k: check_positive_int(call[k], k) for k in ("epochs", "batch_size", "log_every")}
+    if call["patience"] is not None:
+        check_positive_int(call["patience"], "patience")
+    warmup = call["warmup_epochs"]
+    if not (isinstance(warmup, int | float) and math.isfinite(warmup)) or warmup < 0:
+        raise ValueError(f"warmup_epochs must be a finite number >= 0, got {warmup!r}.")
+    if call["optimizer"] is None:
+        check_positive(call["lr"], "lr", "the learning rate; 0 would train nothing")
+    if call["clip_grad_norm"] is not None:
+        check_positive(call["clip_grad_norm"], "clip_grad_norm", "the largest gradient norm kept")
+    if call["divergence_factor"] is not None:
+        check_positive(call["divergence_factor"], "divergence_factor", "or None to disable")
+    if call["compile"] is not None:
+        check_choice(call["compile"], "compile mode", COMPILE_MODES)
+    return checked
 
 
-def _recorded_settings(
-    run: _Run,
-    opt: torch.optim.Optimizer,
-    default_adam: bool,
-    val_name: str,
-    val_metric: ValMetric | None,
-    divergence_factor: float | None,
-    compile: str | None,
-    restore_best: bool,
-) -> dict[str, Any]:
+def _recorded_settings(run: _Run, call: dict[str, Any]) -> dict[str, Any]:
     """The settings of a :func:`fit` call as plain JSON values (:attr:`FitResult.settings`)."""
     n_val = None if run.val is None else len(run.val[0] if isinstance(run.val, tuple) else run.val)
     return {
         "epochs": run.epochs,
         "batch_size": run.batch_size,
         "lr": run.config["lr"],
-        "optimizer": "adam" if default_adam else type(opt).__name__,
+        "optimizer": type(run.opt).__name__,
         "patience": run.patience,
         "objective": _name(run.objective, "model.loss"),
-        "val_metric": _name(val_metric, "exact NLL") if run.val is not None else None,
-        "val_name": val_name,
+        "val_metric": _name(call["val_metric"], "exact NLL") if run.val is not None else None,
+        "val_name": call["val_name"],
         "clip_grad_norm": run.clip_grad_norm,
         "warmup_epochs": run.warmup_epochs,
         "seed": run.seed,
         "log_every": run.log_every,
-        "divergence_factor": divergence_factor,
-        "compile": compile,
-        "restore_best": restore_best,
+        "divergence_factor": call["divergence_factor"],
+        "compile": call["compile"],
+        "restore_best": call["restore_best"],
         "callbacks": [type(cb).__name__ for cb in run.callbacks],
         "world_size": run.cluster.world,
         "n_train": run.config["n_train"],
@@ -661,24 +629,18 @@ def _name(fn: object, default: str) -> str:
     return getattr(inner, "__qualname__", type(inner).__name__)
 
 
-def _run_config(
-    train: Tensor | tuple[Tensor, Tensor],
-    batch_size: int,
-    seed: int,
-    world_size: int,
-    warmup_epochs: float,
-    lr_clip: tuple[float | None, float | None],
-) -> dict[str, Any]:
+def _run_config(call: dict[str, Any], world_size: int) -> dict[str, Any]:
     """The settings a resumed run must share, ``n_train`` and the data's fingerprint."""
+    train = call["train"]
     pairs = isinstance(train, tuple)
     return {
-        "batch_size": batch_size,
-        "seed": seed,
+        "batch_size": call["batch_size"],
+        "seed": call["seed"],
         "n_train": len(train[0]) if pairs else len(train),
         "world_size": world_size,
-        "warmup_epochs": warmup_epochs,
-        "lr": lr_clip[0],
-        "clip_grad_norm": lr_clip[1],
+        "warmup_epochs": call["warmup_epochs"],
+        "lr": call["lr"] if call["optimizer"] is None else None,
+        "clip_grad_norm": call["clip_grad_norm"],
         "data_fingerprint": "-".join(map(data_fingerprint, train))
         if pairs
         else data_fingerprint(train),
