@@ -42,6 +42,7 @@ from .registry import (
     model_data,
     model_input,
     model_kind,
+    option,
     option_type_name,
     parse_option,
     preprocess_layers,
