@@ -86,3 +86,16 @@ def test_library_packages_do_not_import_the_model_kinds(package):
             m for m in _imported_modules(path) if m.startswith(("jacfree.kinds", "jacfree.models"))
         }
         assert not bad, f"{path.relative_to(SRC)} imports {sorted(bad)}"
+
+
+def test_jacfree_models_is_a_deprecated_alias_of_jacfree_kinds():
+    import importlib
+    import sys
+
+    import jacfree.kinds as kinds
+
+    sys.modules.pop("jacfree.models", None)
+    with pytest.warns(DeprecationWarning, match="import from jacfree.kinds"):
+        models = importlib.import_module("jacfree.models")
+    assert models.__all__ == kinds.__all__
+    assert all(getattr(models, name) is getattr(kinds, name) for name in kinds.__all__)
