@@ -27,11 +27,11 @@ def model_samples(model: nn.Module, spec: dict[str, Any], n: int, *, seed: int =
     the reference annealed Langevin sampler for ``ebm`` (spec options ``sample_*``), annealed
     Langevin for ``ncsn``, ``model.sample`` for flows."""
     levels = option(spec, "levels")
-    if spec.get("kind") == "ebm":
+    if option(spec, "kind") == "ebm":
         unit = ebm_samples(model, spec, n, seed=seed)
         return (unit * levels - 0.5).clamp(0, levels - 1) if levels else unit
     gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
-    if spec.get("kind") == "ncsn":
+    if option(spec, "kind") == "ncsn":
         x = model.sample(  # type: ignore[operator]
             n,
             n_steps_each=option(spec, "sample_steps", 20, int),
@@ -41,7 +41,7 @@ def model_samples(model: nn.Module, spec: dict[str, Any], n: int, *, seed: int =
     elif hasattr(model, "sample"):
         x = model.sample(n, generator=gen)  # type: ignore[operator]
     else:
-        raise ValueError(f"model kind {spec.get('kind')!r} cannot draw samples")
+        raise ValueError(f"model kind {option(spec, 'kind')!r} cannot draw samples")
     return data_output(x, spec)
 
 
@@ -59,7 +59,7 @@ def model_score_fn(
             return -model.log_prob(model_input(b.to(ref), model))  # type: ignore[operator]
 
         return nll, "-log p"
-    if spec.get("kind") in ("ebm", "energy-mlp"):
+    if option(spec, "kind") in ("ebm", "energy-mlp"):
         levels = option(spec, "levels")
 
         def energy(b: Tensor) -> Tensor:
@@ -70,6 +70,6 @@ def model_score_fn(
 
         return energy, "energy"
     raise ValueError(
-        f"model kind {spec.get('kind')!r} has neither a normalised density nor an energy; "
+        f"model kind {option(spec, 'kind')!r} has neither a normalised density nor an energy; "
         "OOD scores need one (flows, nice, dkef, ebm, energy-mlp)."
     )

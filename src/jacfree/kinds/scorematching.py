@@ -70,7 +70,14 @@ from ..scorematching.evaluate import Estimate, evaluate_per_sample, exact_sm_los
 from ..scorematching.losses import mdsm
 from ..scorematching.ncsn import NCSN, annealed_loss
 from ..scorematching.objectives import Settings, objective, objective_names
-from .registry import ModelKind, ModelSpec, OptionType, preprocess_layers, register_model
+from .registry import (
+    ModelKind,
+    ModelSpec,
+    OptionType,
+    option,
+    preprocess_layers,
+    register_model,
+)
 
 __all__ = [
     "ENERGY_OBJECTIVES",
@@ -107,7 +114,7 @@ def objective_name(spec: ModelSpec, kind: str) -> str:
     """``spec["objective"]`` (default: the kind's first objective), checked against the kind's
     choices; the default is written back into the spec so that checkpoints record it."""
     choices = OBJECTIVES[kind]
-    name = spec.get("objective") or choices[0]
+    name = option(spec, "objective") or choices[0]
     if name not in choices:
         raise ValueError(
             f"unknown objective {name!r} for model kind {kind!r}; choose one of "
@@ -167,7 +174,8 @@ _SETTING_TYPES: dict[str, Callable[[Any], Any]] = {
 def _settings(spec: ModelSpec, **defaults: Any) -> Settings:
     """The objective settings of a spec: its options, else the kind's ``defaults``, else the
     :class:`~jacfree.scorematching.objectives.Settings` defaults."""
-    given = {k: t(spec[k]) for k, t in _SETTING_TYPES.items() if spec.get(k) is not None}
+    given = {k: option(spec, k, kind=t) for k, t in _SETTING_TYPES.items()}
+    given = {k: v for k, v in given.items() if v is not None}
     return Settings(**{**defaults, **given})
 
 
@@ -180,14 +188,14 @@ def _dim(spec: ModelSpec) -> int:
 
 
 def _exact_sm_n(spec: ModelSpec, default_large: int = 100) -> int | None:
-    n = spec.get("exact_sm_n")
+    n = option(spec, "exact_sm_n")
     if n is not None:
         return int(n)
     return None if _dim(spec) <= _SMALL_D else default_large
 
 
 def _val_choice(spec: ModelSpec, allowed: tuple[str, ...], default: str) -> str:
-    choice = spec.get("val_metric", default)
+    choice = option(spec, "val_metric", default)
     if choice not in allowed:
         raise ValueError(
             f"unknown val_metric {choice!r}; choose one of {', '.join(map(repr, allowed))}."
@@ -245,19 +253,19 @@ def _box(data: Tensor, margin: float = 0.5) -> tuple[Tensor, Tensor]:
 
 def _build_energy(spec: ModelSpec) -> nn.Module:
     objective_name(spec, "energy-mlp")
-    layers = int(spec.get("layers") or 3)
-    hidden = int(spec.get("hidden") or 128)
+    layers = int(option(spec, "layers") or 3)
+    hidden = int(option(spec, "hidden") or 128)
     return MLPEnergy(
         tuple(spec["data_shape"]),
         hidden=(hidden,) * layers,
-        activation=spec.get("activation", "softplus"),
-        base_std=spec.get("base_std"),
+        activation=option(spec, "activation", "softplus"),
+        base_std=option(spec, "base_std"),
     )
 
 
 def _energy_objective(spec: ModelSpec) -> Callable[[nn.Module, Tensor], Tensor]:
     loss = _loss_from_spec(spec, objective_name(spec, "energy-mlp"))
-    prep = _unit_dequantise(spec.get("levels"))
+    prep = _unit_dequantise(option(spec, "levels"))
     return lambda model, x: loss(model, prep(x))
 
 
@@ -269,8 +277,8 @@ def _energy_val_choice(spec: ModelSpec) -> str:
 def _energy_val(spec: ModelSpec) -> Callable[[nn.Module, Tensor], float]:
     objective = _energy_objective(spec)
     choice = _energy_val_choice(spec)
-    prep = _unit_dequantise(spec.get("levels"))
-    n = int(spec.get("val_n", 2000))
+    prep = _unit_dequantise(option(spec, "levels"))
+    n = option(spec, "val_n", 2000, int)
 
     def metric(model: nn.Module, x: Tensor) -> float:
         if choice == "exact_sm":
@@ -284,7 +292,7 @@ def _energy_val(spec: ModelSpec) -> Callable[[nn.Module, Tensor], float]:
 
 
 def _energy_test(spec: ModelSpec) -> Callable[[nn.Module, Tensor], dict[str, float]]:
-    prep = _unit_dequantise(spec.get("levels"))
+    prep = _unit_dequantise(option(spec, "levels"))
 
     def metrics(model: nn.Module, x: Tensor) -> dict[str, float]:
         out = _report("exact_sm", exact_sm_loss(model, x, max_n=_exact_sm_n(spec), transform=prep))
@@ -315,7 +323,7 @@ def _energy_plot(model: nn.Module, ds: Any, spec: ModelSpec, out: Path) -> list[
     data = ds.test.to(ref)
     lo, hi = _box(data)
     gen = torch.Generator(device=ref.device).manual_seed(0)
-    n, steps = int(spec.get("plot_samples", 2000)), int(spec.get("sample_steps", 500))
+    n, steps = option(spec, "plot_samples", 2000, int), option(spec, "sample_steps", 500, int)
     x0 = lo + (hi - lo) * torch.rand(n, 2, dtype=ref.dtype, device=ref.device, generator=gen)
     step = 0.01 * float(data.var(0).mean())  # Langevin step ∝ the data's variance
     model.eval()
@@ -375,10 +383,10 @@ def _build_nice(spec: ModelSpec) -> nn.Module:
     objective_name(spec, "nice")
     return NICE(
         _dim(spec),
-        couplings=int(spec.get("layers") or 4),
-        hidden=int(spec.get("hidden") or _nice_width(_dim(spec))),
-        hidden_layers=int(spec.get("hidden_layers", 4)),
-        activation=spec.get("activation", "softplus"),
+        couplings=int(option(spec, "layers") or 4),
+        hidden=int(option(spec, "hidden") or _nice_width(_dim(spec))),
+        hidden_layers=option(spec, "hidden_layers", 4, int),
+        activation=option(spec, "activation", "softplus"),
         preprocess=preprocess_layers(spec),
     )
 
@@ -403,7 +411,7 @@ def _nice_val(spec: ModelSpec) -> Callable[[nn.Module, Tensor], float] | None:
     choice = _nice_val_choice(spec)
     if choice == "nll":
         return None  # fit's default: the exact NLL
-    n = int(spec.get("val_n", 2000))
+    n = option(spec, "val_n", 2000, int)
     if choice == "exact_sm":
         return lambda model, x: (
             exact_sm_loss(model.energy, x, max_n=n, transform=model.preprocess).mean
@@ -480,21 +488,21 @@ register_model(
 
 def _build_dkef(spec: ModelSpec) -> nn.Module:
     objective_name(spec, "dkef")
-    if spec.get("levels") or len(spec["data_shape"]) != 1:
+    if option(spec, "levels") or len(spec["data_shape"]) != 1:
         raise ValueError(
             "dkef models continuous vectors (e.g. --data wine-red); this dataset is quantised or "
             "not a table. Use nice or energy-mlp for images."
         )
     return DKEF(
         _dim(spec),
-        n_inducing=int(spec.get("n_inducing", 200)),
-        hidden=int(spec.get("hidden") or 30),
-        n_kernels=int(spec.get("n_kernels", 3)),
-        q0_std=float(spec.get("q0_std", 2.0)),
-        log_lambda=float(spec.get("log_lambda", -2.0)),
-        alpha_solve=spec.get("alpha_solve", "sliced"),
-        alpha_points=int(spec.get("alpha_points", 4000)),
-        logz_samples=int(spec.get("logz_samples", 1_000_000)),
+        n_inducing=option(spec, "n_inducing", 200, int),
+        hidden=int(option(spec, "hidden") or 30),
+        n_kernels=option(spec, "n_kernels", 3, int),
+        q0_std=option(spec, "q0_std", 2.0, float),
+        log_lambda=option(spec, "log_lambda", -2.0, float),
+        alpha_solve=option(spec, "alpha_solve", "sliced"),
+        alpha_points=option(spec, "alpha_points", 4000, int),
+        logz_samples=option(spec, "logz_samples", 1_000_000, int),
     )
 
 
@@ -523,7 +531,7 @@ def _dkef_val(spec: ModelSpec) -> Callable[[nn.Module, Tensor], float]:
 def _dkef_test(spec: ModelSpec) -> Callable[[nn.Module, Tensor], dict[str, float]]:
     def metrics(model: nn.Module, x: Tensor) -> dict[str, float]:
         model.fitted_alpha()
-        out = _report("exact_sm", exact_sm_loss(model, x, max_n=spec.get("exact_sm_n")))
+        out = _report("exact_sm", exact_sm_loss(model, x, max_n=option(spec, "exact_sm_n")))
         lz = model.log_partition()
         out.update(log_z=lz.value, log_z_stderr=lz.stderr, log_z_samples=lz.n)
         out["alpha_points"] = int(model.alpha_count)
@@ -591,12 +599,12 @@ def _build_ncsn(spec: ModelSpec) -> nn.Module:
         )
     return NCSN(
         tuple(spec["data_shape"]),
-        channels=int(spec.get("hidden") or 16),
-        sigma_max=float(spec.get("sigma_max", 1.0)),
-        sigma_min=float(spec.get("sigma_min", 0.01)),
-        n_levels=int(spec.get("n_levels", 10)),
-        levels=spec.get("levels"),
-        activation=spec.get("activation", "elu"),
+        channels=int(option(spec, "hidden") or 16),
+        sigma_max=option(spec, "sigma_max", 1.0, float),
+        sigma_min=option(spec, "sigma_min", 0.01, float),
+        n_levels=option(spec, "n_levels", 10, int),
+        levels=option(spec, "levels"),
+        activation=option(spec, "activation", "elu"),
     )
 
 
@@ -618,7 +626,7 @@ def _ncsn_per_sample(name: str) -> Callable[[nn.Module], Callable[[Tensor], Tens
 
 
 def _ncsn_val(spec: ModelSpec) -> Callable[[nn.Module, Tensor], float]:
-    n = int(spec.get("val_n", 2000))
+    n = option(spec, "val_n", 2000, int)
     return lambda model, x: (
         evaluate_per_sample(_ncsn_per_sample("dsm")(model), x, max_n=n, model=model).mean
     )
@@ -649,8 +657,8 @@ def _ncsn_plot(model: nn.Module, ds: Any, spec: ModelSpec, out: Path) -> list[Pa
     gen = torch.Generator(device=next(model.parameters()).device).manual_seed(0)
     samples = model.sample(
         64,
-        n_steps_each=int(spec.get("sample_steps", 20)),
-        step_lr=float(spec.get("step_lr", 2e-5)),
+        n_steps_each=option(spec, "sample_steps", 20, int),
+        step_lr=option(spec, "step_lr", 2e-5, float),
         generator=gen,
     )
     title = f"{ds.name}: NCSN, {spec['objective']} (annealed Langevin)"
@@ -688,7 +696,7 @@ register_model(
 
 
 def _ebm_settings(spec: ModelSpec) -> Settings:
-    lo, hi = float(spec.get("sigma_min", 0.05)), float(spec.get("sigma_max", 1.2))
+    lo, hi = option(spec, "sigma_min", 0.05, float), option(spec, "sigma_max", 1.2, float)
     return _settings(spec, eps=0.05, projection="gaussian", sigmas=(lo, hi))
 
 
@@ -704,15 +712,15 @@ def _build_ebm(spec: ModelSpec) -> nn.Module:
     spec.setdefault("eps", 0.05)
     return ResEBM(
         tuple(spec["data_shape"]),
-        width=int(spec.get("hidden") or 16),
-        depth=int(spec["layers"]) if spec.get("layers") is not None else 1,
-        activation=spec.get("activation", "nsoftplus"),
+        width=int(option(spec, "hidden") or 16),
+        depth=option(spec, "layers", 1, int),
+        activation=option(spec, "activation", "nsoftplus"),
     )
 
 
 def _ebm_objective(spec: ModelSpec) -> Callable[[nn.Module, Tensor], Tensor]:
     loss = objective(objective_name(spec, "ebm")).bind(_ebm_settings(spec))
-    prep = _unit_dequantise(spec.get("levels"))
+    prep = _unit_dequantise(option(spec, "levels"))
     return lambda model, x: loss(model, prep(x))
 
 
@@ -722,7 +730,7 @@ def _ebm_val_name(spec: ModelSpec) -> str:
 
 def _ebm_per_sample(spec: ModelSpec, name: str) -> Callable[[nn.Module], Callable[..., Tensor]]:
     opts = _ebm_settings(spec)
-    prep = _unit_dequantise(spec.get("levels"))
+    prep = _unit_dequantise(option(spec, "levels"))
     if name == "mdsm":
         return lambda model: (
             lambda b: mdsm(model, prep(b), opts.sigmas, opts.sigma0, reduction="none")
@@ -732,16 +740,16 @@ def _ebm_per_sample(spec: ModelSpec, name: str) -> Callable[[nn.Module], Callabl
 
 
 def _ebm_val(spec: ModelSpec) -> Callable[[nn.Module, Tensor], float]:
-    n = int(spec.get("val_n", 1000))
+    n = option(spec, "val_n", 1000, int)
     per_sample = _ebm_per_sample(spec, _ebm_val_name(spec))
     return lambda model, x: evaluate_per_sample(per_sample(model), x, max_n=n, model=model).mean
 
 
 def _ebm_test(spec: ModelSpec) -> Callable[[nn.Module, Tensor], dict[str, float]]:
-    prep = _unit_dequantise(spec.get("levels"))
+    prep = _unit_dequantise(option(spec, "levels"))
 
     def metrics(model: nn.Module, x: Tensor) -> dict[str, float]:
-        n = spec.get("test_n")
+        n = option(spec, "test_n")
         per_sample = _ebm_per_sample(spec, "mdsm")(model)
         out = _report("mdsm", evaluate_per_sample(per_sample, x, model=model, max_n=n))
         est = exact_sm_loss(model, x, max_n=_exact_sm_n(spec, 16), transform=prep, batch_size=8)
@@ -759,11 +767,11 @@ def ebm_samples(model: nn.Module, spec: ModelSpec, n: int, *, seed: int = 0) -> 
     ref = next(model.parameters())
     gen = torch.Generator(device=ref.device).manual_seed(seed)
     temps = temperature_schedule(
-        float(spec.get("t_max", 100.0)),
-        float(spec.get("t_min", 1.0)),
-        n_hold=int(spec.get("sample_hold", 500)),
-        n_anneal=int(spec.get("sample_anneal", 2000)),
-        n_tail=int(spec.get("sample_tail", 200)),
+        option(spec, "t_max", 100.0, float),
+        option(spec, "t_min", 1.0, float),
+        n_hold=option(spec, "sample_hold", 500, int),
+        n_anneal=option(spec, "sample_anneal", 2000, int),
+        n_tail=option(spec, "sample_tail", 200, int),
     )
     shape = (n, *spec["data_shape"])
     x0 = 0.5 + torch.randn(shape, dtype=ref.dtype, device=ref.device, generator=gen)
@@ -772,8 +780,8 @@ def ebm_samples(model: nn.Module, spec: ModelSpec, n: int, *, seed: int = 0) -> 
         model,
         x0,
         temps,
-        step_size=float(spec.get("sample_step", 0.02)),
-        denoise_sigma=float(spec.get("sigma0", 0.1)),
+        step_size=option(spec, "sample_step", 0.02, float),
+        denoise_sigma=option(spec, "sigma0", 0.1, float),
         generator=gen,
     )
 
@@ -783,7 +791,7 @@ def _ebm_plot(model: nn.Module, ds: Any, spec: ModelSpec, out: Path) -> list[Pat
         return []
     from .. import plots
 
-    samples = ebm_samples(model, spec, int(spec.get("n_samples", 64)))
+    samples = ebm_samples(model, spec, option(spec, "n_samples", 64, int))
     title = f"{ds.name}: ResEBM, {spec['objective']} (annealed Langevin)"
     return [plots.image_grid(samples.cpu(), out / "samples.png", None, title=title)]
 
