@@ -43,7 +43,7 @@ def test_results_json_records_every_fit_setting(tmp_path):
         "epochs": 3,
         "batch_size": 30,
         "lr": 2e-3,
-        "optimizer": "adam",
+        "optimizer": "Adam",
         "patience": 5,
         "objective": "_objective",
         "val_metric": "exact NLL",
