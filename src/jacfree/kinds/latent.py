@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from ..latent.implicit import SCORE_OBJECTIVES, ImplicitLatentModel, binarize
-from .registry import ModelKind, ModelSpec, register_model
+from .registry import ModelKind, ModelSpec, option, register_model
 
 __all__ = ["ais_report"]
 
@@ -57,26 +57,26 @@ def _builder(mode: str) -> Callable[[ModelSpec], nn.Module]:
                 f"{mode}-implicit models images (binarised pixels), e.g. --data mnist-5k; this "
                 "dataset is not an image set."
             )
-        spec["objective"] = spec.get("objective") or SCORE_OBJECTIVES[0]
+        spec["objective"] = option(spec, "objective", SCORE_OBJECTIVES[0])
         return ImplicitLatentModel(
             math.prod(spec["data_shape"]),
-            int(spec.get("z_dim", 32)),
+            option(spec, "z_dim", 32, int),
             mode=mode,  # type: ignore[arg-type]
             objective=spec["objective"],
-            hidden=int(spec.get("hidden") or 256),
-            layers=int(spec["layers"]) if spec.get("layers") is not None else 2,
-            eps=float(spec.get("eps", 0.1)),
-            lam=float(spec.get("lam", 10.0)),
-            time_score=bool(spec.get("time_score", True)),
+            hidden=option(spec, "hidden", 256, int),
+            layers=option(spec, "layers", 2, int),
+            eps=option(spec, "eps", 0.1, float),
+            lam=option(spec, "lam", 10.0, float),
+            time_score=option(spec, "time_score", True, bool),
             data_shape=tuple(spec["data_shape"]),
-            levels=spec.get("levels"),
+            levels=option(spec, "levels"),
         )
 
     return build
 
 
 def _objective(spec: ModelSpec) -> Callable[[nn.Module, Tensor], Tensor]:
-    levels = spec.get("levels")
+    levels = option(spec, "levels")
     return lambda model, x: model.loss(binarize(x.flatten(1), levels))
 
 
@@ -128,8 +128,8 @@ def ais_report(
 
 
 def _val(spec: ModelSpec) -> Callable[[nn.Module, Tensor], float]:
-    levels = spec.get("levels")
-    n, steps = int(spec.get("val_n", 100)), int(spec.get("val_ais_steps", 30))
+    levels = option(spec, "levels")
+    n, steps = option(spec, "val_n", 100, int), option(spec, "val_ais_steps", 30, int)
     return lambda model, x: ais_report(
         model, x, levels, n=n, chains=2, steps=steps, leapfrog=5, seed=1
     )["ais_nll"]
@@ -137,16 +137,16 @@ def _val(spec: ModelSpec) -> Callable[[nn.Module, Tensor], float]:
 
 def _test(spec: ModelSpec) -> Callable[[nn.Module, Tensor], dict[str, float]]:
     def metrics(model: nn.Module, x: Tensor) -> dict[str, float]:
-        n = spec.get("ais_n", 100)
+        n = spec.get("ais_n", 100)  # an explicit None means every test image
         return ais_report(
             model,
             x,
-            spec.get("levels"),
+            option(spec, "levels"),
             n=int(n) if n is not None else None,
-            chains=int(spec.get("ais_chains", 16)),
-            steps=int(spec.get("ais_steps", 500)),
-            leapfrog=int(spec.get("ais_leapfrog", 10)),
-            step_size=float(spec.get("ais_step", 0.2)),
+            chains=option(spec, "ais_chains", 16, int),
+            steps=option(spec, "ais_steps", 500, int),
+            leapfrog=option(spec, "ais_leapfrog", 10, int),
+            step_size=option(spec, "ais_step", 0.2, float),
         )
 
     return metrics

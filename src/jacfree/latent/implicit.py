@@ -288,13 +288,11 @@ class ImplicitLatentModel(nn.Module):
         n: int,
         generator: torch.Generator | None = None,
         *,
-        approximate: bool = False,
         mean: bool = True,
     ) -> Tensor:
         """``n`` draws ``x ~ p(x|z)``, ``z ~ N(0, I)``: the Bernoulli means (``mean=True``, the
         usual picture) or binary samples, shaped ``(n, *data_shape)`` on the data's scale
-        (``[0, levels − 1]``; [0, 1] without ``levels``). (``approximate`` exists for the CLI:
-        ancestral sampling is exact.)"""
+        (``[0, levels − 1]``; [0, 1] without ``levels``)."""
         ref = next(self.parameters())
         z = torch.randn(n, self.z_dim, dtype=ref.dtype, device=ref.device, generator=generator)
         p = torch.sigmoid(self.decoder(z))
