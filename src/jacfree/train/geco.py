@@ -24,11 +24,13 @@ import torch
 from torch import Tensor, nn
 
 from .._checks import check_positive
+from ..flows.core import Flow
 
 
 def _recon_buffers(model: nn.Module) -> list[Tensor]:
     """The ``recon_weight`` (λ) buffers of the model's self-normalizing layers."""
-    found = [b for name, b in model.named_buffers() if name.split(".")[-1] == "recon_weight"]
+    layers = model.gradient_layers() if isinstance(model, Flow) else []
+    found = [lam for m in layers if (lam := m.reconstruction_weight()) is not None]
     if not found:
         _flow_recon_weight(model)  # raises the clear error
         raise ValueError("GECO found no recon_weight buffer in the model.")
