@@ -239,3 +239,22 @@ def test_compiled_training_from_the_command_line_is_recorded(tmp_path, capsys):
     assert json.loads((run / "results.json").read_text())["settings"]["compile"] == "default"
     a, b = (json.loads((r / "metrics.jsonl").read_text()) for r in (eager, run))
     assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4)
+
+
+def test_eval_and_sample_take_threads_and_refuse_non_positive_counts(tmp_path, capsys):
+    out = tmp_path / "e"
+    argv = ["train", "--data", "8gaussians", "--model", "energy-mlp", *TOY, "--out", str(out)]
+    assert main(argv) == 0
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert main(["eval", str(out), "--threads", "1"]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    for args, message in (
+        (["sample", str(out), "-n", "0"], "argument -n/--n: must be > 0, got 0"),
+        (["eval", str(out), "--threads", "0"], "argument --threads: must be > 0, got 0"),
+        (["eval", str(out), "--ood-n", "-5"], "argument --ood-n: must be > 0, got -5"),
+    ):
+        _refused(args, capsys, message)

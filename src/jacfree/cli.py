@@ -596,8 +596,7 @@ def _load_run(path: Path, which: str, device: torch.device) -> tuple[Any, dict, 
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    device = resolve_device(args.device)
-    model, spec, data = _load_run(args.run, args.which, device)
+    model, spec, data = _load_run_arguments(args)
     name = args.data or data.get("name")
     if not name:
         raise ValueError("the checkpoint does not name its dataset; pass --data NAME.")
@@ -682,8 +681,7 @@ def _class_panels(
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    device = resolve_device(args.device)
-    model, spec, data = _load_run(args.run, args.which, device)
+    model, spec, data = _load_run_arguments(args)
     if option(spec, "conditional"):
         return _sample_conditional(args, model, spec, data)
     panels = _sample_panels(model, spec, args.n, seed=args.seed, inverse=args.inverse)
@@ -750,6 +748,21 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--which", choices=["best", "last"], default="best", help="checkpoint to use")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling / dequantisation")
+    p.add_argument(
+        "--threads",
+        type=_positive(int),
+        default=None,
+        help="CPU threads of torch (default: torch's choice)",
+    )
+
+
+def _load_run_arguments(
+    args: argparse.Namespace,
+) -> tuple[torch.nn.Module, dict[str, Any], dict[str, Any]]:
+    """Apply ``--threads`` and ``--device``, then load the model of ``args.run``."""
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    return _load_run(args.run, args.which, resolve_device(args.device))
 
 
 # -- models -------------------------------------------------------------------------------------
@@ -811,7 +824,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="AUROC of the model's energy or -log p, its test split vs each DATASET's (same "
         "image format) or noise-uniform / noise-gaussian; ROC curves in ood.png",
     )
-    p.add_argument("--ood-n", type=int, default=2000, help="inputs per side for --ood")
+    p.add_argument("--ood-n", type=_positive(int), default=2000, help="inputs per side for --ood")
     p.add_argument(
         "--ood-statistic",
         choices=["score", "deviation"],
@@ -820,18 +833,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--frechet",
-        type=int,
+        type=_positive(int),
         default=None,
         metavar="N",
         help="draw N samples and report their Fréchet distance to the test split in the "
         "features of a small classifier trained once on the dataset (cached)",
     )
-    p.add_argument("--frechet-draws", type=int, default=5, help="groups of --frechet samples")
+    p.add_argument(
+        "--frechet-draws", type=_positive(int), default=5, help="groups of --frechet samples"
+    )
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("sample", help="draw samples; writes an image grid (or a CSV)")
     add_run_arguments(p)
-    p.add_argument("-n", "--n", type=int, default=64, help="number of samples")
+    p.add_argument("-n", "--n", type=_positive(int), default=64, help="number of samples")
     p.add_argument("--out", type=Path, default=None, help="output file (default: in the run)")
     p.add_argument(
         "--inverse",
