@@ -28,7 +28,7 @@ from jacfree.scorematching.objectives import (
     objective,
     objective_names,
 )
-from test_hot_path import _grads, _host_reads
+from test_hot_path import assert_no_host_reads_and_compiled_grads_equal
 
 DT = torch.float64
 D, B = 4, 5
@@ -110,21 +110,7 @@ def test_a_finite_scalar_whose_gradient_reaches_every_parameter(case) -> None:
 @pytest.mark.parametrize("case", CASES, ids=_id)
 def test_no_host_reads_and_one_graph_with_the_eager_gradients(case) -> None:
     o, settings = case
-    model = _model(o)
-    loss = o.bind(settings)
-    assert _host_reads(lambda: loss(model, X).backward()) == 0
-    torch._dynamo.reset()
-    compiled = torch.compile(loss, fullgraph=True, backend="eager")
-    grads = []
-    for fn in (loss, compiled):
-        with torch.random.fork_rng():
-            torch.manual_seed(3)
-            model.zero_grad()
-            fn(model, X).backward()
-            grads.append(_grads(model))
-    assert len(grads[0]) == len(grads[1]) > 0
-    for a, b in zip(*grads, strict=True):
-        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-9)
+    assert_no_host_reads_and_compiled_grads_equal(_model(o), o.bind(settings))
 
 
 class Quadratic(nn.Module):
