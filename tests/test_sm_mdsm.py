@@ -15,22 +15,12 @@ import torch
 from torch import nn
 
 from jacfree.scorematching import losses
+from test_sm_gaussian import Quadratic
 
 DT = torch.float64
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-class Quadratic(nn.Module):
-    def __init__(self, mu: torch.Tensor, P: torch.Tensor):
-        super().__init__()
-        self.mu = nn.Parameter(mu.clone())
-        self.P = nn.Parameter(P.clone())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = x - self.mu
-        return 0.5 * ((y @ self.P) * y).sum(-1)
 
 
 def spd(d: int, g: torch.Generator, shift: float) -> torch.Tensor:
