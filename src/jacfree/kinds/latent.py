@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -93,14 +94,14 @@ def ais_report(
     n: int | None = None,
     chains: int = 16,
     steps: int = 500,
-    leapfrog: int = 10,
-    step_size: float = 0.2,
     batch_size: int = 100,
     seed: int = 0,
+    **hmc: Any,
 ) -> dict[str, float]:
     """AIS NLL of the first ``n`` images of ``x`` (binarised with a fixed seed): the mean over
     images with its standard error over images, the Monte-Carlo standard error of that mean
-    from the chains, and the mean acceptance rate."""
+    from the chains, and the mean acceptance rate. ``hmc``: the other keywords of the model's
+    ``ais`` (``leapfrog``, ``step_size``)."""
     ref = next(model.parameters())
     x = x[:n] if n else x
     gen = torch.Generator(device=ref.device).manual_seed(seed)
@@ -108,8 +109,7 @@ def ais_report(
     model.eval()
     for chunk in x.split(batch_size):
         b = _fixed_binary(chunk.to(ref), levels, seed)
-        res = model.ais(b, chains=chains, steps=steps, leapfrog=leapfrog, step_size=step_size,
-                        generator=gen)  # fmt: skip
+        res = model.ais(b, chains=chains, steps=steps, generator=gen, **hmc)
         lp.append(res.log_px.double().cpu())
         se.append(res.stderr.double().cpu())
         acc.append(res.accept.double().cpu())

@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -258,28 +258,18 @@ class ImplicitLatentModel(nn.Module):
     # -- evaluation --------------------------------------------------------------------------
 
     @torch.no_grad()
-    def ais(
-        self,
-        x: Tensor,
-        *,
-        chains: int = 16,
-        steps: int = 500,
-        leapfrog: int = 10,
-        step_size: float = 0.2,
-        generator: torch.Generator | None = None,
-    ) -> AISResult:
+    def ais(self, x: Tensor, *, step_size: float = 0.2, **options: Any) -> AISResult:
         """AIS estimate of ``log p(x)`` for binary ``x (B, D)`` (nats per example), from the prior
-        to the posterior ``p(z|x) ∝ p(x|z) p(z)``; see :func:`jacfree.latent.ais_log_marginal`."""
+        to the posterior ``p(z|x) ∝ p(x|z) p(z)``: :func:`jacfree.latent.ais_log_marginal` of the
+        decoder's Bernoulli likelihood, with its keywords (``chains``, ``steps``, ``leapfrog``,
+        ``pilot_chains``, ``generator``) and an initial HMC step of 0.2."""
         return ais_log_marginal(
             lambda z: self.decoder.log_likelihood(x, z),
             len(x),
             self.z_dim,
-            chains=chains,
-            steps=steps,
-            leapfrog=leapfrog,
             step_size=step_size,
             like=x,
-            generator=generator,
+            **options,
         )
 
     @torch.no_grad()
