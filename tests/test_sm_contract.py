@@ -189,6 +189,6 @@ def test_a_score_network_goes_through_the_score_estimators_only() -> None:
     wrapped = ScoreNetModel(net)
     torch.testing.assert_close(score(wrapped, X), net(X))
     with pytest.raises(TypeError, match="not a score network; for score networks use fd_ssm_vr"):
-        objective("fd_ssm")(wrapped, X)
+        objective("fd_dsm")(wrapped, X)
     with pytest.raises(ValueError, match=r"score_net must return a tensor of the input's shape"):
         objective("ssm", "score")(lambda x: x[:, :2], X)

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from jacfree.scorematching import fd, losses
+from jacfree.scorematching.convention import ScoreNetModel
 from jacfree.scorematching.objectives import SM_OBJECTIVES, Objective
 
 DT = torch.float64
@@ -172,7 +173,7 @@ def test_noise_conditional_models_receive_the_per_sample_sigma():
     del P, mu
 
 
-@pytest.mark.parametrize("kind", ["fd_ssm", "fd_ssm_vr", "fd_dsm"])
+@pytest.mark.parametrize("kind", ["fd_ssm", "fd_ssm_vr", "fd_ssm_scorenet", "fd_dsm"])
 def test_fd_forms_are_exact_for_quadratics_at_every_eps(kind: str):
     q, x, _, _ = problem(N=64)
     noise = torch.randn_like(x)
@@ -183,6 +184,8 @@ def test_fd_forms_are_exact_for_quadratics_at_every_eps(kind: str):
             r = losses.fd_ssm(q, x, eps, directions=u, reduction="none")
         elif kind == "fd_ssm_vr":
             r = losses.fd_ssm_vr(q.score, x, eps, directions=u, reduction="none")
+        elif kind == "fd_ssm_scorenet":  # the non-VR form from the two score evaluations
+            r = losses.fd_ssm(ScoreNetModel(q.score), x, eps, directions=u, reduction="none")
         else:
             r = losses.fd_dsm(q, x, 0.4, eps, directions=u, noise=noise, reduction="none")
         results.append(r)
@@ -194,6 +197,8 @@ def test_fd_forms_are_exact_for_quadratics_at_every_eps(kind: str):
         ref = losses.ssm(q, x, v=v, reduction="none")
     elif kind == "fd_ssm_vr":
         ref = losses.ssm_scorenet(q.score, x, vr=True, v=v, reduction="none")
+    elif kind == "fd_ssm_scorenet":
+        ref = losses.ssm_scorenet(q.score, x, vr=False, v=v, reduction="none")
     else:
         xt = x + 0.4 * noise
         r_vec = q.score(xt).detach() + noise / 0.4

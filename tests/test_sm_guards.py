@@ -225,6 +225,8 @@ def test_batchnorm_energy_refused_in_parallel_fd():
         losses.fd_dsm(energy, x, 0.1)
     with pytest.warns(UserWarning, match="BatchNorm"):
         losses.fd_ssm(energy, x, parallel=False)
+    with pytest.raises(ValueError, match="BatchNorm"):  # also inside a score network
+        losses.fd_ssm_vr(nn.Sequential(nn.Linear(5, 8), nn.BatchNorm1d(8), nn.Linear(8, 5)), x)
     energy.eval()
     losses.fd_ssm(energy, x)
 
@@ -246,6 +248,8 @@ def test_argument_errors_are_clear():
         losses.fd_ssm(energy, x, directions=torch.ones(4, 3, dtype=DT))
     with pytest.raises(ValueError, match="input's shape"):
         losses.fd_ssm_vr(lambda y: y.sum(-1), x)
+    with pytest.raises(ValueError, match=r"vr=True\) needs the whole score"):
+        losses.fd_ssm(energy, x, vr=True)
     with pytest.raises(ValueError, match="batch"):
         losses.fd_ssm(energy, x[0])
     # values are not scanned in the step (no host read): a NaN input gives a NaN loss, never a

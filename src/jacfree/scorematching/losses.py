@@ -451,6 +451,7 @@ def fd_ssm(
     n_particles: int = 1,
     directions: Tensor | None = None,
     parallel: bool = True,
+    vr: bool = False,
     reduction: Reduction = "mean",
     return_terms: bool = False,
     generator: torch.Generator | None = None,
@@ -483,6 +484,11 @@ def fd_ssm(
     ``ε`` is the L2 norm of the whole direction (0.1 in the paper's DKEF/NICE runs). In float32
     keep ``ε ≳ (u·|E|)^{1/4}`` (≈ 0.05 for ``|E| ≈ 100``); half precision is refused.
 
+    A score network wrapped as :class:`ScoreNetModel` (this is what :func:`fd_ssm_vr` passes) is
+    evaluated at ``x ± v`` only: ``(d/ε²)·vᵀ(s₊ − s₋)/2 ≈ d·uᵀ∇ₓs u`` for the trace and, for the
+    norm, ``(d/2ε²)(vᵀs̄)²`` (``vr=False``) or ``½‖s̄‖²`` (``vr=True``) with
+    ``s̄ = ½(s₊ + s₋) = s(x) + O(ε²)``; both are exact for an affine score.
+
     Args:
         eps: radius of the sphere directions.
         n_particles: directions per sample (``f(x)`` is still evaluated once).
@@ -491,38 +497,43 @@ def fd_ssm(
         parallel: one concatenated forward pass (default) or one pass per stencil point. A
             BatchNorm layer in training mode is refused in parallel mode (its statistics would
             mix the stencil points).
+        vr: the variance-reduced form ``½‖s‖²`` of the norm term; it needs the whole score, so
+            only a score network can have it (see :func:`fd_ssm_vr`).
 
     Returns:
         A scalar tensor (mean over batch and particles), per-sample values (``reduction="none"``)
         or :class:`SMTerms` ``(loss, curvature ≈ tr ∇²f, norm ≈ ½‖∇f‖²)``.
     """
-    eps, n_particles = _check_fd(energy, x, eps, n_particles, parallel, reduction, "fd_ssm")
-    u = _unit_directions(x, n_particles, directions, generator)
-    v = u * eps
+    is_score = isinstance(energy, ScoreNetModel)
+    name = "fd_ssm_vr" if vr else "fd_ssm"
+    if vr and not is_score:
+        raise ValueError(
+            "fd_ssm(vr=True) needs the whole score, i.e. a score network: use fd_ssm_vr(score_net, "
+            "x) (an energy model has the non-VR form only, or ssm(energy, x, vr=True) by autograd)"
+        )
+    model = energy.net if is_score else energy  # what check_batch_coupling inspects
+    eps, n_particles = _check_fd(model, x, eps, n_particles, parallel, reduction, name)
+    v = _unit_directions(x, n_particles, directions, generator) * eps
+    scale = _dim(x) / eps**2
+    if is_score:
+        s_mid, s_diff = directional_derivatives(
+            energy, x, v, (0, 1), offsets=(-1, 1), parallel=parallel, cond=cond
+        )
+        ev = x.dim() - 1
+        curvature = scale * _event_sum(v * s_diff, ev)
+        norm = 0.5 * (
+            _event_sum(s_mid * s_mid, ev) if vr else scale * _event_sum(v * s_mid, ev) ** 2
+        )
+        return _finish(curvature, norm, reduction, return_terms)
 
     def f(y: Tensor, c: Tensor | None = None) -> Tensor:
         return log_density(energy, y, c)
 
     d1, d2 = directional_derivatives(f, x, v, (1, 2), parallel=parallel, cond=cond)
-    scale = _dim(x) / eps**2
-    curvature = scale * d2
-    norm = scale * 0.5 * d1 * d1
-    return _finish(curvature, norm, reduction, return_terms)
+    return _finish(scale * d2, scale * 0.5 * d1 * d1, reduction, return_terms)
 
 
-def fd_ssm_vr(
-    score_net: ScoreNet,
-    x: Tensor,
-    eps: float = 0.1,
-    *,
-    n_particles: int = 1,
-    directions: Tensor | None = None,
-    parallel: bool = True,
-    reduction: Reduction = "mean",
-    return_terms: bool = False,
-    generator: torch.Generator | None = None,
-    cond: Tensor | None = None,
-) -> Tensor | SMTerms:
+def fd_ssm_vr(score_net: ScoreNet, x: Tensor, eps: float = 0.1, **options: Any) -> Tensor | SMTerms:
     r"""Finite-difference SSM-VR for a score network ``s(x) ≈ ∇ₓ log p(x)`` (Pang et al. 2020).
 
     With ``v = ε u`` on the sphere of radius ``ε`` and ``s± = s(x ± v)``:
@@ -540,21 +551,11 @@ def fd_ssm_vr(
 
     This is the NCSN / implicit-encoder variant of the paper (``anneal_ESM_scorenet_VR``, ε = 0.1).
     For NCSN pass the perturbed samples as ``x``, the noise level as ``cond`` (it is repeated for
-    both halves) and weight the ``reduction="none"`` values by ``σ²``. Other arguments and the
-    return value as in :func:`fd_ssm`.
+    both halves) and weight the ``reduction="none"`` values by ``σ²``. Keyword arguments and the
+    return value as in :func:`fd_ssm` (this is ``fd_ssm(ScoreNetModel(score_net), x, eps,
+    vr=True, **options)``).
     """
-    eps, n_particles = _check_fd(score_net, x, eps, n_particles, parallel, reduction, "fd_ssm_vr")
-    u = _unit_directions(x, n_particles, directions, generator)
-    v = u * eps
-
-    s = ScoreNetModel(score_net)
-    s_mid, s_diff = directional_derivatives(
-        s, x, v, (0, 1), offsets=(-1, 1), parallel=parallel, cond=cond
-    )
-    ev = x.dim() - 1
-    curvature = (_dim(x) / eps**2) * _event_sum(v * s_diff, ev)
-    norm = 0.5 * _event_sum(s_mid * s_mid, ev)
-    return _finish(curvature, norm, reduction, return_terms)
+    return fd_ssm(ScoreNetModel(score_net), x, eps, vr=True, **options)
 
 
 # --------------------------------------------------------------------------------------------
