@@ -89,8 +89,8 @@ def _fixed_binary(x: Tensor, levels: int | None, seed: int = 0) -> Tensor:
 def ais_report(
     model: nn.Module,
     x: Tensor,
-    levels: int | None,
     *,
+    levels: int | None = None,
     n: int | None = None,
     chains: int = 16,
     steps: int = 500,
@@ -98,10 +98,11 @@ def ais_report(
     seed: int = 0,
     **hmc: Any,
 ) -> dict[str, float]:
-    """AIS NLL of the first ``n`` images of ``x`` (binarised with a fixed seed): the mean over
-    images with its standard error over images, the Monte-Carlo standard error of that mean
-    from the chains, and the mean acceptance rate. ``hmc``: the other keywords of the model's
-    ``ais`` (``leapfrog``, ``step_size``)."""
+    """AIS NLL of the first ``n`` images of ``x``, binarised with a fixed seed (values in
+    ``[0, levels)``, or in [0, 1] without ``levels``): the mean over images with its standard
+    error over images, the Monte-Carlo standard error of that mean from the chains, and the mean
+    acceptance rate. ``hmc``: the other keywords of the model's ``ais`` (``leapfrog``,
+    ``step_size``)."""
     ref = next(model.parameters())
     x = x[:n] if n else x
     gen = torch.Generator(device=ref.device).manual_seed(seed)
@@ -131,7 +132,7 @@ def _val(spec: ModelSpec) -> Callable[[nn.Module, Tensor], float]:
     levels = option(spec, "levels")
     n, steps = option(spec, "val_n", 100, int), option(spec, "val_ais_steps", 30, int)
     return lambda model, x: ais_report(
-        model, x, levels, n=n, chains=2, steps=steps, leapfrog=5, seed=1
+        model, x, levels=levels, n=n, chains=2, steps=steps, leapfrog=5, seed=1
     )["ais_nll"]
 
 
@@ -141,7 +142,7 @@ def _test(spec: ModelSpec) -> Callable[[nn.Module, Tensor], dict[str, float]]:
         return ais_report(
             model,
             x,
-            option(spec, "levels"),
+            levels=option(spec, "levels"),
             n=int(n) if n is not None else None,
             chains=option(spec, "ais_chains", 16, int),
             steps=option(spec, "ais_steps", 500, int),
