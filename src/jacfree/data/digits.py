@@ -15,16 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .registry import Dataset, labelled_split, register
+from .registry import Dataset, catalogued, labelled_split
 
 
-@register(
-    "digits",
-    "sklearn 8x8 handwritten digits, 1797 images, 17 grey levels (embedded)",
-    source="scikit-learn's load_digits (UCI Optical Recognition of Handwritten Digits, test "
-    "set), embedded in jacfree as digits.npz",
-    licence="scikit-learn BSD-3; UCI data CC BY 4.0",
-)
+@catalogued("digits")
 def load_digits(root: Path | None = None, seed: int = 0) -> Dataset:
     """sklearn's 8×8 digits: 1,797 images, integer values 0..16 (``levels = 17``), 10 classes.
 

