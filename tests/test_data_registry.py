@@ -66,6 +66,40 @@ def test_catalogue_covers_every_name_with_reasons() -> None:
     assert groups == sorted(groups, key=registry.GROUPS.index)  # listed real, user, toy
 
 
+def test_catalogue_file_and_registry_agree() -> None:
+    """Every entry of catalogue.toml has a registered loader and every dataset of the package an
+    entry, whose text the registry serves unchanged; located datasets are the cached ones."""
+    entries = registry.read_catalogue()
+    assert sorted(entries) == jd.names()
+    for name, entry in entries.items():
+        s = jd.spec(name)
+        assert (s.description, s.group, s.source, s.licence) == tuple(
+            entry[f] for f in registry.CATALOGUE_FIELDS
+        ), name
+        assert s.cached == (s.locate is not None), name
+    assert jd.spec("casp").cached and not jd.spec("digits").cached
+    assert jd.spec("moons").description == "2-D toy: two interleaved half moons"
+    assert jd.spec("moons").doc.startswith("2-D toy: two interleaved half moons (Two interleaved")
+
+
+def test_catalogue_entries_are_checked() -> None:
+    good = '[a]\ndescription = "d"\ngroup = "toy"\nsource = "s"\nlicence = "l"\n'
+    assert registry.parse_catalogue(good) == {
+        "a": {"description": "d", "group": "toy", "source": "s", "licence": "l"}
+    }
+    for bad in (
+        good.replace('licence = "l"\n', ""),  # a field missing
+        good + 'version = "2"\n',  # an unknown field
+        good.replace('"toy"', '"mine"'),  # not a group
+        good.replace('"s"', "3"),  # not a string
+        'a = "not a table"\n',
+    ):
+        with pytest.raises(ValueError, match="the entry 'a' must give exactly"):
+            registry.parse_catalogue(bad)
+    with pytest.raises(KeyError, match=r"no entry in jacfree/data/catalogue\.toml"):
+        registry.catalogued("no-such-dataset")
+
+
 def test_user_datasets_unavailable_without_copies() -> None:
     for name in (
         "mnist",

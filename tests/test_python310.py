@@ -34,6 +34,8 @@ def test_cli_imports_and_reads_a_config_without_tomllib(tmp_path: Path) -> None:
             raise SystemExit("tomllib is not hidden")
         import jacfree.cli as cli
         assert cli.tomllib is sys.modules["tomli"], cli.tomllib
+        import jacfree.data.registry as registry
+        assert registry.tomllib is sys.modules["tomli"] and registry.read_catalogue()["moons"]
         argv = cli._expand_config(["train", "--config", {str(config)!r}])
         print(argv)
         """

@@ -10,6 +10,9 @@ Every dataset has a registry name (``jacfree data list`` shows them with their a
   ``openpyxl``), ``breast-cancer`` (``scikit-learn``), ``old-faithful`` (``plotnine``);
 * from your own copies: ``mnist``, ``cifar10``, ``power``, ``gas``, ``hepmass``, ``miniboone``,
   ``bsds300``, ``parkinsons`` (the error when they are missing says which files go where).
+
+Their descriptions, sources and licences are listed in one file, ``catalogue.toml`` of this
+package.
 """
 
 from . import digits, images, maf, tabular, toys  # noqa: F401  (registers the datasets)

@@ -30,8 +30,9 @@ def _maf_files(
     name: str, sub: str, files: dict[str, str], what: str, needs: str | None = None
 ) -> Locator:
     """``locate(root)`` of a MAF table: the ``files`` (role -> file name, described by ``what``)
-    of the archive's folder ``data/<sub>/``, looked for in ``root`` or ``data_dir()/<sub>``
-    (also ``data_dir()/<name>``); ``needs`` names the Python package that reads them."""
+    of the archive's folder ``data/<sub>/``, looked for in ``root`` and ``root/<sub>``, or without
+    ``root`` in ``data_dir()/<sub>`` (and in ``<name>`` in place of ``<sub>`` where the two
+    differ); ``needs`` names the Python package that reads them."""
     fix = (
         f"put your copy of {' and '.join(files.values())} ({what}) into {{folder}}; "
         f"{MAF_ARCHIVE} holds it as data/{sub}/: `mkdir -p {{folder}} && cp /path/to/data/{sub}/* "

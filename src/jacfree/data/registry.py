@@ -227,12 +227,24 @@ def read_catalogue() -> dict[str, dict[str, str]]:
     """The entries of the package data file ``catalogue.toml``: ``{name: {field: text}}`` with
     the :data:`CATALOGUE_FIELDS` of every dataset of this package, in the file's order."""
     text = resources.files(__package__).joinpath("catalogue.toml").read_text(encoding="utf-8")
+    return parse_catalogue(text)
+
+
+def parse_catalogue(text: str) -> dict[str, dict[str, str]]:
+    """Parse catalogue TOML (one table per dataset) and check that every entry gives exactly the
+    :data:`CATALOGUE_FIELDS`, as strings, with a group of :data:`GROUPS`."""
     entries = tomllib.loads(text)
     for name, entry in entries.items():
-        if sorted(entry) != sorted(CATALOGUE_FIELDS) or entry["group"] not in GROUPS:
+        if (
+            not isinstance(entry, dict)
+            or sorted(entry) != sorted(CATALOGUE_FIELDS)
+            or not all(isinstance(v, str) for v in entry.values())
+            or entry["group"] not in GROUPS
+        ):
             raise ValueError(
                 f"catalogue.toml: the entry {name!r} must give exactly the fields "
-                f"{', '.join(CATALOGUE_FIELDS)} with a group in {GROUPS}; it gives {entry}"
+                f"{', '.join(CATALOGUE_FIELDS)} as strings, with a group in {GROUPS}; it gives "
+                f"{entry!r}"
             )
     return entries
 
