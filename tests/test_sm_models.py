@@ -18,7 +18,7 @@ from jacfree.scorematching.evaluate import (
     exact_sm_loss_scorenet,
 )
 from jacfree.scorematching.ncsn import NCSN, annealed_loss, geometric_sigmas
-from jacfree.scorematching.objectives import objective_names
+from jacfree.scorematching.objectives import Settings, objective, objective_names
 from jacfree.scorematching.sampling import annealed_langevin, energy_score, langevin
 
 F64 = torch.float64
@@ -262,3 +262,18 @@ def test_energy_loss_names_and_values():
         assert torch.isfinite(energy_loss(name, eps=0.05, sigma=0.2)(e, x))
     with pytest.raises(ValueError, match=r"unknown energy objective 'mle'.*'fd_ssm'"):
         energy_loss("mle")
+
+
+def test_energy_loss_keywords_are_the_settings_with_their_defaults():
+    e = MLPEnergy(2, hidden=(8,)).double()
+    x = torch.randn(16, 2, dtype=F64)
+    for name, kw in [("fd_ssm", {}), ("fd_dsm", {"sigma": 0.3, "eps": 0.02}), ("mdsm", {})]:
+        settings = Settings(**kw)
+        torch.manual_seed(1)
+        got = energy_loss(name, **kw)(e, x)
+        torch.manual_seed(1)
+        assert torch.equal(got, objective(name).bind(settings)(e, x))
+    with pytest.raises(TypeError, match=r"unknown keywords \['step'\].*eps, sigma"):
+        energy_loss("fd_ssm", step=0.1)
+    with pytest.raises(TypeError):
+        energy_loss("fd_ssm", 0.1)  # the settings are keywords only

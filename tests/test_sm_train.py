@@ -13,8 +13,8 @@ import torch
 import jacfree as jf
 from jacfree.cli import config_arguments, main
 from jacfree.flows.nice import NICE
-from jacfree.kinds import build_model, kinds, model_kind
-from jacfree.kinds.scorematching import OBJECTIVES
+from jacfree.kinds import ModelKind, build_model, kinds, model_kind
+from jacfree.kinds.scorematching import KINDS, OBJECTIVES
 from jacfree.scorematching.energy import MLPEnergy
 from jacfree.scorematching.evaluate import exact_sm_loss
 
@@ -87,6 +87,32 @@ def test_kinds_are_registered_with_their_objectives():
     spec = {"kind": "nice", "data_shape": [4], "hidden": 8}
     build_model(spec)
     assert spec["objective"] == "fd_ssm"  # the default is recorded in the spec
+
+
+def test_each_score_matching_kind_is_registered_from_its_class():
+    for cls in KINDS:
+        kind, declared = kinds()[cls.name], cls()
+        assert kind.description == declared.description
+        assert kind.description.startswith(f"{cls.summary}: --objective {cls.objectives[0]}|")
+        assert dict(kind.options) == cls.options and set(cls.defaults) <= set(cls.options)
+        assert (kind.has_density, kind.sampler) == (cls.has_density, cls.sampler)
+        assert kind.build.__func__ is cls.build and kind.objective.__func__ is cls.objective
+        assert OBJECTIVES[cls.name] == cls.objectives
+    assert [k for k in kinds() if k in OBJECTIVES] == [cls.name for cls in KINDS]
+
+
+def test_model_kind_from_hooks_takes_the_fields_an_object_has():
+    class Hooks:
+        description = "a test kind"
+        has_density = False
+
+        def build(self, spec):
+            return torch.nn.Linear(2, 2)
+
+    kind = ModelKind.from_hooks(Hooks())
+    assert (kind.description, kind.has_density, kind.objective) == ("a test kind", False, None)
+    assert kind.val_name == "nll" and kind.sampler == "through the exact inverse"
+    assert isinstance(kind.build({}), torch.nn.Linear)
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,7 @@ import json
 import math
 import types
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin
 
@@ -76,6 +76,14 @@ class ModelKind:
     plot: Plotter | None = None
     options: Mapping[str, Any] | None = None
     sampler: str = "through the exact inverse"
+
+    @classmethod
+    def from_hooks(cls, hooks: Any) -> ModelKind:
+        """The kind whose fields are the attributes of ``hooks`` by the same names (e.g. an
+        object whose methods are ``build``, ``objective``, ...); a field it lacks keeps its
+        default."""
+        given = {f.name: getattr(hooks, f.name) for f in fields(cls) if hasattr(hooks, f.name)}
+        return cls(**given)
 
     def validation_name(self, spec: ModelSpec) -> str:
         """The name of the validation metric for this spec (``val_<name>`` in the metrics)."""
