@@ -213,7 +213,6 @@ class EBMKind(SMKind):
         "n_samples": 64,
     }
     exact_sm_rows = 16
-
     setting_defaults: ClassVar[dict[str, Any]] = {"eps": 0.05, "projection": "gaussian"}
 
     def settings(self, spec: ModelSpec) -> Settings:
