@@ -36,14 +36,20 @@ parameters for every element (``spline_params="element"``, 5 bins, identity outs
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from .._checks import check_choice, check_image_shape, check_positive_int
 from .activations import SmoothLeakyReLU
-from .conditional import ContextAffine, context_encoder
+from .conditional import ContextAffine
 from .conv import SelfNormConv2d
-from .core import Flow, FlowLayer
+from .core import FlowLayer
+from .image import ImageFlow, check_squeezes
+from .options import GradientFlowOptions, SharedOptions
 from .spline import RQSplineActivation
-from .squeeze import Squeeze, Unsqueeze
+from .squeeze import Squeeze
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["CNNFlow"]
 
@@ -51,7 +57,7 @@ ACTIVATIONS = ("spline", "slr")
 SPLINE_PARAMS = ("element", "channel", "shared")
 
 
-class CNNFlow(Flow):
+class CNNFlow(ImageFlow):
     """Convolutional SNF: blocks of SNF 3×3 convolutions with activations, squeezes in between.
 
     Args:
@@ -67,16 +73,12 @@ class CNNFlow(Flow):
         spline_params: ``"element"`` (one spline per element of the layer's input, the reference
             code's ``individual_weights=True``), ``"channel"`` or ``"shared"``.
         spline_bins: K of the spline (5); spline_bound: its interval [−B, B] (10).
-        preprocess: flow layers applied to the data first (``Dequantize``, ``LogitTransform``),
-            whose log-dets count in ``log_prob``.
-        recon_weight: λ of the SNF reconstruction penalty (Keller et al.: 1).
-        validate: check inputs for shape, dtype and finite values.
-        context_features / context_classes: model p(x | c) for a vector context of F features
-            or a class label in [0, K) (encoded once per batch,
-            :class:`~jacfree.flows.conditional.ContextEncoder` of width ``context_hidden``): a
-            per-pixel :class:`ContextAffine` ``x ⊙ e^{a(c)} + t(c)`` first (a class-dependent
-            mean image and scale), and a per-channel one after every convolution. The
-            convolutions keep their gradient modes (see :mod:`jacfree.flows.conditional`).
+        **options: the keywords every flow model shares
+            (:class:`~jacfree.flows.options.GradientFlowOptions`): ``preprocess``,
+            ``recon_weight`` (λ of the SNF penalty; default 1.0, as Keller et al.),
+            ``validate``, ``context_features``, ``context_classes``, ``context_hidden``. With a
+            context, a per-pixel :class:`ContextAffine` ``x ⊙ e^{a(c)} + t(c)`` comes first (a
+            class-dependent mean image and scale), and a per-channel one after every convolution.
 
     Sizes with the defaults on (1, 28, 28): 9 convolutions with K²·C² kernel weights each
     (C = 1, 4, 16: 7,371 in all, and as many again in the learned inverses in selfnorm mode),
@@ -107,21 +109,17 @@ class CNNFlow(Flow):
         spline_params: str = "element",
         spline_bins: int = 5,
         spline_bound: float = 10.0,
-        preprocess: Sequence[FlowLayer] = (),
-        recon_weight: float = 1.0,
-        validate: bool = True,
-        context_features: int | None = None,
-        context_classes: int | None = None,
-        context_hidden: int = 64,
+        **options: Unpack[GradientFlowOptions],
     ) -> None:
         shape = check_image_shape(shape, "CNNFlow")
-        encoder = context_encoder(context_features, context_classes, context_hidden)
+        shared = SharedOptions.resolve("CNNFlow", options, recon_weight=1.0)
+        encoder = shared.encoder
         check_positive_int(blocks, "blocks")
         check_positive_int(layers_per_block, "layers_per_block")
         check_choice(activation, "activation", ACTIVATIONS)
         check_choice(spline_params, "spline_params", SPLINE_PARAMS)
         check_choice(gradient, "gradient mode", SelfNormConv2d.supported_gradients)
-        _check_squeezes(shape, "CNNFlow", blocks, blocks - 1)
+        check_squeezes(shape, "CNNFlow", blocks, blocks - 1)
         C, H, W = shape
 
         def act(c: int, h: int, w: int) -> FlowLayer:
@@ -135,7 +133,9 @@ class CNNFlow(Flow):
             body.append(ContextAffine(shape, encoder.hidden, per="element"))
         for b in range(blocks):
             for k in range(layers_per_block):
-                body.append(SelfNormConv2d(C, kernel_size, gradient, recon_weight=recon_weight))
+                body.append(
+                    SelfNormConv2d(C, kernel_size, gradient, recon_weight=shared.recon_weight)
+                )
                 if encoder is not None:
                     body.append(ContextAffine((C, H, W), encoder.hidden, per="channel"))
                 if not (b == blocks - 1 and k == layers_per_block - 1):
@@ -143,25 +143,7 @@ class CNNFlow(Flow):
             if b < blocks - 1:
                 body.append(Squeeze())
                 C, H, W = 4 * C, H // 2, W // 2
-        body += [Unsqueeze() for _ in range(blocks - 1)]
-        super().__init__([*preprocess, *body], shape, validate=validate, context_encoder=encoder)
+        super().__init__(body, shape, blocks - 1, shared)
         self.blocks = blocks
         self.layers_per_block = layers_per_block
         self.activation = activation
-
-    @property
-    def conv_layers(self) -> list[SelfNormConv2d]:
-        """The SNF convolutions (the layers with a gradient mode), in data → latent order."""
-        return self.gradient_layers()  # type: ignore[return-value]
-
-
-def _check_squeezes(shape: tuple[int, int, int], model: str, blocks: int, squeezes: int) -> None:
-    """Check that images of ``shape`` can be squeezed (factor 2) ``squeezes`` times."""
-    _, H, W = shape
-    f = 2**squeezes
-    if H % f or W % f:
-        raise ValueError(
-            f"{model} with {blocks} blocks squeezes {squeezes} times, so the image height and "
-            f"width must be divisible by {f}; got {H}×{W}. Use fewer blocks or crop/pad the "
-            f"images to a multiple of {f}."
-        )

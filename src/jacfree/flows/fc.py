@@ -10,16 +10,20 @@ so that log p(x) = log N(z) + Σ_{k<L} Σᵢ log σ'(y_{k,i}) + Σ_k log|det W_k
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from torch import Tensor
 
 from .._checks import check_positive_int
 from .activations import SmoothLeakyReLU
-from .conditional import ContextAffine, context_encoder
+from .conditional import ContextAffine
 from .core import Flow, FlowLayer
 from .linear import SquareAffine
+from .options import GradientFlowOptions, SharedOptions
 from .relative_stats import tap_row_stats
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 
 class FCFlow(Flow):
@@ -31,18 +35,13 @@ class FCFlow(Flow):
         alpha: smooth leaky ReLU slope.
         gradient: ``"exact"``, ``"relative"`` or ``"selfnorm"`` (switch on the live model with
             ``set_gradient``).
-        preprocess: flow layers applied to the data first (e.g. ``Dequantize``, ``LogitTransform``),
-            whose log-dets count in ``log_prob``.
         paper_bias_rule: reproduce the reference code's bias rule (no −b), see ``SquareAffine``.
-        recon_weight: λ of the selfnorm mode's reconstruction penalty (Keller et al. use 1).
-        validate: check inputs for shape, dtype and finite values.
-        context_features: F, to model p(x | c) for a vector context c of F features (a float
-            tensor ``(batch, F)``); context_classes: K, for a class-label context (integers in
-            ``[0, K)``). The context is encoded once per batch
-            (:class:`~jacfree.flows.conditional.ContextEncoder`, width ``context_hidden``) and an
-            element-wise affine map ``u ⊙ e^{a(c)} + t(c)`` (:class:`ContextAffine`, exact
-            log-det Σa) precedes every square layer; the square layers keep their gradient
-            modes unchanged (see :mod:`jacfree.flows.conditional`).
+        **options: the keywords every flow model shares
+            (:class:`~jacfree.flows.options.GradientFlowOptions`): ``preprocess``,
+            ``recon_weight`` (λ of the selfnorm mode; default 1.0, as Keller et al.),
+            ``validate``, ``context_features``, ``context_classes``, ``context_hidden``. With a
+            context, an element-wise affine map ``u ⊙ e^{a(c)} + t(c)`` (:class:`ContextAffine`,
+            exact log-det Σa) precedes every square layer (see :mod:`jacfree.flows.conditional`).
 
     Example:
         >>> import torch, jacfree as jf
@@ -60,17 +59,13 @@ class FCFlow(Flow):
         alpha: float = 0.3,
         gradient: str = "relative",
         *,
-        preprocess: Sequence[FlowLayer] = (),
         paper_bias_rule: bool = False,
-        recon_weight: float = 1.0,
-        validate: bool = True,
-        context_features: int | None = None,
-        context_classes: int | None = None,
-        context_hidden: int = 64,
+        **options: Unpack[GradientFlowOptions],
     ) -> None:
         check_positive_int(features, "features")
         check_positive_int(layers, "layers")
-        encoder = context_encoder(context_features, context_classes, context_hidden)
+        shared = SharedOptions.resolve("FCFlow", options, recon_weight=1.0)
+        encoder = shared.encoder
         body: list[FlowLayer] = []
         for k in range(layers):
             if k > 0:
@@ -79,11 +74,17 @@ class FCFlow(Flow):
                 body.append(ContextAffine((features,), encoder.hidden))
             body.append(
                 SquareAffine(
-                    features, gradient, paper_bias_rule=paper_bias_rule, recon_weight=recon_weight
+                    features,
+                    gradient,
+                    paper_bias_rule=paper_bias_rule,
+                    recon_weight=shared.recon_weight,
                 )
             )
         super().__init__(
-            [*preprocess, *body], (features,), validate=validate, context_encoder=encoder
+            [*shared.preprocess, *body],
+            (features,),
+            validate=shared.validate,
+            context_encoder=encoder,
         )
         self.features = features
         self.alpha = alpha

@@ -38,21 +38,26 @@ of 28×28 images costs minutes, not hours, on a CPU (``steps=16, hidden=512`` is
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from .._checks import check_choice, check_image_shape, check_positive_int
 from .actnorm import ActNorm
-from .cnn import _check_squeezes
-from .conditional import ContextAffine, context_encoder
+from .conditional import ContextAffine
 from .conv import Conv1x1, SelfNormConv2d
-from .core import GRADIENT_MODES, Flow, FlowLayer
+from .core import GRADIENT_MODES, FlowLayer
 from .coupling import AffineCoupling
+from .image import ImageFlow, check_squeezes
 from .multiscale import SplitPrior
-from .squeeze import Squeeze, Unsqueeze
+from .options import GradientFlowOptions, SharedOptions
+from .squeeze import Squeeze
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["GlowFlow"]
 
 
-class GlowFlow(Flow):
+class GlowFlow(ImageFlow):
     """Glow-like flow: blocks × steps of ActNorm → invertible conv → affine coupling, split priors.
 
     Args:
@@ -71,16 +76,14 @@ class GlowFlow(Flow):
             it every block works on all channels.
         swap: alternate the half that each coupling transforms (the reference code never swaps:
             the 1×1 convolutions mix the channels).
-        preprocess: flow layers applied to the data first (``Dequantize``, ``LogitTransform``).
-        recon_weight: λ of the SNF penalty (Keller et al. use 100 for their Glow).
-        validate: check inputs for shape, dtype and finite values.
-        context_features / context_classes: model p(x | c) for a vector context of F features
-            or a class label in [0, K) (encoded once per batch,
-            :class:`~jacfree.flows.conditional.ContextEncoder` of width ``context_hidden``): a
-            per-pixel :class:`ContextAffine` ``x ⊙ e^{a(c)} + t(c)`` on the data first, and a
-            per-channel one after the ActNorm of every step outside the split priors (with
-            ``split=True`` the levels inside a split prior see the context only through the
-            first layer). The convolutions keep their gradient modes.
+        **options: the keywords every flow model shares
+            (:class:`~jacfree.flows.options.GradientFlowOptions`): ``preprocess``,
+            ``recon_weight`` (λ of the SNF penalty; default 100.0, as Keller et al. for their
+            Glow), ``validate``, ``context_features``, ``context_classes``, ``context_hidden``.
+            With a context, a per-pixel :class:`ContextAffine` ``x ⊙ e^{a(c)} + t(c)`` comes
+            first, and a per-channel one after the ActNorm of every step outside the split
+            priors (with ``split=True`` the levels inside a split prior see the context only
+            through the first layer).
 
     ActNorm layers initialise from the first training batch (``jf.flows.initialize_actnorm`` does
     it explicitly).
@@ -106,15 +109,11 @@ class GlowFlow(Flow):
         coupling_kernel: int = 3,
         split: bool = True,
         swap: bool = False,
-        preprocess: Sequence[FlowLayer] = (),
-        recon_weight: float = 100.0,
-        validate: bool = True,
-        context_features: int | None = None,
-        context_classes: int | None = None,
-        context_hidden: int = 64,
+        **options: Unpack[GradientFlowOptions],
     ) -> None:
         shape = check_image_shape(shape, "GlowFlow")
-        encoder = context_encoder(context_features, context_classes, context_hidden)
+        shared = SharedOptions.resolve("GlowFlow", options, recon_weight=100.0)
+        encoder = shared.encoder
         check_positive_int(blocks, "blocks")
         check_positive_int(steps, "steps")
         check_positive_int(hidden, "hidden")
@@ -126,13 +125,13 @@ class GlowFlow(Flow):
                 f"support the gradient modes {SelfNormConv2d.supported_gradients}, not "
                 f"{gradient!r}; use conv_kernel=1 (1×1 convolutions) for {gradient!r}."
             )
-        _check_squeezes(shape, "GlowFlow", blocks, blocks)
+        check_squeezes(shape, "GlowFlow", blocks, blocks)
         C, H, W = shape
 
         def conv(c: int) -> FlowLayer:
             if conv_kernel == 1:
-                return Conv1x1(c, gradient, recon_weight=recon_weight)
-            return SelfNormConv2d(c, conv_kernel, gradient, recon_weight=recon_weight)
+                return Conv1x1(c, gradient, recon_weight=shared.recon_weight)
+            return SelfNormConv2d(c, conv_kernel, gradient, recon_weight=shared.recon_weight)
 
         def block(level: int, c: int, top: bool) -> list[FlowLayer]:
             c *= 4
@@ -156,14 +155,7 @@ class GlowFlow(Flow):
         body = block(0, C, top=True)
         if encoder is not None:
             body.insert(0, ContextAffine(shape, encoder.hidden, per="element"))
-        n_unsqueeze = 1 if split else blocks
-        body += [Unsqueeze() for _ in range(n_unsqueeze)]
-        super().__init__([*preprocess, *body], shape, validate=validate, context_encoder=encoder)
+        super().__init__(body, shape, 1 if split else blocks, shared)
         self.blocks = blocks
         self.steps = steps
         self.hidden = hidden
-
-    @property
-    def conv_layers(self) -> list[FlowLayer]:
-        """The invertible convolutions (the layers with a gradient mode), data → latent order."""
-        return self.gradient_layers()  # type: ignore[return-value]
