@@ -38,12 +38,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from .._checks import check_choice, check_image_shape, check_positive_int
+from .._checks import check_choice, check_positive_int
 from .activations import SmoothLeakyReLU
 from .conditional import ContextAffine
 from .conv import SelfNormConv2d
 from .core import FlowLayer
-from .image import ImageFlow, check_squeezes
+from .image import ImageFlow, image_shape
 from .options import GradientFlowOptions, SharedOptions
 from .spline import RQSplineActivation
 from .squeeze import Squeeze
@@ -111,7 +111,6 @@ class CNNFlow(ImageFlow):
         spline_bound: float = 10.0,
         **options: Unpack[GradientFlowOptions],
     ) -> None:
-        shape = check_image_shape(shape, "CNNFlow")
         shared = SharedOptions.resolve("CNNFlow", options, recon_weight=1.0)
         encoder = shared.encoder
         check_positive_int(blocks, "blocks")
@@ -119,7 +118,7 @@ class CNNFlow(ImageFlow):
         check_choice(activation, "activation", ACTIVATIONS)
         check_choice(spline_params, "spline_params", SPLINE_PARAMS)
         check_choice(gradient, "gradient mode", SelfNormConv2d.supported_gradients)
-        check_squeezes(shape, "CNNFlow", blocks, blocks - 1)
+        shape = image_shape(shape, "CNNFlow", blocks, blocks - 1)
         C, H, W = shape
 
         def act(c: int, h: int, w: int) -> FlowLayer:

@@ -40,13 +40,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from .._checks import check_choice, check_image_shape, check_positive_int
+from .._checks import check_choice, check_positive_int
 from .actnorm import ActNorm
 from .conditional import ContextAffine
 from .conv import Conv1x1, SelfNormConv2d
 from .core import GRADIENT_MODES, FlowLayer
 from .coupling import AffineCoupling
-from .image import ImageFlow, check_squeezes
+from .image import ImageFlow, image_shape
 from .multiscale import SplitPrior
 from .options import GradientFlowOptions, SharedOptions
 from .squeeze import Squeeze
@@ -111,7 +111,6 @@ class GlowFlow(ImageFlow):
         swap: bool = False,
         **options: Unpack[GradientFlowOptions],
     ) -> None:
-        shape = check_image_shape(shape, "GlowFlow")
         shared = SharedOptions.resolve("GlowFlow", options, recon_weight=100.0)
         encoder = shared.encoder
         check_positive_int(blocks, "blocks")
@@ -125,7 +124,7 @@ class GlowFlow(ImageFlow):
                 f"support the gradient modes {SelfNormConv2d.supported_gradients}, not "
                 f"{gradient!r}; use conv_kernel=1 (1×1 convolutions) for {gradient!r}."
             )
-        check_squeezes(shape, "GlowFlow", blocks, blocks)
+        shape = image_shape(shape, "GlowFlow", blocks, blocks)
         C, H, W = shape
 
         def conv(c: int) -> FlowLayer:

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from .._checks import check_image_shape
 from .core import Flow, FlowLayer
 from .options import SharedOptions
 from .squeeze import Unsqueeze
 
-__all__ = ["ImageFlow", "check_squeezes"]
+__all__ = ["ImageFlow", "image_shape"]
 
 
 class ImageFlow(Flow):
@@ -44,8 +45,12 @@ class ImageFlow(Flow):
         return self.gradient_layers()  # type: ignore[return-value]
 
 
-def check_squeezes(shape: tuple[int, int, int], model: str, blocks: int, squeezes: int) -> None:
-    """Check that images of ``shape`` can be squeezed (factor 2) ``squeezes`` times."""
+def image_shape(
+    shape: Sequence[int], model: str, blocks: int, squeezes: int
+) -> tuple[int, int, int]:
+    """``shape`` as ``(C, H, W)``, checked: the event shape of one image, whose height and width
+    ``model`` (with ``blocks`` blocks) can squeeze by 2 ``squeezes`` times."""
+    shape = check_image_shape(shape, model)
     _, H, W = shape
     f = 2**squeezes
     if H % f or W % f:
@@ -54,3 +59,4 @@ def check_squeezes(shape: tuple[int, int, int], model: str, blocks: int, squeeze
             f"width must be divisible by {f}; got {H}×{W}. Use fewer blocks or crop/pad the "
             f"images to a multiple of {f}."
         )
+    return shape
