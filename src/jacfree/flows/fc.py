@@ -81,10 +81,7 @@ class FCFlow(Flow):
                 )
             )
         super().__init__(
-            [*shared.preprocess, *body],
-            (features,),
-            validate=shared.validate,
-            context_encoder=encoder,
+            shared.layers(body), (features,), validate=shared.validate, context_encoder=encoder
         )
         self.features = features
         self.alpha = alpha

@@ -36,7 +36,7 @@ class ImageFlow(Flow):
         unsqueezes: int,
         shared: SharedOptions,
     ) -> None:
-        layers = [*shared.preprocess, *body, *(Unsqueeze() for _ in range(unsqueezes))]
+        layers = shared.layers([*body, *(Unsqueeze() for _ in range(unsqueezes))])
         super().__init__(layers, shape, validate=shared.validate, context_encoder=shared.encoder)
 
     @property

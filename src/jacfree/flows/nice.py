@@ -28,15 +28,18 @@ space *after* pre-processing: :meth:`NICE.preprocess` maps data there and :meth:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
 from .. import _activations
 from .._checks import check_positive_int, check_samples
-from .conditional import context_encoder
 from .core import Flow, FlowLayer
+from .options import FlowOptions, SharedOptions
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["NICE", "AdditiveCoupling", "DiagonalScaling"]
 
@@ -156,13 +159,11 @@ class NICE(Flow):
         hidden: width of every coupling MLP (paper: 1000).
         hidden_layers: hidden layers per coupling MLP (paper: 4, i.e. 5 linear layers).
         activation: smooth activation of the coupling MLPs (paper: softplus).
-        preprocess: flow layers applied to the data first (e.g. ``Dequantize`` and
-            ``LogitTransform`` for 8-bit images); their log-dets count in :meth:`log_prob`.
-        validate: check inputs for shape, dtype and finite values.
-        context_features / context_classes: model p(x | c) for a vector context of F features
-            or a class label in [0, K): the context is encoded once per batch
-            (:class:`~jacfree.flows.conditional.ContextEncoder`, width ``context_hidden``) and
-            every coupling network reads it next to its kept coordinates (log-det still 0).
+        **options: the keywords every flow model shares
+            (:class:`~jacfree.flows.options.FlowOptions`): ``preprocess`` (e.g. ``Dequantize``
+            and ``LogitTransform`` for 8-bit images), ``validate``, ``context_features``,
+            ``context_classes``, ``context_hidden``. With a context, every coupling network
+            reads it next to its kept coordinates (log-det still 0).
 
     Exact ``log_prob`` (nats, data scale), ``inverse``, ``sample``, and ``loss`` (maximum
     likelihood) come from :class:`~jacfree.flows.Flow`. For score matching use :meth:`energy`
@@ -186,28 +187,23 @@ class NICE(Flow):
         hidden: int = 1000,
         hidden_layers: int = 4,
         activation: str = "softplus",
-        *,
-        preprocess: Sequence[FlowLayer] = (),
-        validate: bool = True,
-        context_features: int | None = None,
-        context_classes: int | None = None,
-        context_hidden: int = 64,
+        **options: Unpack[FlowOptions],
     ) -> None:
         check_positive_int(features, "features", minimum=2)
         check_positive_int(couplings, "couplings")
-        encoder = context_encoder(context_features, context_classes, context_hidden)
+        shared = SharedOptions.resolve("NICE", options)
+        encoder = shared.encoder
         width = encoder.hidden if encoder is not None else 0
         body: list[FlowLayer] = [
             AdditiveCoupling(features, k % 2, hidden, hidden_layers, activation, context_dim=width)
             for k in range(couplings)
         ]
         body.append(DiagonalScaling(features))
-        preprocess = list(preprocess)
         super().__init__(
-            [*preprocess, *body], (features,), validate=validate, context_encoder=encoder
+            shared.layers(body), (features,), validate=shared.validate, context_encoder=encoder
         )
         self.features = features
-        self.n_preprocess = len(preprocess)
+        self.n_preprocess = len(shared.preprocess)
 
     @property
     def preprocess_layers(self) -> list[FlowLayer]:

@@ -11,7 +11,7 @@ encoder the model's context layers read.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TypedDict
 
@@ -100,3 +100,7 @@ class SharedOptions:
             ),
             recon_weight=options.get("recon_weight", recon_weight),
         )
+
+    def layers(self, body: Iterable[FlowLayer]) -> list[FlowLayer]:
+        """The flow's layers, data → latent: the pre-processing layers, then ``body``."""
+        return [*self.preprocess, *body]
